@@ -1,0 +1,68 @@
+"""etl: YAML jobs that move big tables in chunks, through stages that plugins supply.
+
+The public API for job authors and embedding programs (:func:`load_job`, :func:`run`,
+:func:`validate`) and for plugin authors (the stage contracts, :data:`hookimpl`, errors).
+Importing it loads no queue, database or cloud client.
+"""
+
+from loguru import logger
+
+from etl.api import load_job, run, validate
+from etl.config import Job, StageConfig
+from etl.errors import (
+    ConfigError,
+    ConfigErrors,
+    EtlError,
+    JobFailed,
+    PermanentError,
+    PluginError,
+    RejectedRows,
+    StageError,
+    TransientError,
+    UsageError,
+    did_you_mean,
+)
+from etl.hookspecs import hookimpl, hookspec
+from etl.runs import ChunkResult, RunInfo, RunResult
+from etl.stages import Chunk, Plan, RowCount, Sink, Source, StageContext, StageOptions, Transform
+from etl.units import parse_duration, parse_type
+
+__version__ = "0.1.0"
+
+# A library stays quiet until the application that embeds it opts in: logger.enable("etl").
+logger.disable("etl")
+
+__all__ = [
+    "Chunk",
+    "ChunkResult",
+    "ConfigError",
+    "ConfigErrors",
+    "EtlError",
+    "Job",
+    "JobFailed",
+    "PermanentError",
+    "Plan",
+    "PluginError",
+    "RejectedRows",
+    "RowCount",
+    "RunInfo",
+    "RunResult",
+    "Sink",
+    "Source",
+    "StageConfig",
+    "StageContext",
+    "StageError",
+    "StageOptions",
+    "Transform",
+    "TransientError",
+    "UsageError",
+    "__version__",
+    "did_you_mean",
+    "hookimpl",
+    "hookspec",
+    "load_job",
+    "parse_duration",
+    "parse_type",
+    "run",
+    "validate",
+]

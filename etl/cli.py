@@ -1,0 +1,265 @@
+"""The ``etl`` command.
+
+Exit codes, decided in one place (:class:`_Group`): 0 success, 1 a run failed, 2 bad
+configuration or usage. Neither 1 nor 2 prints a traceback; an unexpected exception is a bug
+and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import click
+import yaml
+
+from etl import __version__, api
+from etl.errors import ConfigErrors, EtlError, JobFailed
+from etl.runs import new_run_id
+from etl.yamldoc import environment
+
+_SHOWN_CHUNKS = 20
+
+
+class _Group(click.Group):
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except ConfigErrors as exc:
+            for error in exc.errors:
+                click.echo(f"error: {error}", err=True)
+            ctx.exit(exc.exit_code)
+        except JobFailed as exc:
+            click.echo(f"error: {exc}", err=True)
+            result = exc.result
+            if result is not None:
+                log = api.state_dir() / "runs" / result.run_id / "run.log"
+                if log.exists():
+                    click.echo(f"details and traceback: {log}", err=True)
+            ctx.exit(exc.exit_code)
+        except EtlError as exc:
+            click.echo(f"error: {exc}", err=True)
+            ctx.exit(exc.exit_code)
+
+
+def _load_env_files() -> None:
+    """Make ``.env`` and ``.env.local`` visible to plugins that read the environment."""
+    for key, value in environment().items():
+        os.environ.setdefault(key, value)
+
+
+def _pairs(values: Sequence[str], option: str) -> dict[str, str]:
+    pairs = {}
+    for item in values:
+        name, sep, value = item.partition("=")
+        if not sep or not name.strip():
+            raise click.UsageError(f"{option} {item!r}: expected name=value, e.g. {option} start_date=2026-01-01")
+        pairs[name.strip()] = value
+    return pairs
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="etl")
+def main() -> None:
+    """Run YAML jobs that move big tables in chunks: source → transforms → sink."""
+    _load_env_files()
+
+
+_param_option = click.option(
+    "-p", "--param", "params", multiple=True, metavar="NAME=VALUE", help="A job parameter (repeatable)."
+)
+_set_option = click.option(
+    "--set", "sets", multiple=True, metavar="KEY.PATH=VALUE", help="Override a key of the job, e.g. sink.table=x."
+)
+
+
+@main.command()
+@click.argument("job_file", type=click.Path(dir_okay=False))
+@_param_option
+@_set_option
+@click.option("--dry-run", is_flag=True, help="Validate, count and show the chunk plan; write nothing.")
+@click.option("--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True)
+@click.option(
+    "--log-level",
+    type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
+    default="INFO",
+    show_default=True,
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the result (or the plan) as JSON on stdout.")
+def run(
+    job_file: str,
+    params: Sequence[str],
+    sets: Sequence[str],
+    dry_run: bool,
+    log_format: str,
+    log_level: str,
+    as_json: bool,
+) -> None:
+    """Run JOB_FILE: plan its chunks and run them in this process.
+
+    Progress goes to stderr as log lines; the run's own log, with tracebacks, goes to
+    $ETL_HOME/runs/RUN_ID/run.log ($ETL_HOME is .etl by default).
+    """
+    from etl import logsetup
+
+    logsetup.configure(level=log_level.upper(), fmt=log_format)  # type: ignore[arg-type]
+    job = api.load_job(job_file, params=_pairs(params, "-p"), sets=sets)
+    if dry_run:
+        _dry_run(job, as_json)
+        return
+    run_id = new_run_id()
+    handler = logsetup.add_run_log(api.state_dir() / "runs" / run_id / "run.log", run_id)
+    try:
+        result = api.run(job, run_id=run_id)
+    finally:
+        from loguru import logger
+
+        logger.remove(handler)
+    if as_json:
+        click.echo(json.dumps(result.to_json(), indent=2))
+
+
+def _dry_run(job: Any, as_json: bool) -> None:
+    from etl.manager import get_plugin_manager
+    from etl.runner import JobRun, check_thresholds
+
+    work = JobRun(job, get_plugin_manager(job_plugins=job.spec.plugins, job_dir=job.directory))
+    try:
+        count = work.count()
+        warnings = check_thresholds(job, count)
+        info, plan = work.plan(count)
+    except EtlError:
+        raise
+    except Exception as exc:
+        raise JobFailed(f"planning failed: {type(exc).__name__}: {exc}") from exc
+    finally:
+        work.close()
+    background = count.rows is not None and count.rows >= job.spec.thresholds.background
+    if as_json:
+        data = {
+            "job": job.name,
+            "rows": info.rows,
+            "rows_exact": info.rows_exact,
+            "chunks": [{"index": c.index, "rows": c.rows, "label": c.label, "args": dict(c.args)} for c in plan.chunks],
+            "background": background,
+            "warnings": warnings,
+            "config": job.describe(),
+        }
+        click.echo(json.dumps(data, indent=2, default=str))
+        return
+    rows = f"{info.rows:,}" if info.rows is not None else "unknown"
+    exact = "" if info.rows_exact else " (estimate)"
+    click.echo(f"job {job.name} ({job.file})")
+    click.echo(f"source {job.source.type}: {rows} rows{exact} in {info.chunks} chunks of up to {job.spec.chunk_size:,}")
+    click.echo(" → ".join([job.source.label, *(t.label for t in job.transforms), job.sink.label]))
+    if background:
+        click.echo(f"{rows} rows is at or above thresholds.background ({job.spec.thresholds.background:,})")
+    for warning in warnings:
+        click.echo(f"warning: {warning}")
+    click.echo(f"{'chunk':>7}  {'rows':>12}  what")
+    for chunk in plan.chunks[:_SHOWN_CHUNKS]:
+        shown = f"{chunk.rows:,}" if chunk.rows is not None else "?"
+        click.echo(f"{chunk.index:>7}  {shown:>12}  {chunk.label}")
+    if len(plan.chunks) > _SHOWN_CHUNKS:
+        click.echo(f"{'':>7}  … and {len(plan.chunks) - _SHOWN_CHUNKS} more")
+
+
+@main.command()
+@click.argument("job_files", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@_param_option
+@_set_option
+@click.option("--show", is_flag=True, help="Print each valid job with defaults filled in and secrets masked.")
+def validate(job_files: Sequence[str], params: Sequence[str], sets: Sequence[str], show: bool) -> None:
+    """Check JOB_FILES without running them; report every problem found."""
+    given = _pairs(params, "-p")
+    failed = 0
+    for path in job_files:
+        try:
+            job = api.load_job(path, params=given, sets=sets)
+        except ConfigErrors as exc:
+            failed += 1
+            for error in exc.errors:
+                click.echo(f"error: {error}", err=True)
+            continue
+        click.echo(f"{path}: ok")
+        if show:
+            click.echo(yaml.safe_dump(job.describe(), sort_keys=False, allow_unicode=True))
+    if failed:
+        click.echo(f"{failed} of {len(job_files)} job files invalid", err=True)
+        sys.exit(2)
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
+def plugins(as_json: bool) -> None:
+    """List every stage type, with its plugin, version and options."""
+    from etl.manager import StageRegistry, get_plugin_manager
+
+    registry = StageRegistry(get_plugin_manager())
+    stages = []
+    for stage in registry.all():
+        options = []
+        for name, info in stage.cls.Options.model_fields.items():
+            options.append(
+                {
+                    "name": name,
+                    "type": _type_name(info.annotation),
+                    "required": info.is_required(),
+                    "default": None if info.is_required() else _default(info),
+                    "description": info.description or "",
+                }
+            )
+        stages.append(
+            {
+                "kind": stage.kind,
+                "type": stage.name,
+                "plugin": stage.plugin,
+                "version": stage.version,
+                "description": stage.description,
+                "options": options,
+            }
+        )
+    if as_json:
+        click.echo(json.dumps(stages, indent=2, default=str))
+        return
+    for kind in ("source", "transform", "sink"):
+        click.echo(click.style(f"{kind}s", bold=True))
+        for stage in (s for s in stages if s["kind"] == kind):
+            click.echo(
+                f"  {stage['type']:<10} {stage['description']}  [{stage['plugin']} {stage['version'] or ''}]".rstrip()
+            )
+            for option in stage["options"]:
+                default = "required" if option["required"] else f"default {option['default']!r}"
+                click.echo(f"      {option['name']}: {option['type']} ({default}) {option['description']}".rstrip())
+        click.echo()
+
+
+def _type_name(annotation: Any) -> str:
+    text = getattr(annotation, "__name__", None) if isinstance(annotation, type) else None
+    text = text or str(annotation)
+    return text.replace("typing.", "").replace("pydantic.types.", "").replace("NoneType", "None")
+
+
+def _default(info: Any) -> Any:
+    value = info.get_default(call_default_factory=True)
+    return value.model_dump(mode="json") if hasattr(value, "model_dump") else value
+
+
+@main.command()
+@click.option(
+    "-o", "--output", type=click.Path(dir_okay=False, writable=True), help="Write to this file instead of stdout."
+)
+def schema(output: str | None) -> None:
+    """Print the JSON Schema of job files (with every installed plugin's stages)."""
+    from etl.manager import StageRegistry, get_plugin_manager
+    from etl.schema import job_schema
+
+    text = json.dumps(job_schema(StageRegistry(get_plugin_manager())), indent=2) + "\n"
+    if output:
+        Path(output).write_text(text, encoding="utf-8")
+    else:
+        click.echo(text, nl=False)

@@ -1,0 +1,372 @@
+"""Running a job: plan its chunks, then read → transform → write each one.
+
+:class:`JobRun` holds a job's stages in one process and runs one attempt at one chunk at a
+time; it knows nothing of queues, so the same code serves an in-process run (:func:`run_job`)
+and a worker that receives chunk descriptors from elsewhere.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, NoReturn
+
+from loguru import logger
+
+from etl.errors import JobFailed, PermanentError, RejectedRows, UsageError, is_transient
+from etl.progress import Progress
+from etl.rejects import ChunkRejects
+from etl.retry import Clock, RetryPolicy, SystemClock
+from etl.runs import ChunkResult, RunInfo, RunResult, new_run_id, utcnow
+from etl.stages import Chunk, Plan, RowCount, Sink, Source, StageContext, Transform, current_rejects
+from etl.units import format_duration
+
+if TYPE_CHECKING:
+    import pluggy
+    import pyarrow as pa
+
+    from etl.config import Job, StageConfig
+
+__all__ = ["JobRun", "check_thresholds", "run_job"]
+
+MAX_BATCH_ROWS = 100_000
+
+
+def check_thresholds(job: Job, count: RowCount) -> list[str]:
+    """Warnings for a run of ``count`` rows; refuses one above ``thresholds.max``.
+
+    Raises:
+        UsageError: the run is larger than ``thresholds.max``.
+    """
+    thresholds = job.spec.thresholds
+    rows = count.rows
+    if rows is None:
+        return []
+    if thresholds.max is not None and rows > thresholds.max:
+        raise UsageError(
+            f"{job.file}: thresholds.max: the source holds {rows:,} rows, more than the limit of "
+            f"{thresholds.max:,}; narrow the source, or raise the limit "
+            f"(e.g. --set thresholds.max={rows})"
+        )
+    if thresholds.warn is not None and rows > thresholds.warn:
+        return [f"this run is very large: {rows:,} rows, above thresholds.warn ({thresholds.warn:,})"]
+    return []
+
+
+@dataclass
+class _ChunkState:
+    """Bookkeeping of one attempt at one chunk."""
+
+    rejects: ChunkRejects
+    rows_read: int = 0
+    offsets: list[int] = field(default_factory=list)
+
+
+class JobRun:
+    """A job's stages, instantiated for one run in this process."""
+
+    def __init__(
+        self,
+        job: Job,
+        pm: pluggy.PluginManager,
+        *,
+        run_id: str | None = None,
+        state_dir: Path | None = None,
+    ) -> None:
+        self.job = job
+        self.pm = pm
+        self.run_id = run_id or new_run_id()
+        self.run_dir = (state_dir or Path(".etl")) / "runs" / self.run_id
+        self.rejects_dir = self.run_dir / "rejects"
+        self.log = logger.bind(job=job.name, run=self.run_id)
+        self._source: Source | None = None
+        self._transforms: list[Transform] | None = None
+        self._sink: Sink | None = None
+
+    # -- stages, made when first needed --------------------------------------------------
+
+    def _context(self, stage: StageConfig) -> StageContext:
+        return StageContext(
+            job=self.job.name,
+            run_id=self.run_id,
+            params=self.job.params,
+            job_dir=self.job.directory,
+            label=stage.label,
+            on_error=self.job.spec.on_error,
+            batch_size=min(self.job.spec.chunk_size, MAX_BATCH_ROWS),
+        )
+
+    def _make(self, stage: StageConfig) -> Any:
+        return stage.cls(stage.options, self._context(stage))
+
+    @property
+    def source(self) -> Source:
+        if self._source is None:
+            self._source = self._make(self.job.source)
+        return self._source
+
+    @property
+    def transforms(self) -> list[Transform]:
+        if self._transforms is None:
+            self._transforms = [self._make(t) for t in self.job.transforms]
+        return self._transforms
+
+    @property
+    def sink(self) -> Sink:
+        if self._sink is None:
+            self._sink = self._make(self.job.sink)
+        return self._sink
+
+    def close(self) -> None:
+        for stage in [self._source, *(self._transforms or []), self._sink]:
+            if stage is not None:
+                try:
+                    stage.close()
+                except Exception:  # closing must not hide the run's own outcome
+                    self.log.opt(exception=True).warning("closing {} failed", type(stage).__name__)
+
+    # -- planning ------------------------------------------------------------------------
+
+    def count(self) -> RowCount:
+        return self.source.count()
+
+    def plan(self, count: RowCount | None = None) -> tuple[RunInfo, Plan]:
+        """Count (unless given) and plan the run."""
+        count = count or self.count()
+        plan = self.source.plan(self.job.spec.chunk_size)
+        rows = count.rows if count.rows is not None else plan.rows
+        info = RunInfo(
+            id=self.run_id,
+            job=self.job.name,
+            params=dict(self.job.params),
+            rows=rows,
+            rows_exact=count.exact if count.rows is not None else plan.rows is not None,
+            chunks=len(plan.chunks),
+            rejects_dir=str(self.rejects_dir),
+        )
+        return info, plan
+
+    # -- one attempt at one chunk ----------------------------------------------------------
+
+    def run_chunk(
+        self, chunk: Chunk, shared: Mapping[str, Any], attempt: int = 1, clock: Clock | None = None
+    ) -> ChunkResult:
+        """Read, transform and write one chunk, once. Raises whatever a stage raised."""
+        clock = clock or SystemClock()
+        started = clock.monotonic()
+        state = _ChunkState(ChunkRejects(self.rejects_dir, chunk.index), offsets=[0] * len(self.transforms))
+        token = current_rejects.set(state.rejects if self.job.spec.on_error == "skip" else None)
+        try:
+            batches = self._pipeline(self.source.read(chunk, shared), state)
+            written = self.sink.write(chunk, batches)
+            state.rejects.commit()
+        except RejectedRows as exc:
+            state.rejects.discard()
+            raise exc.in_chunk(chunk.index, state.rejects.offset) from None
+        except BaseException:
+            state.rejects.discard()
+            raise
+        finally:
+            current_rejects.reset(token)
+        return ChunkResult(
+            index=chunk.index,
+            rows_read=state.rows_read,
+            rows_written=written,
+            rows_rejected=state.rejects.count,
+            seconds=clock.monotonic() - started,
+            attempt=attempt,
+        )
+
+    def _pipeline(self, batches: Iterable[pa.RecordBatch], state: _ChunkState) -> Iterator[pa.RecordBatch]:
+        for batch in batches:
+            state.rows_read += batch.num_rows
+            yield from self._through(batch, 0, state)
+
+    def _through(self, batch: pa.RecordBatch, position: int, state: _ChunkState) -> Iterator[pa.RecordBatch]:
+        if position == len(self.transforms):
+            if batch.num_rows:
+                yield batch
+            return
+        state.rejects.offset = state.offsets[position]
+        state.offsets[position] += batch.num_rows
+        out = self.transforms[position].apply(batch)
+        for piece in _batches(out):
+            yield from self._through(piece, position + 1, state)
+
+
+def _batches(data: pa.RecordBatch | pa.Table) -> list[pa.RecordBatch]:
+    import pyarrow as pa
+
+    if isinstance(data, pa.RecordBatch):
+        return [data]
+    if isinstance(data, pa.Table):
+        return data.to_batches()
+    raise PermanentError(f"a transform returned {type(data).__name__}; expected a pyarrow RecordBatch or Table")
+
+
+def run_job(
+    job: Job,
+    pm: pluggy.PluginManager,
+    *,
+    run_id: str | None = None,
+    state_dir: Path | None = None,
+    clock: Clock | None = None,
+    rng: random.Random | None = None,
+    count: RowCount | None = None,
+) -> RunResult:
+    """Run every chunk of ``job`` in this process, one after another, retrying as the job says.
+
+    Returns the :class:`RunResult`. A failed run raises :class:`~etl.errors.JobFailed` carrying
+    it; a run interrupted with Ctrl-C is aborted (staged data removed) and re-raises. A run
+    larger than ``thresholds.max`` is refused with :class:`~etl.errors.UsageError` before it
+    starts.
+    """
+    clock = clock or SystemClock()
+    policy = RetryPolicy.from_spec(job.spec.retry)
+    work = JobRun(job, pm, run_id=run_id, state_dir=state_dir)
+    log = work.log
+    result = RunResult(run_id=work.run_id, job=job.name)
+    try:
+        count = count or work.count()
+        warnings = check_thresholds(job, count)
+        info, plan = work.plan(count)
+    except UsageError:
+        work.close()
+        raise
+    except Exception as exc:
+        _fail(work, RunInfo(work.run_id, job.name, dict(job.params), None, False, 0), result, exc, None)
+    result.rows_total, result.chunks_total = info.rows, info.chunks
+    for warning in warnings:
+        log.warning(warning)
+    total = f"{info.rows:,}" if info.rows is not None else "an unknown number of"
+    log.info("starting {}: {} rows in {} chunks of up to {:,}", job.name, total, info.chunks, job.spec.chunk_size)
+    try:
+        pm.hook.etl_before_job_run(job=job, run=info)
+        work.sink.prepare()
+        progress = Progress(info.rows, info.chunks, started=clock.monotonic())
+        for chunk in plan.chunks:
+            if chunk.index and job.spec.delay:
+                clock.sleep(job.spec.delay)
+            chunk_result = _run_with_retries(work, info, chunk, plan.shared, policy, clock, rng, result)
+            result.rows_read += chunk_result.rows_read
+            result.rows_written += chunk_result.rows_written
+            result.rows_rejected += chunk_result.rows_rejected
+            result.chunks_done += 1
+            progress.advance(chunk_result.rows_read)
+            details = [f"{chunk_result.rows_rejected:,} rejected"] if chunk_result.rows_rejected else []
+            if chunk_result.attempt > 1:
+                details.append(f"attempt {chunk_result.attempt}")
+            log.bind(chunk=chunk.index).info(
+                "{}{}", progress.line(clock.monotonic()), "".join(f" · {d}" for d in details)
+            )
+            limit = job.spec.max_rejects
+            if limit is not None and result.rows_rejected > limit:
+                raise _ChunkFailed(
+                    chunk,
+                    PermanentError(f"{result.rows_rejected:,} rows rejected, more than max_rejects ({limit:,})"),
+                )
+        work.sink.finalize()
+    except _ChunkFailed as failure:
+        result.chunks_failed = 1
+        _fail(work, info, result, failure.error, failure.chunk.index)
+    except KeyboardInterrupt:
+        result.state = "cancelled"
+        result.finished_at = utcnow()
+        _abort(work)
+        log.warning("cancelled after {:,} rows", result.rows_written)
+        work.close()
+        raise
+    except Exception as exc:
+        _fail(work, info, result, exc, None)
+    result.state = "completed"
+    result.finished_at = utcnow()
+    if result.rows_rejected:
+        result.rejects_dir = str(work.rejects_dir)
+    log.info(
+        "completed: {:,} rows written in {} ({:,.0f} rows/s){}",
+        result.rows_written,
+        format_duration(result.seconds),
+        result.rows_per_second,
+        f"; {result.rows_rejected:,} rows rejected, see {work.rejects_dir}" if result.rows_rejected else "",
+    )
+    pm.hook.etl_after_job_run(job=job, run=info, result=result)
+    work.close()
+    return result
+
+
+class _ChunkFailed(Exception):
+    def __init__(self, chunk: Chunk, error: BaseException) -> None:
+        super().__init__(str(error))
+        self.chunk = chunk
+        self.error = error
+
+
+def _run_with_retries(
+    work: JobRun,
+    info: RunInfo,
+    chunk: Chunk,
+    shared: Mapping[str, Any],
+    policy: RetryPolicy,
+    clock: Clock,
+    rng: random.Random | None,
+    result: RunResult,
+) -> ChunkResult:
+    log = work.log.bind(chunk=chunk.index)
+    attempt = 1
+    while True:
+        work.pm.hook.etl_before_chunk_run(job=work.job, run=info, chunk=chunk, attempt=attempt)
+        try:
+            chunk_result = work.run_chunk(chunk, shared, attempt, clock)
+        except Exception as exc:
+            will_retry = policy.should_retry(attempt, is_transient(exc))
+            work.pm.hook.etl_on_chunk_error(
+                job=work.job, run=info, chunk=chunk, error=exc, attempt=attempt, will_retry=will_retry
+            )
+            if not will_retry:
+                log.opt(exception=exc).debug("chunk {} failed", chunk.index)
+                raise _ChunkFailed(chunk, exc) from exc
+            delay = policy.delay(attempt, rng)
+            log.warning(
+                "chunk {} attempt {}/{} failed: {}; retrying in {}",
+                chunk.index,
+                attempt,
+                policy.attempts,
+                _message(exc),
+                format_duration(delay),
+            )
+            result.retries += 1
+            clock.sleep(delay)
+            attempt += 1
+            continue
+        work.pm.hook.etl_after_chunk_run(job=work.job, run=info, chunk=chunk, result=chunk_result)
+        return chunk_result
+
+
+def _message(error: BaseException) -> str:
+    text = str(error).strip() or type(error).__name__
+    if not hasattr(error, "exit_code"):  # not one of ours: say what kind of error it was
+        text = f"{type(error).__name__}: {text}"
+    return text
+
+
+def _abort(work: JobRun) -> None:
+    try:
+        work.sink.abort()
+    except Exception:
+        work.log.opt(exception=True).warning("the sink could not clean up after the run")
+
+
+def _fail(work: JobRun, info: RunInfo, result: RunResult, error: BaseException, chunk: int | None) -> NoReturn:
+    result.state = "failed"
+    result.finished_at = utcnow()
+    result.error = _message(error)
+    result.error_chunk = chunk
+    _abort(work)
+    where = f" at chunk {chunk}" if chunk is not None else ""
+    work.log.opt(exception=error).debug("run {} failed{}", work.run_id, where)
+    work.log.error("failed{}: {}", where, result.error)
+    work.pm.hook.etl_on_job_error(job=work.job, run=info, error=error, result=result)
+    work.close()
+    raise JobFailed(f"run {work.run_id} failed{where}: {result.error}", result) from error

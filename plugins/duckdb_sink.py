@@ -1,0 +1,250 @@
+"""Sink ``duckdb``: a table in a local DuckDB database file, the embedded default.
+
+Each chunk is written in one transaction together with a row in the ledger table
+``_etl_ledger`` (run, chunk, target): a chunk whose ledger row exists is not written again,
+and a chunk that fails half-way leaves nothing behind.
+
+* ``append`` inserts each chunk into the table as it is written.
+* ``replace`` writes into a staging table and swaps it in, in one transaction, when the run
+  completes: readers see the old table until then.
+* ``merge`` writes into a staging table; when the run completes, rows are upserted on ``key``
+  (``MERGE INTO``). Where one run holds a key more than once, the last one wins: the row from
+  the highest chunk, and within a chunk the later row.
+
+DuckDB lets one process at a time open a database file for writing; use it for runs in one
+process, and a server database for runs spread over workers.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import pyarrow as pa
+from pydantic import Field, model_validator
+
+from etl import Chunk, PermanentError, Sink, StageOptions, TransientError, hookimpl
+
+LEDGER = "_etl_ledger"
+_HELPERS = ("_etl_chunk", "_etl_row")
+
+
+class DuckDBOptions(StageOptions):
+    path: str = Field(
+        description="the database file (created if missing), or :memory:", examples=["out/forecasts.duckdb"]
+    )
+    table: str = Field(description="the table, optionally schema-qualified", examples=["forecasts"])
+    mode: Literal["append", "replace", "merge"] = Field("append", description="how a run's rows reach the table")
+    key: list[str] | None = Field(None, min_length=1, description="the key columns that `merge` upserts on")
+
+    @model_validator(mode="after")
+    def _key_for_merge(self) -> DuckDBOptions:
+        if self.mode == "merge" and not self.key:
+            raise ValueError("mode merge needs `key:`, the columns to upsert on, e.g. key: [id]")
+        if self.mode != "merge" and self.key:
+            raise ValueError(f"`key` only applies to mode merge, not {self.mode}")
+        if not re.fullmatch(r"[^.\s\"]+(\.[^.\s\"]+)?", self.table):
+            raise ValueError(f"{self.table!r} is not a table name; expected name or schema.name")
+        return self
+
+
+def quote(name: str) -> str:
+    """A DuckDB identifier, quoted, with inner double quotes doubled."""
+    return '"' + name.replace('"', '""') + '"'
+
+
+class DuckDBSink(Sink):
+    """A table in a local DuckDB file: append, replace (atomic swap) or merge (upsert)."""
+
+    name = "duckdb"
+    Options = DuckDBOptions
+    options: DuckDBOptions
+
+    def __init__(self, options: DuckDBOptions, context) -> None:
+        super().__init__(options, context)
+        schema, _, table = options.table.rpartition(".")
+        self.schema = schema or "main"
+        self.table = table
+        self.target = f"{quote(self.schema)}.{quote(self.table)}"
+        stage_name = f"_etl_stage_{table}_{re.sub(r'[^0-9A-Za-z]', '_', context.run_id)}"
+        self.staging_name = stage_name
+        self.staging = f"{quote(self.schema)}.{quote(stage_name)}"
+        self._con = None
+
+    # -- connection ------------------------------------------------------------------------
+
+    @property
+    def con(self):
+        if self._con is None:
+            import duckdb
+
+            if self.options.path != ":memory:":
+                Path(self.options.path).parent.mkdir(parents=True, exist_ok=True)
+            try:
+                self._con = duckdb.connect(self.options.path)
+            except duckdb.IOException as exc:
+                # Another process holds the file: worth another try after a pause.
+                raise TransientError(f"cannot open {self.options.path}: {exc}") from exc
+            self._con.execute("SET TimeZone = 'UTC'")
+            self._con.execute(f"CREATE SCHEMA IF NOT EXISTS {quote(self.schema)}")
+            self._con.execute(
+                f"CREATE TABLE IF NOT EXISTS {LEDGER} (run_id VARCHAR, chunk INTEGER, target VARCHAR, "
+                "rows BIGINT, written_at TIMESTAMPTZ DEFAULT now(), PRIMARY KEY (run_id, chunk, target))"
+            )
+        return self._con
+
+    def close(self) -> None:
+        if self._con is not None:
+            self._con.close()
+            self._con = None
+
+    def _exists(self, name: str) -> bool:
+        rows = self.con.execute(
+            "SELECT 1 FROM information_schema.tables WHERE table_schema = ? AND table_name = ?", [self.schema, name]
+        ).fetchall()
+        return bool(rows)
+
+    def _columns(self, name: str) -> list[str]:
+        rows = self.con.execute(
+            "SELECT column_name FROM information_schema.columns WHERE table_schema = ? AND table_name = ? "
+            "ORDER BY ordinal_position",
+            [self.schema, name],
+        ).fetchall()
+        return [r[0] for r in rows]
+
+    # -- the sink contract ---------------------------------------------------------------
+
+    def write(self, chunk: Chunk, batches: Iterable[pa.RecordBatch]) -> int:
+        con = self.con
+        staged = self.options.mode != "append"
+        into, into_name = (self.staging, self.staging_name) if staged else (self.target, self.table)
+        con.execute("BEGIN TRANSACTION")
+        try:
+            done = con.execute(
+                f"SELECT rows FROM {LEDGER} WHERE run_id = ? AND chunk = ? AND target = ?",
+                [self.context.run_id, chunk.index, self.options.table],
+            ).fetchone()
+            if done is not None:  # this chunk of this run is already in: write nothing twice
+                con.execute("ROLLBACK")
+                return int(done[0])
+            written = 0
+            exists = self._exists(into_name)
+            for batch in batches:
+                if self.options.mode == "merge":
+                    batch = _with_positions(batch, chunk.index, written)
+                if not exists:
+                    self._create(into, batch)
+                    exists = True
+                else:
+                    self._check_columns(into_name, batch)
+                con.register("_etl_batch", batch)
+                try:
+                    con.execute(f"INSERT INTO {into} BY NAME SELECT * FROM _etl_batch")
+                finally:
+                    con.unregister("_etl_batch")
+                written += batch.num_rows
+            con.execute(
+                f"INSERT INTO {LEDGER} (run_id, chunk, target, rows) VALUES (?, ?, ?, ?)",
+                [self.context.run_id, chunk.index, self.options.table, written],
+            )
+            con.execute("COMMIT")
+        except BaseException:
+            con.execute("ROLLBACK")
+            raise
+        return written
+
+    def _create(self, name: str, batch: pa.RecordBatch) -> None:
+        self.con.register("_etl_batch", batch.slice(0, 0))
+        try:
+            self.con.execute(f"CREATE TABLE {name} AS SELECT * FROM _etl_batch")
+        finally:
+            self.con.unregister("_etl_batch")
+
+    def _check_columns(self, name: str, batch: pa.RecordBatch) -> None:
+        have = set(self._columns(name))
+        missing = [c for c in batch.schema.names if c not in have]
+        if missing:
+            raise PermanentError(
+                f"table {self.options.table} has no column {', '.join(map(repr, missing))}; "
+                f"it has: {', '.join(sorted(have - set(_HELPERS)))}. Add the columns, drop them with a "
+                "`select`/`drop` transform, or use mode: replace"
+            )
+
+    def finalize(self) -> None:
+        if self.options.mode == "append":
+            return
+        con = self.con
+        con.execute("BEGIN TRANSACTION")
+        try:
+            if self.options.mode == "replace":
+                self._swap()
+            else:
+                self._merge()
+            con.execute(
+                f"DELETE FROM {LEDGER} WHERE run_id = ? AND target = ?", [self.context.run_id, self.options.table]
+            )
+            con.execute("COMMIT")
+        except BaseException:
+            con.execute("ROLLBACK")
+            raise
+
+    def _swap(self) -> None:
+        if not self._exists(self.staging_name):  # the run had no rows: the table becomes empty
+            if self._exists(self.table):
+                self.con.execute(f"DELETE FROM {self.target}")
+            return
+        self.con.execute(f"DROP TABLE IF EXISTS {self.target}")
+        self.con.execute(f"ALTER TABLE {self.staging} RENAME TO {quote(self.table)}")
+
+    def _merge(self) -> None:
+        if not self._exists(self.staging_name):
+            return
+        key = self.options.key or []
+        missing = [k for k in key if k not in self._columns(self.staging_name)]
+        if missing:
+            raise PermanentError(
+                f"merge key column {', '.join(missing)} is not in the rows; they have: "
+                f"{', '.join(c for c in self._columns(self.staging_name) if c not in _HELPERS)}"
+            )
+        keys = ", ".join(quote(k) for k in key)
+        latest = (
+            f"SELECT * EXCLUDE (_etl_chunk, _etl_row) FROM {self.staging} "
+            f"QUALIFY row_number() OVER (PARTITION BY {keys} ORDER BY _etl_chunk DESC, _etl_row DESC) = 1"
+        )
+        if not self._exists(self.table):
+            self.con.execute(f"CREATE TABLE {self.target} AS {latest}")
+        else:
+            on = " AND ".join(f"t.{quote(k)} IS NOT DISTINCT FROM s.{quote(k)}" for k in key)
+            self.con.execute(
+                f"MERGE INTO {self.target} AS t USING ({latest}) AS s ON ({on}) "
+                "WHEN MATCHED THEN UPDATE BY NAME WHEN NOT MATCHED THEN INSERT BY NAME"
+            )
+        self.con.execute(f"DROP TABLE {self.staging}")
+
+    def abort(self) -> None:
+        # Appended chunks stay in the table, and their ledger rows stay with them so that
+        # they are never written twice; staged rows of replace and merge are dropped.
+        if self.options.mode != "append":
+            self.con.execute(f"DROP TABLE IF EXISTS {self.staging}")
+            self.con.execute(
+                f"DELETE FROM {LEDGER} WHERE run_id = ? AND target = ?", [self.context.run_id, self.options.table]
+            )
+
+
+def _with_positions(batch: pa.RecordBatch, chunk: int, first: int) -> pa.RecordBatch:
+    """The batch with the chunk index and row positions that decide which duplicate key wins."""
+    n = batch.num_rows
+    columns = [
+        *batch.columns,
+        pa.array(np.full(n, chunk, np.int32)),
+        pa.array(np.arange(first, first + n, dtype=np.int64)),
+    ]
+    return pa.RecordBatch.from_arrays(columns, names=[*batch.schema.names, *_HELPERS])
+
+
+@hookimpl
+def etl_register_sinks() -> list[type[Sink]]:
+    return [DuckDBSink]

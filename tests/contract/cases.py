@@ -1,0 +1,16 @@
+"""Every contract case: the core built-ins' and the file formats'."""
+
+from __future__ import annotations
+
+from tests.contract import cases_core
+
+SOURCE_CASES = list(cases_core.SOURCE_CASES)
+SINK_CASES = list(cases_core.SINK_CASES)
+
+try:  # the file formats' cases live beside their own tests
+    from tests.contract import cases_files
+except ImportError:  # pragma: no cover - only while the file formats are being written
+    cases_files = None
+else:
+    SOURCE_CASES += cases_files.SOURCE_CASES
+    SINK_CASES += cases_files.SINK_CASES
