@@ -29,6 +29,9 @@ from pydantic import Field, model_validator
 from etl import Chunk, PermanentError, Sink, StageOptions, TransientError, hookimpl
 
 LEDGER = "_etl_ledger"
+# DuckDB keeps the blocks it wrote cached until the database is closed: reopening it after this
+# many rows keeps memory flat however big the table grows (and costs next to nothing).
+REOPEN_AFTER_ROWS = 200_000
 _HELPERS = ("_etl_chunk", "_etl_row")
 
 
@@ -73,6 +76,7 @@ class DuckDBSink(Sink):
         self.staging_name = stage_name
         self.staging = f"{quote(self.schema)}.{quote(stage_name)}"
         self._con = None
+        self._rows_since_open = 0
 
     # -- connection ------------------------------------------------------------------------
 
@@ -100,6 +104,7 @@ class DuckDBSink(Sink):
         if self._con is not None:
             self._con.close()
             self._con = None
+            self._rows_since_open = 0
 
     def _exists(self, name: str) -> bool:
         rows = self.con.execute(
@@ -154,6 +159,9 @@ class DuckDBSink(Sink):
         except BaseException:
             con.execute("ROLLBACK")
             raise
+        self._rows_since_open += written
+        if self._rows_since_open >= REOPEN_AFTER_ROWS and self.options.path != ":memory:":
+            self.close()
         return written
 
     def _create(self, name: str, batch: pa.RecordBatch) -> None:
