@@ -35,15 +35,14 @@ def _quote(name: str) -> str:
 
 
 class _SqlTransform(Transform):
-    """Runs one query per batch on a private in-memory DuckDB connection."""
+    """Runs queries over each batch on a private in-memory DuckDB connection."""
 
     def __init__(self, options: StageOptions, context) -> None:
         super().__init__(options, context)
         self._con: Any = None
-        self.query = self.build_query()
-        self.params = self._bind(self.query, context.params)
+        self.params = self._bind(self.sql_text(), context.params)
 
-    def build_query(self) -> str:  # pragma: no cover - each subclass builds its own
+    def sql_text(self) -> str:  # pragma: no cover - each subclass gives its own
         raise NotImplementedError
 
     def _bind(self, query: str, params: Mapping[str, Any]) -> dict[str, Any]:
@@ -60,17 +59,20 @@ class _SqlTransform(Transform):
         if self._con is None:
             import duckdb
 
-            self._con = duckdb.connect(":memory:")
+            # One batch at a time is small work: one thread does it with less overhead.
+            self._con = duckdb.connect(":memory:", config={"threads": 1})
             self._con.execute("SET TimeZone = 'UTC'")
         return self._con
 
-    def apply(self, batch: pa.RecordBatch) -> pa.Table:
+    def query(self, batch: pa.RecordBatch, sql: str) -> pa.Table:
+        """The result of ``sql`` over ``batch`` (the table ``batch``), with the job's params bound."""
         import duckdb
 
         con = self.con
         con.register("batch", batch)
         try:
-            return con.execute(self.query, self.params).to_arrow_table()
+            params = {k: v for k, v in self.params.items() if f"${k}" in sql}
+            return con.execute(sql, params).to_arrow_table()
         except duckdb.Error as exc:
             message = str(exc).splitlines()[0]
             raise PermanentError(f"{self.context.label}: {message}") from None
@@ -92,7 +94,7 @@ class FilterOptions(StageOptions):
     @field_validator("expr")
     @classmethod
     def _syntax(cls, value: str) -> str:
-        _check_syntax(f"SELECT * FROM batch WHERE ({value})")
+        _check_syntax(f"SELECT ({value}) FROM batch")
         return value
 
 
@@ -103,8 +105,14 @@ class Filter(_SqlTransform):
     Options = FilterOptions
     options: FilterOptions
 
-    def build_query(self) -> str:
-        return f"SELECT * FROM batch WHERE ({self.options.expr})"
+    def sql_text(self) -> str:
+        return self.options.expr
+
+    def apply(self, batch: pa.RecordBatch) -> pa.RecordBatch:
+        # DuckDB evaluates only the condition; the rows kept are the batch's own arrays, so
+        # column types never change on the way through.
+        keep = self.query(batch, f"SELECT ({self.options.expr})::BOOLEAN AS keep FROM batch").column(0)
+        return batch.filter(keep.combine_chunks(), null_selection_behavior="drop")
 
 
 class DeriveOptions(StageOptions):
@@ -132,29 +140,19 @@ class Derive(_SqlTransform):
     Options = DeriveOptions
     options: DeriveOptions
 
-    def build_query(self) -> str:
-        return self._query(())
+    def sql_text(self) -> str:
+        return " ".join(self.options.columns.values())
 
-    def _query(self, names: tuple[str, ...]) -> str:
-        # One nested SELECT per column, so that each expression sees the columns before it.
-        # A column the rows already have is replaced in place (`* REPLACE`); a new one goes last.
-        query = "SELECT * FROM batch"
-        have = set(names)
+    def apply(self, batch: pa.RecordBatch) -> pa.RecordBatch:
+        # One expression at a time, so each sees the columns derived before it. A column the
+        # rows already have is replaced where it stands; a new one goes last.
         for name, expr in self.options.columns.items():
-            if name in have:
-                query = f"SELECT * REPLACE (({expr}) AS {_quote(name)}) FROM ({query})"
+            values = self.query(batch, f"SELECT ({expr}) AS {_quote(name)} FROM batch").column(0).combine_chunks()
+            if name in batch.schema.names:
+                batch = batch.set_column(batch.schema.get_field_index(name), name, values)
             else:
-                query = f"SELECT *, ({expr}) AS {_quote(name)} FROM ({query})"
-                have.add(name)
-        return query
-
-    def apply(self, batch: pa.RecordBatch) -> pa.Table:
-        names = tuple(batch.schema.names)
-        if names != self._names:
-            self._names, self.query = names, self._query(names)
-        return super().apply(batch)
-
-    _names: tuple[str, ...] = ()
+                batch = batch.append_column(name, values)
+        return batch
 
 
 class SqlOptions(StageOptions):
@@ -176,8 +174,11 @@ class Sql(_SqlTransform):
     Options = SqlOptions
     options: SqlOptions
 
-    def build_query(self) -> str:
+    def sql_text(self) -> str:
         return self.options.query
+
+    def apply(self, batch: pa.RecordBatch) -> pa.Table:
+        return self.query(batch, self.options.query)
 
 
 @hookimpl
