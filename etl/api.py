@@ -84,7 +84,10 @@ def _load(
     else:
         file = "<string>"
     env = environment() if env is None else env
-    doc = parse(text, file, env)
+    try:
+        doc = parse(text, file, env)
+    except ConfigError as exc:
+        raise ConfigErrors([exc]) from None
     applied = config.apply_sets(doc, sets)
     if pm is None:
         pm = _manager_for(doc)

@@ -619,9 +619,9 @@ def _pydantic_errors(
             valid = f"; valid keys: {', '.join(allowed)}" if allowed else ""
             result.append(_located(doc, path, f"unknown key{hint}{valid}", sets, key=True))
         elif kind == "missing":
-            result.append(_located(doc, path, f"missing{_expected(model, loc)}", sets))
+            result.append(_located(doc, path, f"missing{_expected(model, loc)}", sets, key=True))
         else:
-            result.append(_located(doc, path, _describe(item, doc, path), sets))
+            result.append(_located(doc, path, _describe(item, doc, path), sets, key=True))
     # A union (bool | float) reports once per member; keep one line per location and message.
     unique: dict[tuple[Any, ...], ConfigError] = {}
     for error in result:

@@ -241,5 +241,8 @@ def is_transient(error: BaseException) -> bool:
 
 def did_you_mean(word: str, choices: Iterable[str]) -> str:
     """``'; did you mean "table"?'`` when a choice is close to ``word``, else ``''``."""
-    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    choices = [str(c) for c in choices]
+    close = difflib.get_close_matches(word, choices, n=1, cutoff=0.6)
+    if not close and len(word) >= 3:  # an abbreviation: "prod" for "production"
+        close = [c for c in choices if c.lower().startswith(word.lower())][:1]
     return f'; did you mean "{close[0]}"?' if close else ""
