@@ -24,8 +24,9 @@ def _union(registry: StageRegistry, kind: str) -> Any:
     for stage in registry.all():
         if stage.kind != kind:
             continue
+        name = "".join(part.title() for part in stage.name.replace("-", "_").split("_"))
         model = create_model(
-            f"{stage.cls.__name__}{kind.title()}",
+            f"{kind.title()}{name}",
             __base__=stage.cls.Options,
             __doc__=stage.description or None,
             type=(Literal[stage.name], Field(description=f"{kind} type")),
@@ -46,9 +47,34 @@ def job_schema(registry: StageRegistry) -> dict[str, Any]:
         "Job",
         __base__=JobSpec,
         __doc__="An etl job: a source, transforms and a sink, run in chunks.",
-        source=(source, fields["source"]),
-        transforms=(list[transform], fields["transforms"]),
-        sink=(sink, fields["sink"]),
+        source=(source, Field(description=fields["source"].description)),
+        transforms=(list[transform], Field(default_factory=list, description=fields["transforms"].description)),
+        sink=(sink, Field(description=fields["sink"].description)),
     )
     schema = model.model_json_schema(mode="validation")
+    _allow_references(schema)
     return {"$schema": "https://json-schema.org/draft/2020-12/schema", "$id": SCHEMA_ID, **schema}
+
+
+# A value written as a `{{ params.NAME }}` template or a `${VAR}` reference is text in the file
+# and becomes a number or a boolean only when the job is loaded.
+REFERENCE = {"type": "string", "pattern": r"^\s*(\{\{\s*params\.[A-Za-z_][A-Za-z0-9_]*\s*\}\}|\$\{[^}]+\})\s*$"}
+_TYPED = {"integer", "number", "boolean"}
+
+
+def _allow_references(schema: dict[str, Any]) -> None:
+    """Let every number and boolean property also be written as a template or reference."""
+    models = [schema, *schema.get("$defs", {}).values()]
+    for model in models:
+        for name, prop in list(model.get("properties", {}).items()):
+            if name == "type":
+                continue
+            kinds = {prop.get("type")} | {p.get("type") for p in prop.get("anyOf", [])}
+            if kinds & _TYPED:
+                model["properties"][name] = {
+                    **{k: v for k, v in prop.items() if k in ("title", "description", "default")},
+                    "anyOf": [
+                        {k: v for k, v in prop.items() if k not in ("title", "description", "default")},
+                        REFERENCE,
+                    ],
+                }
