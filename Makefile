@@ -1,0 +1,34 @@
+# Two commands on a fresh clone, each making its own virtual environment when needed:
+#   make demo   run the demo job (1,000,000 generated rows → a local DuckDB file; no server)
+#   make test   run the whole test suite
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+READY := $(VENV)/.ready
+
+.PHONY: demo test lint schema clean
+
+$(READY): pyproject.toml constraints.txt
+	@$(PYTHON) -c 'import sys; sys.exit("Python 3.11 or newer is needed; set PYTHON=python3.11" if sys.version_info < (3, 11) else 0)'
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev]'
+	@touch $@
+
+demo: $(READY)
+	$(BIN)/etl run configs/demo.yaml
+
+test: $(READY)
+	$(BIN)/pytest
+
+lint: $(READY)
+	$(BIN)/ruff check etl plugins tests
+	$(BIN)/ruff format --check etl plugins tests
+	$(BIN)/lint-imports
+
+# Regenerate the JSON Schema that editors use (a test fails when it is stale).
+schema: $(READY)
+	$(BIN)/etl schema -o docs/etl-job.schema.json
+
+clean:
+	rm -rf $(VENV) out .etl .pytest_cache .hypothesis *.egg-info
