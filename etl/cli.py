@@ -203,11 +203,12 @@ def plugins(as_json: bool) -> None:
     stages = []
     for stage in registry.all():
         options = []
+        schema = stage.cls.Options.model_json_schema()
         for name, info in stage.cls.Options.model_fields.items():
             options.append(
                 {
                     "name": name,
-                    "type": _type_name(info.annotation),
+                    "type": _type_name(schema["properties"].get(name, {}), schema.get("$defs", {})),
                     "required": info.is_required(),
                     "default": None if info.is_required() else _default(info),
                     "description": info.description or "",
@@ -233,15 +234,33 @@ def plugins(as_json: bool) -> None:
                 f"  {stage['type']:<10} {stage['description']}  [{stage['plugin']} {stage['version'] or ''}]".rstrip()
             )
             for option in stage["options"]:
-                default = "required" if option["required"] else f"default {option['default']!r}"
+                if option["required"]:
+                    default = "required"
+                else:
+                    default = "optional" if option["default"] is None else f"default {json.dumps(option['default'])}"
                 click.echo(f"      {option['name']}: {option['type']} ({default}) {option['description']}".rstrip())
         click.echo()
 
 
-def _type_name(annotation: Any) -> str:
-    text = getattr(annotation, "__name__", None) if isinstance(annotation, type) else None
-    text = text or str(annotation)
-    return text.replace("typing.", "").replace("pydantic.types.", "").replace("NoneType", "None")
+def _type_name(prop: dict[str, Any], defs: dict[str, Any]) -> str:
+    """A short type for an option, from its JSON Schema: ``append | replace``, ``list[string]``."""
+    if "$ref" in prop:
+        return defs.get(prop["$ref"].rsplit("/", 1)[-1], {}).get("title", "object")
+    if "enum" in prop:
+        return " | ".join(map(str, prop["enum"]))
+    if "const" in prop:
+        return str(prop["const"])
+    for key in ("anyOf", "oneOf"):
+        if key in prop:
+            kinds = [_type_name(p, defs) for p in prop[key] if p.get("type") != "null"]
+            return " | ".join(dict.fromkeys(kinds)) or "null"
+    kind = prop.get("type", "any")
+    if kind == "array":
+        return f"list[{_type_name(prop.get('items', {}), defs)}]"
+    if kind == "object":
+        extra = prop.get("additionalProperties")
+        return f"mapping[string, {_type_name(extra, defs)}]" if isinstance(extra, dict) else "mapping"
+    return str(kind)
 
 
 def _default(info: Any) -> Any:
