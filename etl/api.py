@@ -18,7 +18,7 @@ from etl import config
 from etl.errors import ConfigError, ConfigErrors, PluginError
 from etl.manager import StageRegistry, get_plugin_manager
 from etl.runner import run_job
-from etl.yamldoc import Document, environment, parse
+from etl.yamldoc import Document, apply_sets, environment, parse
 
 if TYPE_CHECKING:
     import pluggy
@@ -88,7 +88,7 @@ def _load(
         doc = parse(text, file, env)
     except ConfigError as exc:
         raise ConfigErrors([exc]) from None
-    applied = config.apply_sets(doc, sets)
+    applied = apply_sets(doc, sets)
     if pm is None:
         pm = _manager_for(doc)
     registry = StageRegistry(pm)

@@ -8,21 +8,18 @@ plugin manager supplies.
 
 from __future__ import annotations
 
-import datetime as dt
 import re
 import typing
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal, Protocol
 
-import yaml
 from pydantic import (
     BaseModel,
     BeforeValidator,
     ConfigDict,
     Field,
-    SecretStr,
     TypeAdapter,
     ValidationError,
     WithJsonSchema,
@@ -30,6 +27,8 @@ from pydantic import (
 )
 
 from etl.errors import ConfigError, ConfigErrors, did_you_mean
+from etl.masking import mask
+from etl.params import INVALID, ParamType, json_value, render, resolve_params
 from etl.units import parse_cron, parse_duration
 from etl.yamldoc import Document, KeyPath, format_key
 
@@ -44,8 +43,6 @@ __all__ = [
     "RetrySpec",
     "StageConfig",
     "Thresholds",
-    "apply_sets",
-    "mask",
     "validate",
 ]
 
@@ -69,9 +66,6 @@ Duration = Annotated[
 
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-ParamType = Literal["string", "integer", "number", "boolean", "date", "datetime"]
 
 
 class ParamSpec(_Model):
@@ -219,210 +213,8 @@ class Job:
                 data["transforms"][int(stage.key.split("[")[1].rstrip("]"))] = dumped
             else:
                 data[stage.kind] = dumped
-        data["params"] = {k: _json_value(v) for k, v in self.params.items()}
+        data["params"] = {k: json_value(v) for k, v in self.params.items()}
         return mask(data, self.written)
-
-
-def _json_value(value: Any) -> Any:
-    return value.isoformat() if isinstance(value, dt.date | dt.datetime) else value
-
-
-# -- Secrets ------------------------------------------------------------------------------
-
-_SECRET_KEY = re.compile(r"(passw(or)?d|secret|token|api_?key|private_?key|credential|auth)", re.I)
-_URL_PASSWORD = re.compile(r"(?P<head>[a-z][a-z0-9+.-]*://[^:/@\s]*:)(?P<password>[^@\s]+)(?P<tail>@)", re.I)
-MASK = "***"
-
-
-def mask(data: Any, written: Mapping[KeyPath, str] | None = None, path: KeyPath = ()) -> Any:
-    """``data`` with secrets hidden.
-
-    A value that came from a ``${VAR}`` reference is shown as written; values under keys that
-    name a secret (``password``, ``token``, ``credentials``...) become ``***``; a password in a
-    URL (``postgres://user:pw@host``) becomes ``***``.
-    """
-    written = written or {}
-    if path in written:
-        return written[path]
-    if isinstance(data, Mapping):
-        return {
-            k: (
-                MASK
-                if _SECRET_KEY.search(str(k)) and v not in (None, "") and (*path, k) not in written
-                else mask(v, written, (*path, k))
-            )
-            for k, v in data.items()
-        }
-    if isinstance(data, list | tuple):
-        return [mask(v, written, (*path, i)) for i, v in enumerate(data)]
-    if isinstance(data, SecretStr):
-        return MASK
-    if isinstance(data, str):
-        return _URL_PASSWORD.sub(lambda m: m["head"] + MASK + m["tail"], data)
-    return data
-
-
-# -- Overrides ----------------------------------------------------------------------------
-
-_SET_PART = re.compile(r"([^.\[\]]+)|\[(\d+)\]")
-
-
-def parse_key_path(text: str) -> KeyPath:
-    """``transforms[1].query`` or ``transforms.1.query`` → ``('transforms', 1, 'query')``."""
-    parts: list[str | int] = []
-    for name, index in _SET_PART.findall(text):
-        if index:
-            parts.append(int(index))
-        else:
-            parts.append(int(name) if name.isdigit() else name)
-    return tuple(parts)
-
-
-def apply_sets(doc: Document, sets: Sequence[str]) -> dict[KeyPath, str]:
-    """Apply ``--set key.path=value`` overrides to ``doc.data``; values are YAML scalars.
-
-    Returns the option text of each override, by key path, for error messages.
-
-    Raises:
-        ConfigErrors: for an override that is not ``key=value`` or leads nowhere.
-    """
-    applied: dict[KeyPath, str] = {}
-    errors: list[ConfigError] = []
-    for item in sets:
-        origin = f"--set {item}"
-        key, sep, raw = item.partition("=")
-        path = parse_key_path(key.strip())
-        if not sep or not path:
-            errors.append(ConfigError("expected key.path=value, e.g. --set sink.table=forecasts", file=origin))
-            continue
-        try:
-            value = yaml.safe_load(raw) if raw.strip() else ""
-        except yaml.YAMLError:
-            value = raw
-        target = doc.data if isinstance(doc.data, dict) else {}
-        doc.data = target
-        problem = _assign(target, path, value)
-        if problem:
-            errors.append(ConfigError(problem, file=origin, key=format_key(path)))
-        else:
-            applied[path] = origin
-            doc.written.pop(path, None)
-    if errors:
-        raise ConfigErrors(errors)
-    return applied
-
-
-def _assign(target: Any, path: KeyPath, value: Any) -> str | None:
-    for depth, part in enumerate(path[:-1]):
-        nxt = path[depth + 1]
-        if isinstance(target, dict):
-            target = target.setdefault(part, [] if isinstance(nxt, int) else {})
-        elif isinstance(target, list) and isinstance(part, int) and part < len(target):
-            target = target[part]
-        else:
-            return f"cannot set {format_key(path)}: {format_key(path[: depth + 1])} is not a mapping or a list item"
-    last = path[-1]
-    if isinstance(target, dict) or isinstance(target, list) and isinstance(last, int) and last < len(target):
-        target[last] = value
-    else:
-        return f"cannot set {format_key(path)}: its parent is not a mapping, or the list is shorter"
-    return None
-
-
-# -- Parameters ---------------------------------------------------------------------------
-
-_TRUE = {"true", "yes", "y", "1", "on"}
-_FALSE = {"false", "no", "n", "0", "off"}
-
-
-def convert_param(kind: ParamType, value: Any) -> Any:
-    """A parameter value of type ``kind`` from YAML or command-line text.
-
-    Raises:
-        ValueError: saying what a valid value looks like.
-    """
-    text = str(value).strip()
-    if kind == "string":
-        return value if isinstance(value, str) else text
-    if kind == "integer":
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        if re.fullmatch(r"[+-]?\d[\d_]*", text):
-            return int(text)
-        raise ValueError(f"{value!r} is not an integer; expected e.g. 42")
-    if kind == "number":
-        try:
-            return float(text) if not isinstance(value, bool) else _fail()
-        except ValueError:
-            raise ValueError(f"{value!r} is not a number; expected e.g. 0.5") from None
-    if kind == "boolean":
-        if isinstance(value, bool):
-            return value
-        if text.lower() in _TRUE | _FALSE:
-            return text.lower() in _TRUE
-        raise ValueError(f"{value!r} is not a boolean; expected true or false")
-    if kind == "date":
-        if isinstance(value, dt.date) and not isinstance(value, dt.datetime):
-            return value
-        try:
-            return dt.date.fromisoformat(text)
-        except ValueError:
-            raise ValueError(f"{value!r} is not a date; expected YYYY-MM-DD, e.g. 2026-01-31") from None
-    if kind == "datetime":
-        if isinstance(value, dt.datetime):
-            return value
-        try:
-            return dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
-        except ValueError:
-            raise ValueError(
-                f"{value!r} is not a date and time; expected ISO 8601, e.g. 2026-01-31T06:00:00Z"
-            ) from None
-    raise ValueError(f"unknown parameter type {kind!r}")
-
-
-def _fail() -> float:
-    raise ValueError
-
-
-def resolve_params(
-    doc: Document, specs: Mapping[str, ParamSpec], given: Mapping[str, str]
-) -> tuple[dict[str, Any], list[ConfigError]]:
-    """Typed parameter values from the job's declarations and the values given at run time."""
-    values: dict[str, Any] = {}
-    errors: list[ConfigError] = []
-    for name in given:
-        if name not in specs:
-            hint = did_you_mean(name, specs) or (
-                f"; the job declares: {', '.join(specs)}" if specs else "; the job declares no params"
-            )
-            errors.append(ConfigError(f"unknown parameter {name!r}{hint}", file=f"-p {name}={given[name]}"))
-    for name, spec in specs.items():
-        path: KeyPath = ("params", name)
-        if name in given:
-            raw, origin = given[name], f"-p {name}={given[name]}"
-        elif spec.default is not None:
-            raw, origin = spec.default, None
-        elif spec.required:
-            errors.append(doc.error(path, f"required parameter; give it with -p {name}=VALUE"))
-            continue
-        else:
-            values[name] = None
-            continue
-        try:
-            value = convert_param(spec.type, raw)
-            if spec.choices is not None:
-                allowed = [convert_param(spec.type, c) for c in spec.choices]
-                if value not in allowed:
-                    shown = ", ".join(str(c) for c in spec.choices)
-                    raise ValueError(f"{raw!r} is not one of: {shown}{did_you_mean(str(raw), map(str, spec.choices))}")
-        except ValueError as exc:
-            if origin:
-                errors.append(ConfigError(str(exc), file=origin, key=f"params.{name}"))
-            else:
-                errors.append(doc.error((*path, "default"), str(exc)))
-            continue
-        values[name] = value
-    return values, errors
 
 
 # -- Validation ---------------------------------------------------------------------------
@@ -462,8 +254,8 @@ def validate(
 
     def stage(kind: Kind, path: KeyPath, raw: Any) -> StageConfig | None:
         count = len(errors)
-        rendered = _render(doc, path, raw, values, specs, errors)
-        if len(errors) > count or rendered is _INVALID:
+        rendered = render(doc, path, raw, values, specs, errors)
+        if len(errors) > count or rendered is INVALID:
             return None  # reported already; its options can't be checked with a value missing
         return _stage(doc, registry, kind, path, rendered, sets, errors)
 
@@ -493,62 +285,6 @@ def _param_specs(raw: Any) -> dict[str, ParamSpec]:
         return TypeAdapter(dict[str, ParamSpec]).validate_python(raw or {})
     except ValidationError:
         return {}
-
-
-_TEMPLATE = re.compile(r"\{\{\s*params\.([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")
-_SQL_KEYS = {"query", "expr"}
-
-
-_INVALID = object()
-
-
-def _render(
-    doc: Document,
-    path: KeyPath,
-    raw: Any,
-    values: Mapping[str, Any],
-    specs: Mapping[str, ParamSpec],
-    errors: list[ConfigError],
-) -> Any:
-    """Stage options with ``{{ params.NAME }}`` replaced by the parameter's value.
-
-    A string that is just one template takes the parameter's typed value (``rows: "{{
-    params.rows }}"`` is an integer); templates inside longer text are replaced by the value's
-    text. SQL keys (``query``, ``expr``) refuse templates: there, ``$NAME`` binds the value
-    safely instead of splicing it into the SQL text.
-    """
-    if isinstance(raw, dict):
-        items = {k: _render(doc, (*path, k), v, values, specs, errors) for k, v in raw.items()}
-        return _INVALID if _INVALID in items.values() else items
-    if isinstance(raw, list):
-        listed = [_render(doc, (*path, i), v, values, specs, errors) for i, v in enumerate(raw)]
-        return _INVALID if any(v is _INVALID for v in listed) else listed
-    if not isinstance(raw, str) or "{{" not in raw:
-        return raw
-    names = _TEMPLATE.findall(raw)
-    if path[-1] in _SQL_KEYS and names:
-        errors.append(
-            doc.error(
-                path,
-                f"use ${names[0]} to pass a parameter to SQL (bound as a value, never spliced "
-                f"into the text), not {{{{ params.{names[0]} }}}}",
-            )
-        )
-        return raw
-    if any(n in specs and n not in values for n in names):
-        return _INVALID  # a declared parameter whose value was rejected (and reported) above
-    unknown = [n for n in names if n not in values]
-    for name in unknown:
-        hint = did_you_mean(name, values) or (
-            f"; the job's params: {', '.join(values)}" if values else "; the job declares no params"
-        )
-        errors.append(doc.error(path, f"{{{{ params.{name} }}}}: no such parameter{hint}"))
-    if unknown:
-        return raw
-    whole = _TEMPLATE.fullmatch(raw.strip())
-    if whole:
-        return values[whole[1]]
-    return _TEMPLATE.sub(lambda m: str(_json_value(values[m[1]])), raw)
 
 
 def _stage(

@@ -9,16 +9,16 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from etl.errors import ConfigError
+from etl.errors import ConfigError, ConfigErrors
 
-__all__ = ["Document", "KeyPath", "environment", "format_key", "parse"]
+__all__ = ["Document", "KeyPath", "apply_sets", "environment", "format_key", "parse", "parse_key_path"]
 
 KeyPath = tuple[str | int, ...]
 
@@ -180,3 +180,70 @@ class _Builder:
             return value
 
         return _REFERENCE.sub(replace, text)
+
+
+# -- Overrides ----------------------------------------------------------------------------
+
+_SET_PART = re.compile(r"([^.\[\]]+)|\[(\d+)\]")
+
+
+def parse_key_path(text: str) -> KeyPath:
+    """``transforms[1].query`` or ``transforms.1.query`` → ``('transforms', 1, 'query')``."""
+    parts: list[str | int] = []
+    for name, index in _SET_PART.findall(text):
+        if index:
+            parts.append(int(index))
+        else:
+            parts.append(int(name) if name.isdigit() else name)
+    return tuple(parts)
+
+
+def apply_sets(doc: Document, sets: Sequence[str]) -> dict[KeyPath, str]:
+    """Apply ``--set key.path=value`` overrides to ``doc.data``; values are YAML scalars.
+
+    Returns the option text of each override, by key path, for error messages.
+
+    Raises:
+        ConfigErrors: for an override that is not ``key=value`` or leads nowhere.
+    """
+    applied: dict[KeyPath, str] = {}
+    errors: list[ConfigError] = []
+    for item in sets:
+        origin = f"--set {item}"
+        key, sep, raw = item.partition("=")
+        path = parse_key_path(key.strip())
+        if not sep or not path:
+            errors.append(ConfigError("expected key.path=value, e.g. --set sink.table=forecasts", file=origin))
+            continue
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError:
+            value = raw
+        target = doc.data if isinstance(doc.data, dict) else {}
+        doc.data = target
+        problem = _assign(target, path, value)
+        if problem:
+            errors.append(ConfigError(problem, file=origin, key=format_key(path)))
+        else:
+            applied[path] = origin
+            doc.written.pop(path, None)
+    if errors:
+        raise ConfigErrors(errors)
+    return applied
+
+
+def _assign(target: Any, path: KeyPath, value: Any) -> str | None:
+    for depth, part in enumerate(path[:-1]):
+        nxt = path[depth + 1]
+        if isinstance(target, dict):
+            target = target.setdefault(part, [] if isinstance(nxt, int) else {})
+        elif isinstance(target, list) and isinstance(part, int) and part < len(target):
+            target = target[part]
+        else:
+            return f"cannot set {format_key(path)}: {format_key(path[: depth + 1])} is not a mapping or a list item"
+    last = path[-1]
+    if isinstance(target, dict) or isinstance(target, list) and isinstance(last, int) and last < len(target):
+        target[last] = value
+    else:
+        return f"cannot set {format_key(path)}: its parent is not a mapping, or the list is shorter"
+    return None

@@ -8,8 +8,8 @@ import textwrap
 import pytest
 
 import etl
-from etl.config import mask
 from etl.errors import ConfigErrors
+from etl.masking import mask
 
 GOOD = """\
 name: forecast-sync
