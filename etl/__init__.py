@@ -7,7 +7,7 @@ Importing it loads no queue, database or cloud client.
 
 from loguru import logger
 
-from etl.api import load_job, run, validate
+from etl.api import load_job, plan, run, validate
 from etl.config import Job, StageConfig
 from etl.errors import (
     ConfigError,
@@ -63,6 +63,7 @@ __all__ = [
     "load_job",
     "parse_duration",
     "parse_type",
+    "plan",
     "run",
     "validate",
 ]

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from etl import config
-from etl.errors import ConfigError, ConfigErrors, PluginError
+from etl.errors import ConfigError, ConfigErrors, EtlError, JobFailed, PluginError
 from etl.manager import StageRegistry, get_plugin_manager
 from etl.runner import run_job
 from etl.yamldoc import Document, apply_sets, environment, parse
@@ -25,9 +25,10 @@ if TYPE_CHECKING:
 
     from etl.config import Job
     from etl.retry import Clock
-    from etl.runs import RunResult
+    from etl.runs import RunInfo, RunResult
+    from etl.stages import Plan
 
-__all__ = ["load_job", "run", "state_dir", "validate"]
+__all__ = ["load_job", "plan", "run", "state_dir", "validate"]
 
 
 def state_dir() -> Path:
@@ -120,6 +121,32 @@ def validate(paths: Sequence[str | os.PathLike[str]], **kwargs: Any) -> dict[str
         except ConfigErrors as exc:
             problems[str(path)] = exc.errors
     return problems
+
+
+def plan(job: Job, *, pm: pluggy.PluginManager | None = None) -> tuple[RunInfo, Plan, list[str]]:
+    """Count and plan a run without running it (what ``etl run --dry-run`` shows).
+
+    Returns the run's info, its chunk plan, and the warnings the thresholds give.
+
+    Raises:
+        UsageError: the source holds more rows than ``thresholds.max``.
+        JobFailed: counting or planning failed.
+    """
+    from etl.runner import JobRun, check_thresholds
+
+    pm = pm or get_plugin_manager(job_plugins=job.spec.plugins, job_dir=job.directory)
+    work = JobRun(job, pm)
+    try:
+        count = work.count()
+        warnings = check_thresholds(job, count)
+        info, chunks = work.plan(count)
+    except EtlError:
+        raise  # ours already says what is wrong
+    except Exception as exc:
+        raise JobFailed(f"planning failed: {type(exc).__name__}: {exc}") from exc
+    finally:
+        work.close()
+    return info, chunks, warnings
 
 
 def run(

@@ -124,21 +124,8 @@ def run(
 
 
 def _dry_run(job: Any, as_json: bool) -> None:
-    from etl.manager import get_plugin_manager
-    from etl.runner import JobRun, check_thresholds
-
-    work = JobRun(job, get_plugin_manager(job_plugins=job.spec.plugins, job_dir=job.directory))
-    try:
-        count = work.count()
-        warnings = check_thresholds(job, count)
-        info, plan = work.plan(count)
-    except EtlError:
-        raise
-    except Exception as exc:
-        raise JobFailed(f"planning failed: {type(exc).__name__}: {exc}") from exc
-    finally:
-        work.close()
-    background = count.rows is not None and count.rows >= job.spec.thresholds.background
+    info, plan, warnings = api.plan(job)
+    background = info.rows is not None and info.rows >= job.spec.thresholds.background
     if as_json:
         data = {
             "job": job.name,

@@ -262,3 +262,12 @@ def test_a_source_that_fails_to_plan_fails_the_run(pm, clock, tmp_path):
     )
     with pytest.raises(JobFailed, match="none/"):
         run(pm, clock, text=text)
+
+
+def test_plan_counts_and_plans_without_running(pm):
+    job = etl.load_job(text=BASE + "thresholds: {warn: 10}\n", pm=pm)
+    info, plan, warnings = etl.plan(job, pm=pm)
+    assert (info.rows, info.chunks) == (1000, 4)
+    assert [c.rows for c in plan.chunks] == [250] * 4
+    assert warnings and "above thresholds.warn (10)" in warnings[0]
+    assert Flaky.calls == [] and Flaky.written == {}

@@ -145,23 +145,23 @@ def test_sql_errors_are_permanent_and_name_the_stage():
         apply({"type": "sql", "query": "SELECT nope FROM batch"}, batch(v=[1]))
 
 
+FUNCTIONS = """
+    import pyarrow.compute as pc
+
+    def double(batch, factor=2):
+        return batch.set_column(0, "v", pc.multiply(batch.column("v"), factor))
+
+    def tag(row, context):
+        if row["v"] == 2:
+            return None
+        if row["v"] == 3:
+            raise ValueError("three is bad")
+        return {**row, "run": context.run_id}
+"""
+
+
 def test_python_function_by_path(write):
-    write(
-        "fns.py",
-        """
-        import pyarrow.compute as pc
-
-        def double(batch, factor=2):
-            return batch.set_column(0, "v", pc.multiply(batch.column("v"), factor))
-
-        def tag(row, context):
-            if row["v"] == 2:
-                return None
-            if row["v"] == 3:
-                raise ValueError("three is bad")
-            return {**row, "run": context.run_id}
-    """,
-    )
+    write("fns.py", FUNCTIONS)
     out = apply({"type": "python", "function": "fns.py:double", "args": {"factor": 10}}, batch(v=[1, 2]))
     assert out.column("v").to_pylist() == [10, 20]
     with pytest.raises(RejectedRows, match="ValueError: three is bad"):
@@ -169,22 +169,12 @@ def test_python_function_by_path(write):
 
 
 def test_python_function_rowwise_drops_and_rejects(write, tmp_path):
-    write(
-        "fns2.py",
-        """
-        def tag(row, context):
-            if row["v"] == 2:
-                return None
-            if row["v"] == 3:
-                raise ValueError("three is bad")
-            return {**row, "run": context.run_id}
-    """,
-    )
+    write("fns.py", FUNCTIONS)
     collector = ChunkRejects(tmp_path, 0)
     token = current_rejects.set(collector)
     try:
         out = apply(
-            {"type": "python", "function": "fns2.py:tag", "rowwise": True}, batch(v=[1, 2, 3, 4]), on_error="skip"
+            {"type": "python", "function": "fns.py:tag", "rowwise": True}, batch(v=[1, 2, 3, 4]), on_error="skip"
         )
     finally:
         current_rejects.reset(token)
