@@ -123,7 +123,9 @@ class Cast(Transform):
 
     def apply(self, batch: pa.RecordBatch) -> pa.RecordBatch:
         _require(batch, list(self.targets), self.context.label)
-        # Where each current row was in the batch this stage received: rejects name that row.
+        # Where each current row was in the batch this stage received: rejects name that row,
+        # and record it as it arrived (not with the columns already cast).
+        received = batch
         positions = np.arange(batch.num_rows)
         for column, (target, fmt) in self.targets.items():
             convert = _converter(target, fmt)
@@ -141,7 +143,7 @@ class Cast(Transform):
                         f"{self.context.label}: casting {column!r} to {target} failed: {exc}"
                     ) from None
                 reasons = [_reason(array, row, convert, target) for row in bad]
-                self.context.reject(batch.take(bad), positions[bad].tolist(), reasons, column=column)
+                self.context.reject(received.take(positions[bad]), positions[bad].tolist(), reasons, column=column)
                 keep = np.ones(batch.num_rows, dtype=bool)
                 keep[bad] = False
                 batch = batch.filter(pa.array(keep))
@@ -153,7 +155,7 @@ class Cast(Transform):
 
 def _converter(target: pa.DataType, fmt: str | None) -> Callable[[pa.Array], pa.Array]:
     if fmt is None:
-        return lambda array: array.cast(target, safe=True)
+        return lambda array: _cast(array, target)
 
     def parse(array: pa.Array) -> pa.Array:
         if not pa.types.is_string(array.type) and not pa.types.is_large_string(array.type):
@@ -163,6 +165,21 @@ def _converter(target: pa.DataType, fmt: str | None) -> Callable[[pa.Array], pa.
         return parsed.cast(target, safe=True)
 
     return parse
+
+
+def _cast(array: pa.Array, target: pa.DataType) -> pa.Array:
+    """``array.cast(target)``, refusing what Arrow's safe cast would still round.
+
+    A float cast to a decimal is rounded to the decimal's scale (2.5612 → 2.56): that is a
+    changed value, so it is an error here, like an integer overflow.
+    """
+    converted = array.cast(target, safe=True)
+    if pa.types.is_floating(array.type) and pa.types.is_decimal(target):
+        same = pc.equal(pc.round(array, ndigits=target.scale), array)
+        if not pc.all(pc.fill_null(same, True)).as_py():
+            first = pc.index(same, False).as_py()
+            raise pa.ArrowInvalid(f"{array[first].as_py()!r} has more digits than {target} keeps")
+    return converted
 
 
 def _failing_rows(array: pa.Array, convert: Callable[[pa.Array], Any]) -> list[int]:

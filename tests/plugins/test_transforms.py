@@ -196,3 +196,25 @@ def test_python_function_that_cannot_be_found_is_a_config_error():
 
     with pytest.raises(etl.ConfigErrors, match="cannot import 'no_such_module_xyz'"):
         etl.load_job(text=textwrap.dedent(text))
+
+
+def test_cast_to_decimal_refuses_to_round():
+    out = apply({"type": "cast", "columns": {"v": "decimal(8, 2)"}}, batch(v=[1.5, 2.25, 100.1]))
+    assert out.column("v").to_pylist() == [decimal.Decimal("1.50"), decimal.Decimal("2.25"), decimal.Decimal("100.10")]
+    with pytest.raises(RejectedRows, match=r"row 1: column 'v' value 2.5612: cannot cast to decimal128\(8, 2\)"):
+        apply({"type": "cast", "columns": {"v": "decimal(8, 2)"}}, batch(v=[1.5, 2.5612]))
+
+
+def test_rejected_rows_are_recorded_as_they_arrived(tmp_path):
+    import json
+
+    data = batch(a=["1", "2"], b=["x", "3"])
+    collector = ChunkRejects(tmp_path, 0)
+    token = current_rejects.set(collector)
+    try:
+        apply({"type": "cast", "columns": {"a": "int64", "b": "int64"}}, data, on_error="skip")
+    finally:
+        current_rejects.reset(token)
+    collector.commit()
+    record = json.loads((tmp_path / "chunk-00000.jsonl").read_text())["record"]
+    assert record == {"a": "1", "b": "x"}
