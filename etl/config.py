@@ -253,11 +253,7 @@ def validate(
         )
 
     def stage(kind: Kind, path: KeyPath, raw: Any) -> StageConfig | None:
-        count = len(errors)
-        rendered = render(doc, path, raw, values, specs, errors)
-        if len(errors) > count or rendered is INVALID:
-            return None  # reported already; its options can't be checked with a value missing
-        return _stage(doc, registry, kind, path, rendered, sets, errors)
+        return _stage(doc, registry, kind, path, raw, sets, errors, values, specs)
 
     stages = {kind: stage(kind, (kind,), data[kind]) for kind in ("source", "sink") if kind in data}
     transforms: list[StageConfig | None] = []
@@ -295,6 +291,8 @@ def _stage(
     raw: Any,
     sets: Mapping[KeyPath, str],
     errors: list[ConfigError],
+    values: Mapping[str, Any],
+    specs: Mapping[str, ParamSpec],
 ) -> StageConfig | None:
     known = registry.names(kind)
     if not isinstance(raw, dict):
@@ -311,19 +309,34 @@ def _stage(
             _located(
                 doc,
                 (*path, "type"),
-                f"unknown {kind} type {name!r}{hint}; known {kind} types: {', '.join(known)}",
+                f"unknown {kind} type {name!r}{hint} (known {kind} types: {', '.join(known)})",
                 sets,
             )
         )
         return None
     options_model = stage_type.cls.Options
-    options = {k: v for k, v in raw.items() if k != "type"}
+    options: dict[str, Any] = {}
+    count = len(errors)
+    for key, value in raw.items():
+        if key != "type":
+            field = options_model.model_fields.get(str(key))
+            sql = field is not None and _is_sql(field)
+            options[key] = render(doc, (*path, key), value, values, specs, errors, sql=sql)
+    if len(errors) > count or any(v is INVALID for v in options.values()):
+        return None  # reported already; the options can't be checked with a value missing
+    context = {"job_dir": _job_dir(doc), "params": list(specs)}
     try:
-        validated = options_model.model_validate(options, context={"job_dir": _job_dir(doc)})
+        validated = options_model.model_validate(options, context=context)
     except ValidationError as exc:
         errors.extend(_pydantic_errors(exc, doc, path, options_model, sets))
         return None
     return StageConfig(kind=kind, type=str(name), cls=stage_type.cls, options=validated, key=format_key(path))
+
+
+def _is_sql(field: Any) -> bool:
+    """Whether an option holds SQL: declared with ``json_schema_extra={"sql": True}``."""
+    extra = field.json_schema_extra
+    return isinstance(extra, dict) and extra.get("sql") is True
 
 
 def _job_dir(doc: Document) -> Path:
@@ -342,27 +355,52 @@ def _located(
 def _pydantic_errors(
     exc: ValidationError, doc: Document, prefix: KeyPath, model: type[BaseModel], sets: Mapping[KeyPath, str]
 ) -> list[ConfigError]:
-    result = []
+    located: dict[tuple[Any, ...], list[str]] = {}
+    first: dict[tuple[Any, ...], ConfigError] = {}
     for item in exc.errors(include_url=False):
-        loc = tuple(p for p in item["loc"] if not (isinstance(p, str) and ("[" in p or p in {"bool", "float"})))
-        path = (*prefix, *loc)
         kind = item["type"]
+        # Pydantic adds the union member it tried (`bool`, `constrained-float`) to the
+        # location; keep only the part of the location that is in the file.
+        loc = _written(doc, prefix, tuple(item["loc"]), keep_last=kind in ("missing", "extra_forbidden"))
+        path = (*prefix, *loc)
         if kind == "extra_forbidden":
             parent_model = _model_at(model, loc[:-1])
             allowed = list(parent_model.model_fields) if parent_model else []
-            name = str(loc[-1])
-            hint = did_you_mean(name, allowed)
-            valid = f"; valid keys: {', '.join(allowed)}" if allowed else ""
-            result.append(_located(doc, path, f"unknown key{hint}{valid}", sets, key=True))
+            valid = f" (valid keys: {', '.join(allowed)})" if allowed else ""
+            message = f"unknown key{did_you_mean(str(loc[-1]), allowed)}{valid}"
         elif kind == "missing":
-            result.append(_located(doc, path, f"missing{_expected(model, loc)}", sets, key=True))
+            message = f"missing{_expected(model, loc)}"
         else:
-            result.append(_located(doc, path, _describe(item, doc, path), sets, key=True))
-    # A union (bool | float) reports once per member; keep one line per location and message.
-    unique: dict[tuple[Any, ...], ConfigError] = {}
-    for error in result:
-        unique.setdefault((error.file, error.line, error.key), error)
-    return list(unique.values())
+            message = _describe(item, doc, path)
+        error = _located(doc, path, message, sets, key=True)
+        where = (error.file, error.line, error.key)
+        first.setdefault(where, error)
+        if message not in located.setdefault(where, []):
+            located[where].append(message)
+    # A value that fits no member of a union gets one line saying why for each member.
+    return [
+        ConfigError("; or ".join(located[where]), file=e.file, line=e.line, column=e.column, key=e.key)
+        for where, e in first.items()
+    ]
+
+
+def _written(doc: Document, prefix: KeyPath, loc: KeyPath, *, keep_last: bool) -> KeyPath:
+    """The longest start of ``loc`` that names something in the file (plus a missing key)."""
+    node: Any = doc.data
+    for part in prefix:
+        node = node[part] if isinstance(node, dict | list) else None
+    kept: list[str | int] = []
+    for position, part in enumerate(loc):
+        in_dict = isinstance(node, dict) and part in node
+        in_list = isinstance(node, list) and isinstance(part, int) and part < len(node)
+        if in_dict or in_list:
+            node = node[part]
+        else:
+            if keep_last and position == len(loc) - 1:
+                kept.append(part)
+            break
+        kept.append(part)
+    return tuple(kept)
 
 
 def _describe(item: Mapping[str, Any], doc: Document, path: KeyPath) -> str:

@@ -123,7 +123,6 @@ def resolve_params(
 
 
 _TEMPLATE = re.compile(r"\{\{\s*params\.([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")
-_SQL_KEYS = {"query", "expr"}
 
 
 INVALID = object()
@@ -136,24 +135,25 @@ def render(
     values: Mapping[str, Any],
     specs: Mapping[str, ParamSpec],
     errors: list[ConfigError],
+    sql: bool = False,
 ) -> Any:
     """Stage options with ``{{ params.NAME }}`` replaced by the parameter's value.
 
     A string that is just one template takes the parameter's typed value (``rows: "{{
     params.rows }}"`` is an integer); templates inside longer text are replaced by the value's
-    text. SQL keys (``query``, ``expr``) refuse templates: there, ``$NAME`` binds the value
-    safely instead of splicing it into the SQL text.
+    text. Under an option that holds SQL (``sql=True``) templates are refused: there,
+    ``$NAME`` binds the value safely instead of splicing it into the SQL text.
     """
     if isinstance(raw, dict):
-        items = {k: render(doc, (*path, k), v, values, specs, errors) for k, v in raw.items()}
+        items = {k: render(doc, (*path, k), v, values, specs, errors, sql) for k, v in raw.items()}
         return INVALID if INVALID in items.values() else items
     if isinstance(raw, list):
-        listed = [render(doc, (*path, i), v, values, specs, errors) for i, v in enumerate(raw)]
+        listed = [render(doc, (*path, i), v, values, specs, errors, sql) for i, v in enumerate(raw)]
         return INVALID if any(v is INVALID for v in listed) else listed
     if not isinstance(raw, str) or "{{" not in raw:
         return raw
     names = _TEMPLATE.findall(raw)
-    if path[-1] in _SQL_KEYS and names:
+    if sql and names:
         errors.append(
             doc.error(
                 path,
@@ -161,17 +161,25 @@ def render(
                 f"into the text), not {{{{ params.{names[0]} }}}}",
             )
         )
-        return raw
+        return INVALID
     if any(n in specs and n not in values for n in names):
         return INVALID  # a declared parameter whose value was rejected (and reported) above
-    unknown = [n for n in names if n not in values]
-    for name in unknown:
-        hint = did_you_mean(name, values) or (
-            f"; the job's params: {', '.join(values)}" if values else "; the job declares no params"
-        )
-        errors.append(doc.error(path, f"{{{{ params.{name} }}}}: no such parameter{hint}"))
-    if unknown:
-        return raw
+    for name in names:
+        if name not in values:
+            hint = did_you_mean(name, values) or (
+                f"; the job's params: {', '.join(values)}" if values else "; the job declares no params"
+            )
+            errors.append(doc.error(path, f"{{{{ params.{name} }}}}: no such parameter{hint}"))
+        elif values[name] is None:
+            errors.append(
+                doc.error(
+                    path,
+                    f"{{{{ params.{name} }}}}: the parameter has no value; give it with -p {name}=VALUE "
+                    "or declare a default",
+                )
+            )
+    if any(values.get(n) is None for n in names):
+        return INVALID
     whole = _TEMPLATE.fullmatch(raw.strip())
     if whole:
         return values[whole[1]]

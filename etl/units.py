@@ -142,7 +142,7 @@ def _unknown_type(text: str) -> str:
     from etl.errors import did_you_mean
 
     hint = did_you_mean(str(text).strip().lower(), _SIMPLE)
-    return f"{text!r} is not a known type{hint}; expected one of: {', '.join(TYPE_NAMES)}"
+    return f"{text!r} is not a known type{hint} (expected one of: {', '.join(TYPE_NAMES)})"
 
 
 CRON_ALIASES = {

@@ -12,21 +12,35 @@ from collections.abc import Mapping
 from typing import Any
 
 import pyarrow as pa
-from pydantic import Field, field_validator
+from pydantic import Field, ValidationInfo, field_validator
 
 from etl import PermanentError, StageOptions, Transform, did_you_mean, hookimpl
 
 _PARAM = re.compile(r"\$([A-Za-z_][A-Za-z0-9_]*)")
 
 
-def _check_syntax(query: str) -> str:
+#: Marks an option that holds SQL: `{{ params.X }}` templates are refused there.
+SQL = {"sql": True}
+
+
+def _check_sql(query: str, info: ValidationInfo, wrapped: str | None = None) -> str:
+    """Check the syntax of ``query`` (inside ``wrapped``, a statement with ``{}`` for it) and
+    that every ``$name`` in it is one of the job's parameters."""
     import duckdb
 
     try:
-        duckdb.extract_statements(query)
+        duckdb.extract_statements(wrapped.format(query) if wrapped else query)
     except duckdb.Error as exc:
         first = str(exc).splitlines()[0]
         raise ValueError(f"invalid SQL: {first.removeprefix('Parser Error: ')}") from None
+    declared = (info.context or {}).get("params")
+    if declared is not None:
+        for name in dict.fromkeys(_PARAM.findall(query)):
+            if name not in declared:
+                hint = did_you_mean(name, declared) or (
+                    f"; the job's params: {', '.join(declared)}" if declared else "; the job declares no params"
+                )
+                raise ValueError(f"${name} is not a parameter of the job{hint}")
     return query
 
 
@@ -89,13 +103,13 @@ class FilterOptions(StageOptions):
     expr: str = Field(
         description="a SQL condition; rows where it is false or NULL are dropped",
         examples=["forecast > 0 AND environment = 'production'"],
+        json_schema_extra=SQL,
     )
 
     @field_validator("expr")
     @classmethod
-    def _syntax(cls, value: str) -> str:
-        _check_syntax(f"SELECT ({value}) FROM batch")
-        return value
+    def _syntax(cls, value: str, info: ValidationInfo) -> str:
+        return _check_sql(value, info, "SELECT ({}) FROM batch")
 
 
 class Filter(_SqlTransform):
@@ -120,14 +134,15 @@ class DeriveOptions(StageOptions):
         min_length=1,
         description="new (or replaced) column → SQL expression; later ones may use earlier ones",
         examples=[{"spread": "upper - lower"}],
+        json_schema_extra=SQL,
     )
 
     @field_validator("columns")
     @classmethod
-    def _syntax(cls, value: dict[str, str]) -> dict[str, str]:
+    def _syntax(cls, value: dict[str, str], info: ValidationInfo) -> dict[str, str]:
         for name, expr in value.items():
             try:
-                _check_syntax(f"SELECT ({expr}) AS {_quote(name)} FROM batch")
+                _check_sql(expr, info, "SELECT ({}) FROM batch")
             except ValueError as exc:
                 raise ValueError(f"{name}: {exc}") from None
         return value
@@ -157,14 +172,15 @@ class Derive(_SqlTransform):
 
 class SqlOptions(StageOptions):
     query: str = Field(
-        description="a DuckDB query over the table `batch`", examples=["SELECT *, upper - lower AS spread FROM batch"]
+        description="a DuckDB query over the table `batch`",
+        examples=["SELECT *, upper - lower AS spread FROM batch"],
+        json_schema_extra=SQL,
     )
 
     @field_validator("query")
     @classmethod
-    def _syntax(cls, value: str) -> str:
-        _check_syntax(value)
-        return value
+    def _syntax(cls, value: str, info: ValidationInfo) -> str:
+        return _check_sql(value, info)
 
 
 class Sql(_SqlTransform):

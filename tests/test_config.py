@@ -54,7 +54,7 @@ BAD = [
         GOOD.replace("type: generate", "type: generat"),
         5,
         "source.type",
-        "unknown source type 'generat'; did you mean \"generate\"?; known source types: ",
+        "unknown source type 'generat'; did you mean \"generate\"? (known source types: ",
     ),
     (
         "unknown transform type",
@@ -133,6 +133,32 @@ BAD = [
         "transforms[0].expr",
         "use $start_date to pass a parameter to SQL",
     ),
+    (
+        "template in derive SQL",
+        GOOD.replace(
+            "{type: rename, columns: {forecast: value}}", "{type: derive, columns: {x: '{{ params.start_date }}'}}"
+        ),
+        7,
+        "transforms[0].columns.x",
+        "use $start_date to pass a parameter to SQL",
+    ),
+    (
+        "unknown $param in SQL",
+        GOOD.replace("{type: rename, columns: {forecast: value}}", "{type: filter, expr: 'ds > $start_dat'}"),
+        7,
+        "transforms[0].expr",
+        '$start_dat is not a parameter of the job; did you mean "start_date"?',
+    ),
+    (
+        "template of a param without value",
+        GOOD.replace("rows: 100", 'rows: "{{ params.limit }}"').replace(
+            "params:\n", "params:\n  limit: {type: integer}\n"
+        ),
+        6,
+        "source.rows",
+        "the parameter has no value; give it with -p limit=VALUE",
+    ),
+    ("jitter out of range", GOOD + "retry: {jitter: 2}\n", 12, "retry.jitter", "less than or equal to 1"),
     ("retry attempts zero", GOOD + "retry: {attempts: 0}\n", 12, "retry.attempts", "greater than or equal to 1"),
     ("unknown retry key", GOOD + "retry: {attempt: 3}\n", 12, "retry.attempt", 'did you mean "attempts"?'),
 ]
