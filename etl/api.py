@@ -89,7 +89,7 @@ def _load(
         doc = parse(text, file, env)
     except ConfigError as exc:
         raise ConfigErrors([exc]) from None
-    applied = apply_sets(doc, sets)
+    applied = apply_sets(doc, sets, env)
     if pm is None:
         pm = _manager_for(doc)
     registry = StageRegistry(pm)

@@ -18,7 +18,7 @@ import yaml
 
 from etl.errors import ConfigError, ConfigErrors
 
-__all__ = ["Document", "KeyPath", "apply_sets", "environment", "format_key", "parse", "parse_key_path"]
+__all__ = ["Document", "KeyPath", "apply_sets", "environment", "format_key", "interpolate", "parse", "parse_key_path"]
 
 KeyPath = tuple[str | int, ...]
 
@@ -91,6 +91,37 @@ class Document:
         return ConfigError(message, file=self.file, line=line, column=column, key=format_key(path) or None)
 
 
+def interpolate(text: str, env: Mapping[str, str]) -> tuple[str, list[str]]:
+    """``text`` with its ``${VAR}`` references replaced from ``env``, and what went wrong."""
+    problems: list[str] = []
+
+    def replace(match: re.Match[str]) -> str:
+        if match[1]:  # $${...} is a literal ${...}
+            return "${" + match[2] + "}"
+        body = match[2]
+        name, sep, default = body, "", None
+        for candidate in (":-", "-"):
+            if candidate in body:
+                name, default = body.split(candidate, 1)
+                sep = candidate
+                break
+        if not _NAME.match(name):
+            problems.append(f"${{{body}}} is not a valid reference; write ${{NAME}} or ${{NAME:-default}}")
+            return match[0]
+        value = env.get(name)
+        if value is None or (sep == ":-" and value == ""):
+            if default is not None:
+                return default
+            problems.append(
+                f"environment variable {name} is not set; set it (in the environment, .env or "
+                f".env.local) or give a default: ${{{name}:-value}}"
+            )
+            return ""
+        return value
+
+    return _REFERENCE.sub(replace, text), problems
+
+
 def parse(text: str, file: str, env: Mapping[str, str]) -> Document:
     """Parse one YAML document.
 
@@ -150,36 +181,9 @@ class _Builder:
         return value
 
     def _interpolate(self, text: str, path: KeyPath) -> str:
-        def replace(match: re.Match[str]) -> str:
-            if match[1]:  # $${...} is a literal ${...}
-                return "${" + match[2] + "}"
-            body = match[2]
-            name, sep, default = body, "", None
-            for candidate in (":-", "-"):
-                if candidate in body:
-                    name, default = body.split(candidate, 1)
-                    sep = candidate
-                    break
-            if not _NAME.match(name):
-                self.doc.errors.append(
-                    self.doc.error(path, f"${{{body}}} is not a valid reference; write ${{NAME}} or ${{NAME:-default}}")
-                )
-                return match[0]
-            value = self.env.get(name)
-            if value is None or (sep == ":-" and value == ""):
-                if default is not None:
-                    return default
-                self.doc.errors.append(
-                    self.doc.error(
-                        path,
-                        f"environment variable {name} is not set; set it (in the environment, .env or "
-                        f".env.local) or give a default: ${{{name}:-value}}",
-                    )
-                )
-                return ""
-            return value
-
-        return _REFERENCE.sub(replace, text)
+        value, problems = interpolate(text, self.env)
+        self.doc.errors.extend(self.doc.error(path, problem) for problem in problems)
+        return value
 
 
 # -- Overrides ----------------------------------------------------------------------------
@@ -198,8 +202,10 @@ def parse_key_path(text: str) -> KeyPath:
     return tuple(parts)
 
 
-def apply_sets(doc: Document, sets: Sequence[str]) -> dict[KeyPath, str]:
-    """Apply ``--set key.path=value`` overrides to ``doc.data``; values are YAML scalars.
+def apply_sets(doc: Document, sets: Sequence[str], env: Mapping[str, str]) -> dict[KeyPath, str]:
+    """Apply ``--set key.path=value`` overrides to ``doc.data``.
+
+    Values are YAML scalars, with ``${VAR}`` references resolved from ``env`` as in the file.
 
     Returns the option text of each override, by key path, for error messages.
 
@@ -219,6 +225,14 @@ def apply_sets(doc: Document, sets: Sequence[str]) -> dict[KeyPath, str]:
             value = yaml.safe_load(raw) if raw.strip() else ""
         except yaml.YAMLError:
             value = raw
+        if isinstance(value, str) and "${" in value:
+            value, problems = interpolate(value, env)
+            if problems:
+                errors.extend(ConfigError(p, file=origin, key=format_key(path)) for p in problems)
+                continue
+            doc.written[path] = raw
+        else:
+            doc.written.pop(path, None)
         target = doc.data if isinstance(doc.data, dict) else {}
         doc.data = target
         problem = _assign(target, path, value)
@@ -226,7 +240,6 @@ def apply_sets(doc: Document, sets: Sequence[str]) -> dict[KeyPath, str]:
             errors.append(ConfigError(problem, file=origin, key=format_key(path)))
         else:
             applied[path] = origin
-            doc.written.pop(path, None)
     if errors:
         raise ConfigErrors(errors)
     return applied
