@@ -12,7 +12,12 @@ from etl.yamldoc import KeyPath
 
 __all__ = ["MASK", "mask"]
 
-_SECRET_KEY = re.compile(r"(passw(or)?d|secret|token|api_?key|private_?key|credential|auth)", re.I)
+# A key names a secret when one of its words (split at _ and -) is one of these.
+_SECRET_KEY = re.compile(
+    r"(^|[_-])(password|passwd|pwd|secret|token|apikey|api[_-]key|private[_-]key|credentials?|auth|authorization)"
+    r"([_-]|$)",
+    re.I,
+)
 _URL_PASSWORD = re.compile(r"(?P<head>[a-z][a-z0-9+.-]*://[^:/@\s]*:)(?P<password>[^@\s]+)(?P<tail>@)", re.I)
 MASK = "***"
 
