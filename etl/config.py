@@ -81,7 +81,9 @@ class ParamSpec(_Model):
 class Thresholds(_Model):
     """Row counts that decide how a run is carried out."""
 
-    background: int = Field(10_000, ge=0, description="rows at or above which a run goes to the queue")
+    background: int = Field(
+        10_000, ge=0, description="rows at or above which a run is meant for the background queue (not built yet)"
+    )
     warn: int | None = Field(None, ge=0, description="above this many rows, log that the run is very large")
     max: int | None = Field(None, ge=1, description="above this many rows, refuse to run")
 
@@ -213,7 +215,9 @@ class Job:
                 data["transforms"][int(stage.key.split("[")[1].rstrip("]"))] = dumped
             else:
                 data[stage.kind] = dumped
-        data["params"] = {k: json_value(v) for k, v in self.params.items()}
+        for name, value in self.params.items():  # the values this job was loaded with
+            if value is not None:
+                data["params"][name]["default"] = json_value(value)
         return mask(data, self.written)
 
 
@@ -249,7 +253,7 @@ def validate(
     errors.extend(param_errors)
     if spec is not None and spec.on_error == "fail" and spec.max_rejects is not None:
         errors.append(
-            doc.error(("max_rejects",), "only applies with `on_error: skip`; remove it or set on_error: skip")
+            _located(doc, ("max_rejects",), "only applies with `on_error: skip`; remove it or set on_error: skip", sets)
         )
 
     def stage(kind: Kind, path: KeyPath, raw: Any) -> StageConfig | None:
