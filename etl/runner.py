@@ -291,8 +291,8 @@ def run_job(
         result.rows_per_second,
         f"; {result.rows_rejected:,} rows rejected, see {work.rejects_dir}" if result.rows_rejected else "",
     )
-    pm.hook.etl_after_job_run(job=job, run=info, result=result)
     work.close()
+    _observe(work, "etl_after_job_run", job=job, run=info, result=result)
     return result
 
 
@@ -354,8 +354,19 @@ def _message(error: BaseException) -> str:
 def _abort(work: JobRun) -> None:
     try:
         work.sink.abort()
-    except Exception:
-        work.log.opt(exception=True).warning("the sink could not clean up after the run")
+    except Exception as exc:
+        work.log.opt(exception=exc).debug("the sink's abort failed")
+        work.log.warning("the sink could not clean up after the run: {}", _message(exc))
+
+
+def _observe(work: JobRun, hook: str, **kwargs: Any) -> None:
+    """Call a hook that observes a finished run. A plugin failing there is logged (its
+    traceback in the run log) but changes nothing: the run is over, its outcome stands."""
+    try:
+        getattr(work.pm.hook, hook)(**kwargs)
+    except Exception as exc:
+        work.log.opt(exception=exc).debug("{} failed", hook)
+        work.log.error("a plugin's {} failed: {}", hook, _message(exc))
 
 
 def _fail(work: JobRun, info: RunInfo, result: RunResult, error: BaseException, chunk: int | None) -> NoReturn:
@@ -367,6 +378,6 @@ def _fail(work: JobRun, info: RunInfo, result: RunResult, error: BaseException, 
     where = f" at chunk {chunk}" if chunk is not None else ""
     work.log.opt(exception=error).debug("run {} failed{}", work.run_id, where)
     work.log.error("failed{}: {}", where, result.error)
-    work.pm.hook.etl_on_job_error(job=work.job, run=info, error=error, result=result)
     work.close()
+    _observe(work, "etl_on_job_error", job=work.job, run=info, error=error, result=result)
     raise JobFailed(f"run {work.run_id} failed{where}: {result.error}", result) from error
