@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib
+import importlib.metadata
 import importlib.util
 import os
 import re
@@ -75,10 +76,8 @@ def get_plugin_manager(
     pm = _PluginManager(hookspecs.PROJECT)
     pm.add_hookspecs(hookspecs)
     if entry_points:
-        try:
-            pm.load_setuptools_entrypoints(ENTRY_POINT_GROUP)
-        except Exception as exc:  # a broken third-party package must say who it is
-            raise PluginError(f"loading the plugins of entry point group {ENTRY_POINT_GROUP!r} failed: {exc}") from exc
+        _check_entry_points()
+        pm.load_setuptools_entrypoints(ENTRY_POINT_GROUP)
     env = os.environ if env is None else env
     for ref in re.split(r"[,\s]+", env.get("ETL_PLUGINS", "").strip()):
         if ref:
@@ -87,6 +86,28 @@ def get_plugin_manager(
         load_plugin(pm, ref, base=job_dir, origin="plugins:")
     _check(pm)
     return pm
+
+
+def _check_entry_points() -> None:
+    """Import every ``etl`` entry point, so that a broken or clashing one says who it is.
+
+    (pluggy would load only the first of two entry points with one name, silently.)
+    """
+    seen: dict[str, str] = {}
+    for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+        dist = ep.dist.name if ep.dist else "?"
+        if ep.name in seen and seen[ep.name] != dist:
+            raise PluginError(
+                f"two installed packages register the plugin {ep.name!r} (entry point group {ENTRY_POINT_GROUP!r}): "
+                f"{seen[ep.name]} and {dist}; uninstall one, or rename its entry point"
+            )
+        seen[ep.name] = dist
+        try:
+            ep.load()
+        except Exception as exc:
+            raise PluginError(
+                f"plugin {ep.name!r} of package {dist} ({ep.value}) failed to load: {type(exc).__name__}: {exc}"
+            ) from exc
 
 
 def load_plugin(pm: pluggy.PluginManager, ref: str, *, base: Path | None = None, origin: str = "") -> ModuleType:
