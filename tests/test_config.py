@@ -324,3 +324,34 @@ def test_errors_show_a_reference_not_its_secret_value(monkeypatch):
     text = " ".join(str(e) for e in errors)
     assert "${SECRET_ROWS}" in text
     assert "hunter2" not in text
+
+
+def test_set_values_resolve_references_and_stay_masked(monkeypatch):
+    monkeypatch.setenv("OUT_DIR", "secret-dir")
+    job = load(GOOD, sets=["sink.path=${OUT_DIR}/x.duckdb"])
+    assert job.sink.options.path == "secret-dir/x.duckdb"
+    assert job.describe()["sink"]["path"] == "${OUT_DIR}/x.duckdb"
+    errors = errors_of(GOOD, sets=["sink.path=${NO_SUCH_VAR_Q}"])
+    assert errors[0].file == "--set sink.path=${NO_SUCH_VAR_Q}" and "NO_SUCH_VAR_Q is not set" in errors[0].message
+
+
+def test_only_whole_words_mark_a_key_secret():
+    data = {"author": "ann", "oauth_scope": "read", "client_secret": "s", "db-password": "p", "API_KEY": "k"}
+    assert mask(data) == {
+        "author": "ann",
+        "oauth_scope": "read",
+        "client_secret": "***",
+        "db-password": "***",
+        "API_KEY": "***",
+    }
+
+
+def test_show_keeps_param_declarations_with_the_values_given():
+    described = load(GOOD, params={"environment": "staging"}).describe()
+    assert described["params"]["environment"] == {
+        "type": "string",
+        "default": "staging",
+        "required": True,
+        "description": None,
+        "choices": ["production", "staging"],
+    }

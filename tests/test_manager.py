@@ -120,3 +120,30 @@ def test_an_invalid_stage_class_is_refused(write, body, message):
     write("bad_stage.py", textwrap.dedent(body) + "\ndef etl_register_transforms():\n    return [X]\n")
     with pytest.raises(PluginError, match=message):
         StageRegistry(get_plugin_manager(job_plugins=["bad_stage.py"]))
+
+
+def _installed(site, name: str, entry_point: str, module: str, body: str) -> None:
+    """A package as pip would leave it: a module and a dist-info with an `etl` entry point."""
+    info = site / f"{name.replace('-', '_')}-1.0.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: 1.0\n")
+    (info / "entry_points.txt").write_text(f"[etl]\n{entry_point} = {module}\n")
+    (site / f"{module}.py").write_text(body)
+
+
+def test_a_broken_entry_point_names_its_package(tmp_path, monkeypatch):
+    _installed(tmp_path / "site", "etl-broken", "broken", "etl_broken_mod", "import no_such_dependency_xyz\n")
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    with pytest.raises(
+        PluginError,
+        match=r"plugin 'broken' of package etl-broken \(etl_broken_mod\) failed to load: "
+        r"ModuleNotFoundError",
+    ):
+        get_plugin_manager()
+
+
+def test_two_packages_with_one_entry_point_name_are_refused(tmp_path, monkeypatch):
+    _installed(tmp_path / "site", "etl-other-csv", "csv", "etl_other_csv", "")
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    with pytest.raises(PluginError, match=r"two installed packages register the plugin 'csv'"):
+        get_plugin_manager()

@@ -271,3 +271,20 @@ def test_plan_counts_and_plans_without_running(pm):
     assert [c.rows for c in plan.chunks] == [250] * 4
     assert warnings and "above thresholds.warn (10)" in warnings[0]
     assert Flaky.calls == [] and Flaky.written == {}
+
+
+def test_a_failing_observer_hook_is_logged_and_the_outcome_stands(pm, clock, capsys):
+    from etl import logsetup
+
+    class Broken:
+        @hookimpl
+        def etl_after_job_run(self):
+            raise RuntimeError("notifier down")
+
+    pm.register(Broken())
+    logsetup.configure(level="INFO")
+    result = run(pm, clock)
+    assert result.state == "completed"
+    err = capsys.readouterr().err
+    assert "a plugin's etl_after_job_run failed: RuntimeError: notifier down" in err
+    assert "Traceback" not in err
