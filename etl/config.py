@@ -111,6 +111,12 @@ class JobSpec(_Model):
     sink: dict[str, Any] = Field(description="where rows go: `type` and that stage's options")
     chunk_size: int = Field(50_000, ge=1, description="rows per chunk")
     delay: Duration = Field(0.0, description="pause between chunks")
+    max_parallel: int | None = Field(
+        None, ge=1, description="chunks of one background run in flight at once (default: the live workers' slots)"
+    )
+    concurrency: int | None = Field(
+        None, ge=1, description="unfinished background runs of this job at once; more are refused"
+    )
     thresholds: Thresholds = Field(default_factory=Thresholds)
     retry: RetrySpec = Field(default_factory=RetrySpec)
     schedule: str | None = Field(None, description="cron expression (five fields, or @hourly, @daily, ...)")

@@ -21,6 +21,7 @@ __all__ = [
     "ConfigError",
     "ConfigErrors",
     "EtlError",
+    "Interrupted",
     "JobFailed",
     "PermanentError",
     "PluginError",
@@ -28,6 +29,7 @@ __all__ = [
     "StageError",
     "TransientError",
     "UsageError",
+    "describe",
     "did_you_mean",
     "is_transient",
 ]
@@ -199,6 +201,15 @@ class RejectedRows(PermanentError):
         )
 
 
+class Interrupted(EtlError):
+    """An attempt at a chunk was stopped between two batches: its lease was lost to another
+    attempt (``reason="lost"``), or its run was cancelled or failed (``reason="stopped"``)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(f"interrupted: {reason}")
+        self.reason = reason
+
+
 class JobFailed(EtlError):
     """A run ended ``failed``. ``result`` is its :class:`~etl.runner.RunResult`."""
 
@@ -237,6 +248,14 @@ def is_transient(error: BaseException) -> bool:
     if isinstance(error, OSError):
         return not isinstance(error, _PERMANENT_OS_ERRORS)
     return False
+
+
+def describe(error: BaseException) -> str:
+    """An error as one line: our own errors by their message, others with their type too."""
+    text = str(error).strip() or type(error).__name__
+    if not isinstance(error, EtlError):  # not one of ours: say what kind of error it was
+        text = f"{type(error).__name__}: {text}"
+    return text
 
 
 def did_you_mean(word: str, choices: Iterable[str]) -> str:

@@ -8,6 +8,7 @@ and a worker that receives chunk descriptors from elsewhere.
 from __future__ import annotations
 
 import random
+import threading
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,7 +16,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 from loguru import logger
 
-from etl.errors import JobFailed, PermanentError, RejectedRows, UsageError, is_transient
+from etl.errors import Interrupted, JobFailed, PermanentError, RejectedRows, UsageError, describe, is_transient
 from etl.progress import Progress
 from etl.rejects import ChunkRejects
 from etl.retry import Clock, RetryPolicy, SystemClock
@@ -62,6 +63,7 @@ class _ChunkState:
     rejects: ChunkRejects
     rows_read: int = 0
     offsets: list[int] = field(default_factory=list)
+    stop: threading.Event | None = None
 
 
 class JobRun:
@@ -151,12 +153,22 @@ class JobRun:
     # -- one attempt at one chunk ----------------------------------------------------------
 
     def run_chunk(
-        self, chunk: Chunk, shared: Mapping[str, Any], attempt: int = 1, clock: Clock | None = None
+        self,
+        chunk: Chunk,
+        shared: Mapping[str, Any],
+        attempt: int = 1,
+        clock: Clock | None = None,
+        stop: threading.Event | None = None,
     ) -> ChunkResult:
-        """Read, transform and write one chunk, once. Raises whatever a stage raised."""
+        """Read, transform and write one chunk, once. Raises whatever a stage raised.
+
+        When ``stop`` is set (the lease was lost, the run cancelled), the attempt ends at the
+        next batch with :class:`~etl.errors.Interrupted`, and the sink's write is abandoned.
+        """
         clock = clock or SystemClock()
         started = clock.monotonic()
         state = _ChunkState(ChunkRejects(self.rejects_dir, chunk.index), offsets=[0] * len(self.transforms))
+        state.stop = stop
         token = current_rejects.set(state.rejects if self.job.spec.on_error == "skip" else None)
         try:
             batches = self._pipeline(self.source.read(chunk, shared), state)
@@ -181,6 +193,8 @@ class JobRun:
 
     def _pipeline(self, batches: Iterable[pa.RecordBatch], state: _ChunkState) -> Iterator[pa.RecordBatch]:
         for batch in batches:
+            if state.stop is not None and state.stop.is_set():
+                raise Interrupted(getattr(state.stop, "reason", None) or "stopped")
             state.rows_read += batch.num_rows
             yield from self._through(batch, 0, state)
 
@@ -333,7 +347,7 @@ def _run_with_retries(
                 chunk.index,
                 attempt,
                 policy.attempts,
-                _message(exc),
+                describe(exc),
                 format_duration(delay),
             )
             result.retries += 1
@@ -344,19 +358,12 @@ def _run_with_retries(
         return chunk_result
 
 
-def _message(error: BaseException) -> str:
-    text = str(error).strip() or type(error).__name__
-    if not hasattr(error, "exit_code"):  # not one of ours: say what kind of error it was
-        text = f"{type(error).__name__}: {text}"
-    return text
-
-
 def _abort(work: JobRun) -> None:
     try:
         work.sink.abort()
     except Exception as exc:
         work.log.opt(exception=exc).debug("the sink's abort failed")
-        work.log.warning("the sink could not clean up after the run: {}", _message(exc))
+        work.log.warning("the sink could not clean up after the run: {}", describe(exc))
 
 
 def _observe(work: JobRun, hook: str, **kwargs: Any) -> None:
@@ -366,13 +373,13 @@ def _observe(work: JobRun, hook: str, **kwargs: Any) -> None:
         getattr(work.pm.hook, hook)(**kwargs)
     except Exception as exc:
         work.log.opt(exception=exc).debug("{} failed", hook)
-        work.log.error("a plugin's {} failed: {}", hook, _message(exc))
+        work.log.error("a plugin's {} failed: {}", hook, describe(exc))
 
 
 def _fail(work: JobRun, info: RunInfo, result: RunResult, error: BaseException, chunk: int | None) -> NoReturn:
     result.state = "failed"
     result.finished_at = utcnow()
-    result.error = _message(error)
+    result.error = describe(error)
     result.error_chunk = chunk
     _abort(work)
     where = f" at chunk {chunk}" if chunk is not None else ""

@@ -59,12 +59,16 @@ class Chunk:
         args: the source's own description of the chunk. JSON-serializable values only
             (numbers, strings, booleans, lists, mappings), because it crosses processes.
         label: a short human description, such as ``"rows 0-49999"``.
+        attempt: which attempt at the chunk this is (1 for the first). It only grows, so a
+            sink with transactions can use it as a fencing token: a write of an older attempt
+            (a worker that lost its lease) must not commit after a newer one began.
     """
 
     index: int
     rows: int | None = None
     args: Mapping[str, Any] = field(default_factory=dict)
     label: str = ""
+    attempt: int = 1
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,335 @@
+"""The few storage primitives the run state needs, on Redis or on a SQLite file.
+
+JSON documents by key and sorted sets, changed inside :meth:`KV.atomic` transactions: on Redis
+an optimistic ``WATCH``/``MULTI`` transaction retried on conflict, on SQLite a ``BEGIN
+IMMEDIATE`` transaction. :mod:`etl.store` writes the run-state logic once, on top of this.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any, Protocol, TypeVar
+
+from etl.errors import TransientError, UsageError
+
+__all__ = ["KV", "RedisKV", "SqliteKV", "Tx"]
+
+T = TypeVar("T")
+
+
+class Tx(Protocol):
+    """What a transaction function may do. Reads see the state as of the transaction; writes
+    are applied together when the function returns."""
+
+    def get(self, key: str) -> dict[str, Any] | None: ...
+
+    def put(self, key: str, doc: dict[str, Any]) -> None: ...
+
+    def delete(self, key: str) -> None: ...
+
+    def zadd(self, name: str, member: str, score: float) -> None: ...
+
+    def zrem(self, name: str, member: str) -> None: ...
+
+    def zrange(self, name: str, low: float, high: float, limit: int) -> list[tuple[str, float]]: ...
+
+    def zcard(self, name: str) -> int: ...
+
+
+class KV(Protocol):
+    def atomic(self, fn: Callable[[Tx], T], watch: Iterable[str]) -> T: ...
+
+    def get(self, key: str) -> dict[str, Any] | None: ...
+
+    def get_many(self, keys: list[str]) -> list[dict[str, Any] | None]: ...
+
+    def zrange(self, name: str, low: float, high: float, limit: int) -> list[tuple[str, float]]: ...
+
+    def zrevrange(self, name: str, start: int, stop: int) -> list[str]: ...
+
+    def zcard(self, name: str) -> int: ...
+
+    def delete_many(self, keys: list[str], zsets: dict[str, list[str]]) -> None: ...
+
+    def ping(self) -> None: ...
+
+    def close(self) -> None: ...
+
+
+# -- Redis -------------------------------------------------------------------------------
+
+
+class _RedisTx:
+    def __init__(self, pipe: Any) -> None:
+        self.pipe = pipe
+        self.writes: list[Callable[[Any], Any]] = []
+        self.cache: dict[str, dict[str, Any] | None] = {}
+
+    def get(self, key: str) -> dict[str, Any] | None:
+        if key not in self.cache:
+            raw = self.pipe.get(key)
+            self.cache[key] = json.loads(raw) if raw else None
+        return self.cache[key]
+
+    def put(self, key: str, doc: dict[str, Any]) -> None:
+        self.cache[key] = doc
+        text = json.dumps(doc, separators=(",", ":"))
+        self.writes.append(lambda p: p.set(key, text))
+
+    def delete(self, key: str) -> None:
+        self.cache[key] = None
+        self.writes.append(lambda p: p.delete(key))
+
+    def zadd(self, name: str, member: str, score: float) -> None:
+        self.writes.append(lambda p: p.zadd(name, {member: score}))
+
+    def zrem(self, name: str, member: str) -> None:
+        self.writes.append(lambda p: p.zrem(name, member))
+
+    def zrange(self, name: str, low: float, high: float, limit: int) -> list[tuple[str, float]]:
+        rows = self.pipe.zrangebyscore(name, low, high, start=0, num=limit, withscores=True)
+        return [(m.decode() if isinstance(m, bytes) else m, s) for m, s in rows]
+
+    def zcard(self, name: str) -> int:
+        return int(self.pipe.zcard(name))
+
+
+class RedisKV:
+    """Documents as JSON strings, sorted sets as Redis sorted sets."""
+
+    def __init__(self, url: str, display: str = "") -> None:
+        import redis
+        from redis.backoff import ExponentialBackoff
+        from redis.retry import Retry
+
+        self.display = display or url
+        self.client = redis.Redis.from_url(
+            url,
+            socket_connect_timeout=5,
+            socket_timeout=30,
+            health_check_interval=15,
+            retry=Retry(ExponentialBackoff(cap=5, base=0.1), retries=6),
+            retry_on_error=[redis.ConnectionError, redis.TimeoutError],
+        )
+
+    def _call(self, fn: Callable[[], T]) -> T:
+        import redis
+
+        try:
+            return fn()
+        except redis.AuthenticationError as exc:
+            raise UsageError(f"Redis at {self.display} refused the password: {exc}") from None
+        except redis.ResponseError as exc:
+            if "NOAUTH" in str(exc) or "WRONGPASS" in str(exc) or "NOPERM" in str(exc):
+                raise UsageError(f"Redis at {self.display}: {exc}") from None
+            raise
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            raise TransientError(f"cannot reach Redis at {self.display}: {exc}") from None
+
+    def atomic(self, fn: Callable[[Tx], T], watch: Iterable[str]) -> T:
+        import redis
+
+        keys = list(watch)
+
+        def attempt() -> T:
+            while True:
+                with self.client.pipeline() as pipe:
+                    try:
+                        if keys:
+                            pipe.watch(*keys)
+                        tx = _RedisTx(pipe)
+                        result = fn(tx)
+                        pipe.multi()
+                        for write in tx.writes:
+                            write(pipe)
+                        pipe.execute()
+                        return result
+                    except redis.WatchError:
+                        continue  # someone changed a watched key: read again and redo
+
+        return self._call(attempt)
+
+    def get(self, key: str) -> dict[str, Any] | None:
+        raw = self._call(lambda: self.client.get(key))
+        return json.loads(raw) if raw else None
+
+    def get_many(self, keys: list[str]) -> list[dict[str, Any] | None]:
+        if not keys:
+            return []
+        raws = self._call(lambda: self.client.mget(keys))
+        return [json.loads(r) if r else None for r in raws]
+
+    def zrange(self, name: str, low: float, high: float, limit: int) -> list[tuple[str, float]]:
+        rows = self._call(lambda: self.client.zrangebyscore(name, low, high, start=0, num=limit, withscores=True))
+        return [(m.decode(), s) for m, s in rows]
+
+    def zrevrange(self, name: str, start: int, stop: int) -> list[str]:
+        return [m.decode() for m in self._call(lambda: self.client.zrevrange(name, start, stop))]
+
+    def zcard(self, name: str) -> int:
+        return int(self._call(lambda: self.client.zcard(name)))
+
+    def delete_many(self, keys: list[str], zsets: dict[str, list[str]]) -> None:
+        def run() -> None:
+            with self.client.pipeline(transaction=False) as pipe:
+                if keys:
+                    pipe.unlink(*keys)
+                for name, members in zsets.items():
+                    if members:
+                        pipe.zrem(name, *members)
+                pipe.execute()
+
+        self._call(run)
+
+    def ping(self) -> None:
+        self._call(self.client.ping)
+
+    def close(self) -> None:
+        self.client.close()
+
+
+# -- SQLite ------------------------------------------------------------------------------
+
+
+class _SqliteTx:
+    def __init__(self, con: sqlite3.Connection) -> None:
+        self.con = con
+
+    def get(self, key: str) -> dict[str, Any] | None:
+        row = self.con.execute("SELECT value FROM kv WHERE key = ?", (key,)).fetchone()
+        return json.loads(row[0]) if row else None
+
+    def put(self, key: str, doc: dict[str, Any]) -> None:
+        self.con.execute(
+            "INSERT INTO kv (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            (key, json.dumps(doc, separators=(",", ":"))),
+        )
+
+    def delete(self, key: str) -> None:
+        self.con.execute("DELETE FROM kv WHERE key = ?", (key,))
+
+    def zadd(self, name: str, member: str, score: float) -> None:
+        self.con.execute(
+            "INSERT INTO zset (name, member, score) VALUES (?, ?, ?) "
+            "ON CONFLICT (name, member) DO UPDATE SET score = excluded.score",
+            (name, member, score),
+        )
+
+    def zrem(self, name: str, member: str) -> None:
+        self.con.execute("DELETE FROM zset WHERE name = ? AND member = ?", (name, member))
+
+    def zrange(self, name: str, low: float, high: float, limit: int) -> list[tuple[str, float]]:
+        rows = self.con.execute(
+            "SELECT member, score FROM zset WHERE name = ? AND score BETWEEN ? AND ? ORDER BY score, member LIMIT ?",
+            (name, _bound(low), _bound(high), limit),
+        ).fetchall()
+        return [(m, s) for m, s in rows]
+
+    def zcard(self, name: str) -> int:
+        return int(self.con.execute("SELECT count(*) FROM zset WHERE name = ?", (name,)).fetchone()[0])
+
+
+def _bound(value: float) -> float:
+    return max(min(value, 1e308), -1e308)
+
+
+class SqliteKV:
+    """The embedded default: documents and sorted sets in one SQLite file (WAL mode), safe to
+    share between the processes of one machine."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self.display = str(path)
+        self._local = threading.local()
+        con = self._con()
+        con.execute("CREATE TABLE IF NOT EXISTS kv (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+        con.execute(
+            "CREATE TABLE IF NOT EXISTS zset (name TEXT NOT NULL, member TEXT NOT NULL, score REAL NOT NULL, "
+            "PRIMARY KEY (name, member))"
+        )
+        con.execute("CREATE INDEX IF NOT EXISTS zset_by_score ON zset (name, score)")
+
+    def _con(self) -> sqlite3.Connection:
+        con = getattr(self._local, "con", None)
+        if con is None:
+            con = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
+            con.execute("PRAGMA journal_mode = WAL")
+            con.execute("PRAGMA synchronous = NORMAL")
+            con.execute("PRAGMA busy_timeout = 30000")
+            self._local.con = con
+        return con
+
+    def atomic(self, fn: Callable[[Tx], T], watch: Iterable[str]) -> T:
+        con = self._con()
+        for pause in (0.05, 0.1, 0.2, 0.5, 1.0, None):
+            try:
+                con.execute("BEGIN IMMEDIATE")
+                break
+            except sqlite3.OperationalError as exc:  # locked beyond busy_timeout
+                if pause is None:
+                    raise TransientError(f"the state file {self.path} is locked: {exc}") from None
+                time.sleep(pause)
+        try:
+            result = fn(_SqliteTx(con))
+        except BaseException:
+            con.execute("ROLLBACK")
+            raise
+        con.execute("COMMIT")
+        return result
+
+    def get(self, key: str) -> dict[str, Any] | None:
+        return _SqliteTx(self._con()).get(key)
+
+    def get_many(self, keys: list[str]) -> list[dict[str, Any] | None]:
+        if not keys:
+            return []
+        found: dict[str, str] = {}
+        con = self._con()
+        for start in range(0, len(keys), 500):
+            part = keys[start : start + 500]
+            marks = ",".join("?" * len(part))
+            found.update(con.execute(f"SELECT key, value FROM kv WHERE key IN ({marks})", part).fetchall())
+        return [json.loads(found[k]) if k in found else None for k in keys]
+
+    def zrange(self, name: str, low: float, high: float, limit: int) -> list[tuple[str, float]]:
+        return _SqliteTx(self._con()).zrange(name, low, high, limit)
+
+    def zrevrange(self, name: str, start: int, stop: int) -> list[str]:
+        count = -1 if stop < 0 else stop - start + 1
+        rows = (
+            self._con()
+            .execute(
+                "SELECT member FROM zset WHERE name = ? ORDER BY score DESC, member DESC LIMIT ? OFFSET ?",
+                (name, count, start),
+            )
+            .fetchall()
+        )
+        return [r[0] for r in rows]
+
+    def zcard(self, name: str) -> int:
+        return _SqliteTx(self._con()).zcard(name)
+
+    def delete_many(self, keys: list[str], zsets: dict[str, list[str]]) -> None:
+        def run(tx: Tx) -> None:
+            for key in keys:
+                tx.delete(key)
+            for name, members in zsets.items():
+                for member in members:
+                    tx.zrem(name, member)
+
+        self.atomic(run, ())
+
+    def ping(self) -> None:
+        self._con().execute("SELECT 1")
+
+    def close(self) -> None:
+        con = getattr(self._local, "con", None)
+        if con is not None:
+            con.close()
+            self._local.con = None

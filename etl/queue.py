@@ -1,0 +1,152 @@
+"""The queue: a Huey instance carrying run ids and chunk indexes, beside our run store.
+
+Messages are ``etl.plan(run_id)``, ``etl.chunk(run_id, index)``, ``etl.finalize(run_id)`` and
+``etl.abort(run_id)``: never rows, never credentials. What they act on lives in the
+:class:`~etl.store.RunStore`. With ``ETL_SECRET_KEY`` set, messages are signed, so that someone
+who can write to Redis cannot make workers run a forged task.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from loguru import logger
+
+from etl.errors import UsageError
+from etl.kv import RedisKV, SqliteKV
+from etl.runs import new_run_id
+from etl.settings import QueueSettings, queue_settings
+from etl.store import RunRecord, RunStore
+
+if TYPE_CHECKING:
+    import huey as huey_module
+
+    from etl.config import Job
+
+__all__ = ["Queue", "open_queue"]
+
+TASKS = ("etl.plan", "etl.chunk", "etl.finalize", "etl.abort")
+
+
+def _huey(settings: QueueSettings) -> huey_module.Huey:
+    from huey import RedisHuey, SqliteHuey
+    from huey.serializer import SignedSerializer
+
+    serializer = SignedSerializer(secret=settings.secret, salt="etl") if settings.secret else None
+    if settings.kind == "embedded":
+        settings.directory.mkdir(parents=True, exist_ok=True)
+        return SqliteHuey(
+            settings.name, filename=str(settings.directory / "queue.db"), results=False, serializer=serializer
+        )
+    return RedisHuey(
+        settings.name, url=settings.url, results=False, serializer=serializer, blocking=True, read_timeout=2
+    )
+
+
+class Queue:
+    """The run store and the Huey instance of one set of queue settings.
+
+    Task functions are bound with :meth:`bind`, by the process that executes them (a worker);
+    a process that only submits never imports the stages.
+    """
+
+    def __init__(self, settings: QueueSettings) -> None:
+        self.settings = settings
+        if settings.kind == "embedded":
+            kv: Any = SqliteKV(settings.directory / "state.db")
+        else:
+            kv = RedisKV(settings.url, settings.display)
+        self.store = RunStore(kv, prefix=settings.name)
+        self.huey = _huey(settings)
+        self.handlers: dict[str, Callable[..., Any]] = {}
+        self._tasks = {name: self.huey.task(name=name, retries=0)(self._dispatcher(name)) for name in TASKS}
+
+    def _dispatcher(self, name: str) -> Callable[..., Any]:
+        def task(*args: Any) -> Any:
+            handler = self.handlers.get(name)
+            if handler is None:
+                raise RuntimeError(f"this process executes no {name} messages (no handler bound)")
+            return handler(*args)
+
+        task.__name__ = name.replace(".", "_")
+        return task
+
+    @property
+    def embedded(self) -> bool:
+        return self.settings.kind == "embedded"
+
+    def bind(self, handlers: dict[str, Callable[..., Any]]) -> None:
+        """Give the tasks their bodies in this process (``etl.chunk`` → a function of
+        ``(run_id, index)``, ...): only a worker executes messages."""
+        self.handlers.update(handlers)
+
+    def check(self) -> None:
+        """Fail with one clear line when the queue can't be reached or refuses us."""
+        self.store.kv.ping()
+
+    # -- sending messages ----------------------------------------------------------------
+
+    def send(self, name: str, *args: Any, delay: float = 0.0) -> None:
+        task = self._tasks[name]
+        if delay > 0:
+            task.schedule(args=args, delay=delay)
+        else:
+            task(*args)
+
+    def in_transit(self) -> set[tuple[str, tuple[Any, ...]]]:
+        """The messages waiting in the queue or its schedule, as (task name, args)."""
+        found = set()
+        for message in [*self.huey.pending(), *self.huey.scheduled()]:
+            found.add((message.name, tuple(message.args)))
+        return found
+
+    # -- submitting runs -------------------------------------------------------------------
+
+    def submit(
+        self,
+        job: Job,
+        *,
+        params: dict[str, str] | None = None,
+        sets: list[str] | None = None,
+        run_id: str | None = None,
+    ) -> RunRecord:
+        """Record a run of ``job`` (as written: ``${VAR}`` are resolved by each worker) and send
+        its plan message.
+
+        Raises:
+            UsageError: the job declares ``concurrency:`` and that many runs are unfinished.
+        """
+        record = RunRecord(
+            id=run_id or new_run_id(),
+            job=job.name,
+            job_file=str(Path(job.file).resolve()) if not job.file.startswith("<") else job.file,
+            job_text=job.text,
+            params={k: str(v) for k, v in (params or {}).items()},
+            sets=list(sets or []),
+            max_parallel=job.spec.max_parallel or 0,
+            delay=job.spec.delay,
+            attempts=job.spec.retry.attempts,
+            submitted_by=f"{socket.gethostname()}:{os.getpid()}",
+        )
+        busy = self.store.create_run(record, limit=job.spec.concurrency)
+        if busy is not None:
+            raise UsageError(
+                f"job {job.name} allows {job.spec.concurrency} unfinished run(s) at a time "
+                f"(concurrency: {job.spec.concurrency}) and {', '.join(busy)} is still unfinished; "
+                f"wait for it (etl status {busy[0]} --follow) or cancel it (etl cancel {busy[0]})"
+            )
+        logger.bind(job=job.name, run=record.id).info("queued run {} of {}", record.id, job.name)
+        self.send("etl.plan", record.id)
+        return record
+
+    def close(self) -> None:
+        self.store.kv.close()
+
+
+def open_queue(settings: QueueSettings | None = None) -> Queue:
+    """The queue of the environment's settings (``ETL_QUEUE_URL``, ``REDIS_*``, or embedded)."""
+    return Queue(settings or queue_settings())

@@ -1,0 +1,719 @@
+"""Run state: runs, their chunks' ledger with leases and fencing tokens, and live workers.
+
+This state is ours, not the queue's: Huey only carries ``(run id, chunk index)`` messages and
+forgets a message once a worker has taken it. Every change here is one atomic transaction on
+:mod:`etl.kv` (Redis, or the embedded SQLite file), so any number of workers on any number of
+machines can share it.
+
+A chunk moves ``pending → queued → running → done``; a failed attempt goes ``running →
+retrying → running`` (or ``failed`` when attempts are spent or the error is permanent). A
+``running`` chunk is held under a lease that its worker renews; each claim increments the
+chunk's ``attempts``, which is also the fencing token: only the holder of the latest token may
+renew, complete, retry or fail the chunk, so a worker that lost its lease (a "zombie") cannot
+record anything.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field, fields
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+from etl.kv import KV, Tx
+from etl.runs import RunState
+from etl.stages import Chunk
+
+__all__ = ["ChunkRecord", "RunRecord", "RunStore", "WorkerInfo"]
+
+ChunkState = Literal["pending", "queued", "running", "retrying", "done", "failed"]
+FINISHED: tuple[RunState, ...] = ("completed", "failed", "cancelled")
+INFLIGHT: tuple[ChunkState, ...] = ("queued", "running", "retrying")
+FOREVER = float("inf")
+
+
+def _iso(ts: float | None) -> str | None:
+    return None if ts is None else datetime.fromtimestamp(ts, UTC).isoformat().replace("+00:00", "Z")
+
+
+@dataclass
+class RunRecord:
+    """A run as the store keeps it. Times are Unix timestamps (UTC)."""
+
+    id: str
+    job: str
+    state: RunState = "waiting"
+    job_file: str = ""
+    job_text: str = ""
+    params: dict[str, str] = field(default_factory=dict)
+    sets: list[str] = field(default_factory=list)
+    max_parallel: int = 0
+    delay: float = 0.0
+    attempts: int = 3
+    rows_total: int | None = None
+    rows_exact: bool = True
+    chunks_total: int = 0
+    chunks_done: int = 0
+    chunks_failed: int = 0
+    rows_read: int = 0
+    rows_written: int = 0
+    rows_rejected: int = 0
+    retries: int = 0
+    planned: bool = False
+    created_at: float = 0.0
+    started_at: float | None = None
+    finished_at: float | None = None
+    error: str | None = None
+    error_chunk: int | None = None
+    shared: dict[str, Any] = field(default_factory=dict)
+    finalizer: str | None = None
+    finalize_until: float | None = None
+    submitted_by: str = ""
+
+    @classmethod
+    def from_doc(cls, doc: dict[str, Any]) -> RunRecord:
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in doc.items() if k in names})
+
+    def to_doc(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @property
+    def finished(self) -> bool:
+        return self.state in FINISHED
+
+    def seconds(self, now: float | None = None) -> float:
+        if self.started_at is None:
+            return 0.0
+        return max((self.finished_at or now or time.time()) - self.started_at, 0.0)
+
+    def rows_per_second(self, now: float | None = None) -> float:
+        seconds = self.seconds(now)
+        return self.rows_read / seconds if seconds else 0.0
+
+    def eta(self, now: float | None = None) -> float | None:
+        """Seconds left at the pace so far, or ``None`` before there is a pace."""
+        if self.state != "active":
+            return None
+        if self.rows_total:
+            done, total = self.rows_read, self.rows_total
+        else:
+            done, total = self.chunks_done, self.chunks_total
+        if not done or not total:
+            return None
+        return self.seconds(now) * max(total - done, 0) / done
+
+    def to_json(self, now: float | None = None) -> dict[str, Any]:
+        """The run for ``--json`` output: ISO 8601 UTC times and derived figures; not the job text."""
+        data = {k: v for k, v in self.to_doc().items() if k not in ("job_text", "shared")}
+        for key in ("created_at", "started_at", "finished_at", "finalize_until"):
+            data[key] = _iso(data[key])
+        data["seconds"] = round(self.seconds(now), 3)
+        data["rows_per_second"] = round(self.rows_per_second(now), 1)
+        eta = self.eta(now)
+        data["eta_seconds"] = None if eta is None else round(eta, 1)
+        return data
+
+
+@dataclass
+class ChunkRecord:
+    """A chunk's ledger entry."""
+
+    run_id: str
+    index: int
+    label: str = ""
+    rows: int | None = None
+    args: dict[str, Any] = field(default_factory=dict)
+    state: ChunkState = "pending"
+    attempts: int = 0
+    worker: str | None = None
+    lease_until: float | None = None
+    queued_at: float | None = None
+    not_before: float | None = None
+    rows_read: int = 0
+    rows_written: int = 0
+    rows_rejected: int = 0
+    seconds: float = 0.0
+    error: str | None = None
+    errors: list[str] = field(default_factory=list)
+
+    @classmethod
+    def from_doc(cls, doc: dict[str, Any]) -> ChunkRecord:
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in doc.items() if k in names})
+
+    def to_doc(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def descriptor(self) -> Chunk:
+        return Chunk(index=self.index, rows=self.rows, args=self.args, label=self.label, attempt=self.attempts)
+
+    def to_json(self) -> dict[str, Any]:
+        data = self.to_doc()
+        data["lease_until"] = _iso(self.lease_until)
+        data["queued_at"] = _iso(self.queued_at)
+        data["not_before"] = _iso(self.not_before)
+        return data
+
+
+@dataclass
+class WorkerInfo:
+    """A live worker process, as it registers itself."""
+
+    id: str
+    host: str
+    pid: int
+    concurrency: int = 1
+    started_at: float = 0.0
+    last_seen: float = 0.0
+    current: list[str] = field(default_factory=list)
+    version: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["started_at"] = _iso(self.started_at)
+        data["last_seen"] = _iso(self.last_seen)
+        return data
+
+
+@dataclass(frozen=True)
+class Completion:
+    """What :meth:`RunStore.complete` decided."""
+
+    accepted: bool
+    last: bool = False
+
+
+class RunStore:
+    """Runs, chunk ledgers and workers, kept in a :class:`~etl.kv.KV`."""
+
+    def __init__(self, kv: KV, prefix: str = "etl", clock: Callable[[], float] = time.time) -> None:
+        self.kv = kv
+        self.prefix = prefix
+        self.clock = clock
+
+    # -- keys --------------------------------------------------------------------------------
+
+    def _run_key(self, run_id: str) -> str:
+        return f"{self.prefix}:run:{run_id}"
+
+    def _chunk_key(self, run_id: str, index: int) -> str:
+        return f"{self.prefix}:chunk:{run_id}:{index}"
+
+    def _z(self, name: str) -> str:
+        return f"{self.prefix}:z:{name}"
+
+    @staticmethod
+    def _member(run_id: str, index: int) -> str:
+        return f"{run_id}|{index}"
+
+    @staticmethod
+    def _split(member: str) -> tuple[str, int]:
+        run_id, index = member.rsplit("|", 1)
+        return run_id, int(index)
+
+    def _load_run(self, tx: Tx, run_id: str) -> RunRecord | None:
+        doc = tx.get(self._run_key(run_id))
+        return RunRecord.from_doc(doc) if doc else None
+
+    def _load_chunk(self, tx: Tx, run_id: str, index: int) -> ChunkRecord | None:
+        doc = tx.get(self._chunk_key(run_id, index))
+        return ChunkRecord.from_doc(doc) if doc else None
+
+    def _save_run(self, tx: Tx, run: RunRecord) -> None:
+        tx.put(self._run_key(run.id), run.to_doc())
+
+    def _save_chunk(self, tx: Tx, chunk: ChunkRecord) -> None:
+        tx.put(self._chunk_key(chunk.run_id, chunk.index), chunk.to_doc())
+        member = self._member(chunk.run_id, chunk.index)
+        if chunk.state == "running":
+            tx.zadd(self._z("leases"), member, chunk.lease_until or 0.0)
+        else:
+            tx.zrem(self._z("leases"), member)
+        if chunk.state == "queued":
+            tx.zadd(self._z("waiting"), member, chunk.queued_at or 0.0)
+        elif chunk.state == "retrying":
+            tx.zadd(self._z("waiting"), member, chunk.not_before or 0.0)
+        else:
+            tx.zrem(self._z("waiting"), member)
+        if chunk.state == "pending":
+            tx.zadd(self._z(f"pending:{chunk.run_id}"), str(chunk.index), chunk.index)
+        else:
+            tx.zrem(self._z(f"pending:{chunk.run_id}"), str(chunk.index))
+
+    def _set_state(self, tx: Tx, run: RunRecord, state: RunState) -> None:
+        """Move a run to ``state``, keeping the per-state indexes in step."""
+        tx.zrem(self._z(f"state:{run.state}"), run.id)
+        run.state = state
+        tx.zadd(self._z(f"state:{state}"), run.id, run.created_at)
+        if state in FINISHED:
+            run.finished_at = self.clock()
+            run.finalizer = run.finalize_until = None
+            tx.zadd(self._z(f"finished:{state}"), run.id, run.finished_at)
+            tx.zrem(self._z("finalize"), run.id)
+            tx.zrem(self._z(f"unfinished:{run.job}"), run.id)
+
+    def _unfinish(self, tx: Tx, run: RunRecord) -> None:
+        tx.zrem(self._z(f"finished:{run.state}"), run.id)
+        tx.zadd(self._z(f"unfinished:{run.job}"), run.id, run.created_at)
+        run.finished_at = None
+
+    # -- runs --------------------------------------------------------------------------------
+
+    def create_run(self, run: RunRecord, limit: int | None = None) -> list[str] | None:
+        """Store a new run, ``waiting``. With ``limit``, only if its job has fewer unfinished
+        runs than that; otherwise store nothing and return the unfinished runs' ids."""
+        run.created_at = run.created_at or self.clock()
+        run.state = "waiting"
+        unfinished = self._z(f"unfinished:{run.job}")
+
+        def create(tx: Tx) -> list[str] | None:
+            if limit is not None:
+                busy = [m for m, _ in tx.zrange(unfinished, -FOREVER, FOREVER, limit)]
+                if len(busy) >= limit:
+                    return busy
+            self._save_run(tx, run)
+            tx.zadd(self._z("runs"), run.id, run.created_at)
+            tx.zadd(self._z("state:waiting"), run.id, run.created_at)
+            tx.zadd(self._z(f"job:{run.job}"), run.id, run.created_at)
+            tx.zadd(unfinished, run.id, run.created_at)
+            return None
+
+        return self.kv.atomic(create, [self._run_key(run.id), unfinished])
+
+    def get_run(self, run_id: str) -> RunRecord | None:
+        doc = self.kv.get(self._run_key(run_id))
+        return RunRecord.from_doc(doc) if doc else None
+
+    def list_runs(self, *, state: str | None = None, job: str | None = None, limit: int = 50) -> list[RunRecord]:
+        """Runs, newest first, optionally of one state and/or job."""
+        index = self._z(f"state:{state}") if state else self._z(f"job:{job}") if job else self._z("runs")
+        result: list[RunRecord] = []
+        start = 0
+        while len(result) < limit:
+            ids = self.kv.zrevrange(index, start, start + max(limit * 2, 50) - 1)
+            if not ids:
+                break
+            start += len(ids)
+            for doc in self.kv.get_many([self._run_key(i) for i in ids]):
+                if doc and (job is None or doc["job"] == job) and (state is None or doc["state"] == state):
+                    result.append(RunRecord.from_doc(doc))
+        return result[:limit]
+
+    def count_runs(self, state: str) -> int:
+        return self.kv.zcard(self._z(f"state:{state}"))
+
+    def get_chunks(self, run_id: str, chunks_total: int | None = None) -> list[ChunkRecord]:
+        run = self.get_run(run_id) if chunks_total is None else None
+        total = chunks_total if chunks_total is not None else (run.chunks_total if run else 0)
+        docs = self.kv.get_many([self._chunk_key(run_id, i) for i in range(total)])
+        return [ChunkRecord.from_doc(d) for d in docs if d]
+
+    def get_chunk(self, run_id: str, index: int) -> ChunkRecord | None:
+        doc = self.kv.get(self._chunk_key(run_id, index))
+        return ChunkRecord.from_doc(doc) if doc else None
+
+    def set_plan(
+        self, run_id: str, *, rows: int | None, exact: bool, chunks: Sequence[Chunk], shared: dict[str, Any]
+    ) -> bool:
+        """Record the plan of a ``waiting`` run and make it ``active``. False if it was not waiting
+        (cancelled meanwhile, or planned already by a re-delivered task)."""
+
+        def plan(tx: Tx) -> bool:
+            run = self._load_run(tx, run_id)
+            if run is None or run.state != "waiting" or run.planned:
+                return False
+            for chunk in chunks:
+                record = ChunkRecord(run_id, chunk.index, chunk.label, chunk.rows, dict(chunk.args))
+                self._save_chunk(tx, record)
+            run.rows_total, run.rows_exact, run.shared = rows, exact, dict(shared)
+            run.chunks_total, run.planned, run.started_at = len(chunks), True, self.clock()
+            self._set_state(tx, run, "active")
+            self._save_run(tx, run)
+            return True
+
+        return self.kv.atomic(plan, [self._run_key(run_id)])
+
+    def fail_run(self, run_id: str, error: str, chunk: int | None = None) -> bool:
+        """Mark a ``waiting`` or ``active`` run failed (planning failed, a chunk failed for good)."""
+
+        def fail(tx: Tx) -> bool:
+            run = self._load_run(tx, run_id)
+            if run is None or run.finished:
+                return False
+            run.error, run.error_chunk = error, chunk
+            self._set_state(tx, run, "failed")
+            self._save_run(tx, run)
+            return True
+
+        return self.kv.atomic(fail, [self._run_key(run_id)])
+
+    def cancel(self, run_id: str) -> bool:
+        """Stop handing out the run's chunks and mark it ``cancelled``. False if it had finished."""
+
+        def cancel(tx: Tx) -> bool:
+            run = self._load_run(tx, run_id)
+            if run is None or run.finished:
+                return False
+            run.error = run.error or "cancelled"
+            self._set_state(tx, run, "cancelled")
+            self._save_run(tx, run)
+            return True
+
+        return self.kv.atomic(cancel, [self._run_key(run_id)])
+
+    def retry_failed(self, run_id: str) -> list[int]:
+        """Make a failed (or cancelled) run active again, its failed chunks pending with fresh
+        attempts; chunks that were done stay done. Returns the chunks to run again."""
+
+        def retry(tx: Tx) -> list[int]:
+            run = self._load_run(tx, run_id)
+            if run is None or run.state not in ("failed", "cancelled"):
+                return []
+            again = []
+            for index in range(run.chunks_total):
+                chunk = self._load_chunk(tx, run_id, index)
+                if chunk is None or chunk.state == "done":
+                    continue
+                if chunk.state in ("failed", "queued", "retrying", "running"):
+                    chunk.state, chunk.attempts, chunk.worker, chunk.lease_until = "pending", 0, None, None
+                    chunk.error = None
+                    self._save_chunk(tx, chunk)
+                again.append(index)
+            self._unfinish(tx, run)
+            run.chunks_failed, run.error, run.error_chunk = 0, None, None
+            self._set_state(tx, run, "active" if run.planned else "waiting")
+            self._save_run(tx, run)
+            return again
+
+        return self.kv.atomic(retry, [self._run_key(run_id)])
+
+    # -- chunks ------------------------------------------------------------------------------
+
+    def dispatch(self, run_id: str, limit: int) -> list[int]:
+        """Move pending chunks to ``queued`` until ``limit`` are in flight; their indices."""
+        pending = self._z(f"pending:{run_id}")
+
+        def dispatch(tx: Tx) -> list[int]:
+            run = self._load_run(tx, run_id)
+            if run is None or run.state != "active":
+                return []
+            inflight = run.chunks_total - run.chunks_done - run.chunks_failed - tx.zcard(pending)
+            room = max(limit - inflight, 0)
+            chosen = [int(m) for m, _ in tx.zrange(pending, -FOREVER, FOREVER, room)] if room else []
+            now = self.clock()
+            for index in chosen:
+                chunk = self._load_chunk(tx, run_id, index)
+                if chunk is not None and chunk.state == "pending":
+                    chunk.state, chunk.queued_at = "queued", now
+                    self._save_chunk(tx, chunk)
+            return chosen
+
+        return self.kv.atomic(dispatch, [self._run_key(run_id), pending])
+
+    def claim(self, run_id: str, index: int, worker: str, lease: float) -> ChunkRecord | None:
+        """Take a queued (or retrying, or abandoned) chunk of an active run: a new attempt, whose
+        number is the fencing token. ``None`` when the chunk is not there to take."""
+        key = self._chunk_key(run_id, index)
+
+        def claim(tx: Tx) -> ChunkRecord | None:
+            run = self._load_run(tx, run_id)
+            chunk = self._load_chunk(tx, run_id, index)
+            if run is None or chunk is None or run.state != "active":
+                return None
+            now = self.clock()
+            abandoned = chunk.state == "running" and (chunk.lease_until or 0) < now
+            if chunk.state not in ("queued", "retrying") and not abandoned:
+                return None
+            chunk.state, chunk.attempts, chunk.worker = "running", chunk.attempts + 1, worker
+            chunk.lease_until, chunk.not_before = now + lease, None
+            self._save_chunk(tx, chunk)
+            return chunk
+
+        return self.kv.atomic(claim, [self._run_key(run_id), key])
+
+    def renew(self, run_id: str, index: int, token: int, lease: float) -> Literal["ok", "lost", "stopped"]:
+        """Extend the lease of attempt ``token``: ``lost`` if another attempt holds the chunk now,
+        ``stopped`` if the run was cancelled or failed."""
+        key = self._chunk_key(run_id, index)
+
+        def renew(tx: Tx) -> Literal["ok", "lost", "stopped"]:
+            run = self._load_run(tx, run_id)
+            chunk = self._load_chunk(tx, run_id, index)
+            if run is None or chunk is None or chunk.state != "running" or chunk.attempts != token:
+                return "lost"
+            if run.state != "active":
+                return "stopped"
+            chunk.lease_until = self.clock() + lease
+            self._save_chunk(tx, chunk)
+            return "ok"
+
+        return self.kv.atomic(renew, [key])
+
+    def complete(self, run_id: str, index: int, token: int, result: Any) -> Completion:
+        """Record attempt ``token`` as done, with its counters (a :class:`~etl.runs.ChunkResult`).
+        ``last`` is true for exactly one completion: the one that makes every chunk done."""
+        key = self._chunk_key(run_id, index)
+
+        def complete(tx: Tx) -> Completion:
+            run = self._load_run(tx, run_id)
+            chunk = self._load_chunk(tx, run_id, index)
+            if run is None or chunk is None or chunk.state != "running" or chunk.attempts != token:
+                return Completion(False)
+            chunk.state, chunk.worker, chunk.lease_until, chunk.error = "done", None, None, None
+            chunk.rows_read, chunk.rows_written = result.rows_read, result.rows_written
+            chunk.rows_rejected, chunk.seconds = result.rows_rejected, result.seconds
+            self._save_chunk(tx, chunk)
+            run.rows_read += result.rows_read
+            run.rows_written += result.rows_written
+            run.rows_rejected += result.rows_rejected
+            run.chunks_done += 1
+            last = run.state == "active" and run.chunks_done == run.chunks_total
+            self._save_run(tx, run)
+            return Completion(True, last)
+
+        return self.kv.atomic(complete, [self._run_key(run_id), key])
+
+    def retry_later(self, run_id: str, index: int, token: int, error: str, delay: float) -> bool:
+        """Attempt ``token`` failed and will be tried again after ``delay`` seconds."""
+        key = self._chunk_key(run_id, index)
+
+        def later(tx: Tx) -> bool:
+            run = self._load_run(tx, run_id)
+            chunk = self._load_chunk(tx, run_id, index)
+            if run is None or chunk is None or chunk.state != "running" or chunk.attempts != token:
+                return False
+            chunk.state, chunk.worker, chunk.lease_until = "retrying", None, None
+            chunk.not_before, chunk.error = self.clock() + delay, error
+            chunk.errors = [*chunk.errors, f"attempt {token}: {error}"][-10:]
+            self._save_chunk(tx, chunk)
+            run.retries += 1
+            self._save_run(tx, run)
+            return True
+
+        return self.kv.atomic(later, [self._run_key(run_id), key])
+
+    def fail_chunk(self, run_id: str, index: int, token: int | None, error: str) -> bool:
+        """The chunk failed for good (permanent error, or attempts spent): it and its run fail.
+        ``token=None`` is the reaper's verdict on a chunk whose workers keep dying."""
+        key = self._chunk_key(run_id, index)
+
+        def fail(tx: Tx) -> bool:
+            run = self._load_run(tx, run_id)
+            chunk = self._load_chunk(tx, run_id, index)
+            if run is None or chunk is None or chunk.state in ("done", "failed"):
+                return False
+            if token is not None and (chunk.state != "running" or chunk.attempts != token):
+                return False
+            chunk.state, chunk.worker, chunk.lease_until, chunk.error = "failed", None, None, error
+            chunk.errors = [*chunk.errors, f"attempt {chunk.attempts}: {error}"][-10:]
+            self._save_chunk(tx, chunk)
+            run.chunks_failed += 1
+            if not run.finished:
+                run.error, run.error_chunk = error, index
+                self._set_state(tx, run, "failed")
+            self._save_run(tx, run)
+            return True
+
+        return self.kv.atomic(fail, [self._run_key(run_id), key])
+
+    def release(self, run_id: str, index: int, token: int) -> bool:
+        """A worker shutting down gives back the chunk it holds (attempt ``token``): queued
+        again at once, without waiting for the lease to run out."""
+        key = self._chunk_key(run_id, index)
+
+        def release(tx: Tx) -> bool:
+            chunk = self._load_chunk(tx, run_id, index)
+            if chunk is None or chunk.state != "running" or chunk.attempts != token:
+                return False
+            chunk.state, chunk.worker, chunk.lease_until, chunk.queued_at = "queued", None, None, self.clock()
+            chunk.errors = [*chunk.errors, f"attempt {token}: its worker shut down before finishing it"][-10:]
+            self._save_chunk(tx, chunk)
+            return True
+
+        return self.kv.atomic(release, [key])
+
+    # -- finalizing --------------------------------------------------------------------------
+
+    def claim_finalize(self, run_id: str, worker: str, lease: float) -> bool:
+        """Take the finalizing of an active run whose chunks are all done (once, or again when
+        the worker that had it stopped renewing)."""
+
+        def claim(tx: Tx) -> bool:
+            run = self._load_run(tx, run_id)
+            if run is None or run.state != "active" or run.chunks_done != run.chunks_total:
+                return False
+            now = self.clock()
+            if run.finalizer and (run.finalize_until or 0) >= now and run.finalizer != worker:
+                return False
+            run.finalizer, run.finalize_until = worker, now + lease
+            tx.zadd(self._z("finalize"), run.id, run.finalize_until)
+            self._save_run(tx, run)
+            return True
+
+        return self.kv.atomic(claim, [self._run_key(run_id)])
+
+    def renew_finalize(self, run_id: str, worker: str, lease: float) -> bool:
+        def renew(tx: Tx) -> bool:
+            run = self._load_run(tx, run_id)
+            if run is None or run.state != "active" or run.finalizer != worker:
+                return False
+            run.finalize_until = self.clock() + lease
+            tx.zadd(self._z("finalize"), run.id, run.finalize_until)
+            self._save_run(tx, run)
+            return True
+
+        return self.kv.atomic(renew, [self._run_key(run_id)])
+
+    def finish(self, run_id: str, worker: str | None = None) -> bool:
+        """The run completed: every chunk written and the sink finalized (by ``worker``)."""
+
+        def finish(tx: Tx) -> bool:
+            run = self._load_run(tx, run_id)
+            if run is None or run.state != "active" or run.chunks_done != run.chunks_total:
+                return False
+            if worker is not None and run.finalizer not in (None, worker):
+                return False
+            run.error, run.error_chunk = None, None
+            self._set_state(tx, run, "completed")
+            self._save_run(tx, run)
+            return True
+
+        return self.kv.atomic(finish, [self._run_key(run_id)])
+
+    # -- the reaper's queries ------------------------------------------------------------------
+
+    def expired_leases(self, limit: int = 100) -> list[tuple[str, int]]:
+        """Running chunks whose lease ran out: their workers died or hang."""
+        rows = self.kv.zrange(self._z("leases"), -FOREVER, self.clock(), limit)
+        return [self._split(m) for m, _ in rows]
+
+    def reclaim(self, run_id: str, index: int, max_attempts: int) -> Literal["requeued", "failed", "skip"]:
+        """Put a chunk with an expired lease back in the queue, or fail it when it has used up
+        its attempts (a chunk that kills every worker that takes it)."""
+        key = self._chunk_key(run_id, index)
+
+        def reclaim(tx: Tx) -> Literal["requeued", "failed", "skip"]:
+            run = self._load_run(tx, run_id)
+            chunk = self._load_chunk(tx, run_id, index)
+            if run is None or chunk is None or chunk.state != "running":
+                return "skip"
+            now = self.clock()
+            if (chunk.lease_until or 0) >= now:
+                return "skip"
+            lost = f"its worker {chunk.worker} stopped renewing the lease (killed, or stalled)"
+            chunk.errors = [*chunk.errors, f"attempt {chunk.attempts}: {lost}"][-10:]
+            if run.state != "active":
+                chunk.state, chunk.worker, chunk.lease_until = "queued", None, None
+                chunk.queued_at = now
+                self._save_chunk(tx, chunk)
+                return "skip"
+            if chunk.attempts >= max_attempts:
+                chunk.state, chunk.worker, chunk.lease_until = "failed", None, None
+                chunk.error = f"gave up after {chunk.attempts} attempts: {lost}"
+                self._save_chunk(tx, chunk)
+                run.chunks_failed += 1
+                run.error, run.error_chunk = chunk.error, index
+                self._set_state(tx, run, "failed")
+                self._save_run(tx, run)
+                return "failed"
+            chunk.state, chunk.worker, chunk.lease_until, chunk.queued_at = "queued", None, None, now
+            chunk.error = lost
+            self._save_chunk(tx, chunk)
+            run.retries += 1
+            self._save_run(tx, run)
+            return "requeued"
+
+        return self.kv.atomic(reclaim, [self._run_key(run_id), key])
+
+    def waiting_chunks(self, older_than: float, limit: int = 200) -> list[tuple[str, int]]:
+        """Chunks queued (or due for a retry) longer than ``older_than`` seconds ago: their
+        message may have been lost with a worker that took it and died before claiming it."""
+        rows = self.kv.zrange(self._z("waiting"), -FOREVER, self.clock() - older_than, limit)
+        return [self._split(m) for m, _ in rows]
+
+    def touch(self, run_id: str, index: int) -> None:
+        """A waiting chunk's message was sent again: restart its clock."""
+        key = self._chunk_key(run_id, index)
+
+        def touch(tx: Tx) -> None:
+            chunk = self._load_chunk(tx, run_id, index)
+            if chunk is not None and chunk.state in ("queued", "retrying"):
+                chunk.state, chunk.queued_at, chunk.not_before = "queued", self.clock(), None
+                self._save_chunk(tx, chunk)
+
+        self.kv.atomic(touch, [key])
+
+    def expired_finalizers(self, limit: int = 50) -> list[str]:
+        return [m for m, _ in self.kv.zrange(self._z("finalize"), -FOREVER, self.clock(), limit)]
+
+    def active_runs(self, limit: int = 1000) -> list[RunRecord]:
+        return self.list_runs(state="active", limit=limit)
+
+    # -- workers -----------------------------------------------------------------------------
+
+    def heartbeat(self, worker: WorkerInfo) -> None:
+        worker.last_seen = self.clock()
+
+        def beat(tx: Tx) -> None:
+            tx.put(f"{self.prefix}:worker:{worker.id}", asdict(worker))
+            tx.zadd(self._z("workers"), worker.id, worker.last_seen)
+
+        self.kv.atomic(beat, ())
+
+    def remove_worker(self, worker_id: str) -> None:
+        self.kv.delete_many([f"{self.prefix}:worker:{worker_id}"], {self._z("workers"): [worker_id]})
+
+    def workers(self, ttl: float) -> list[WorkerInfo]:
+        """Workers seen within ``ttl`` seconds; older entries are forgotten."""
+        now = self.clock()
+        stale = [m for m, _ in self.kv.zrange(self._z("workers"), -FOREVER, now - ttl, 1000)]
+        if stale:
+            self.kv.delete_many([f"{self.prefix}:worker:{w}" for w in stale], {self._z("workers"): stale})
+        live = [m for m, _ in self.kv.zrange(self._z("workers"), now - ttl, FOREVER, 1000)]
+        docs = self.kv.get_many([f"{self.prefix}:worker:{w}" for w in live])
+        return [WorkerInfo(**d) for d in docs if d]
+
+    # -- clean-up ----------------------------------------------------------------------------
+
+    def clean(self, state: RunState, older_than: float = 0.0, batch: int = 500, limit: int | None = None) -> int:
+        """Delete finished runs of ``state`` that finished more than ``older_than`` seconds ago,
+        ``batch`` at a time (so that a large clean never blocks Redis for long)."""
+        cutoff = self.clock() - older_than
+        deleted = 0
+        while limit is None or deleted < limit:
+            size = batch if limit is None else min(batch, limit - deleted)
+            ids = [m for m, _ in self.kv.zrange(self._z(f"finished:{state}"), -FOREVER, cutoff, size)]
+            if not ids:
+                break
+            self._delete_runs(ids)
+            deleted += len(ids)
+        return deleted
+
+    def enforce_retention(self, keep: int, batch: int = 500) -> int:
+        """Keep the ``keep`` most recent finished runs of each final state; delete older ones."""
+        deleted = 0
+        for state in FINISHED:
+            excess = self.kv.zcard(self._z(f"finished:{state}")) - keep
+            if excess > 0:
+                deleted += self.clean(state, 0.0, batch, limit=excess)
+        return deleted
+
+    def _delete_runs(self, ids: list[str]) -> None:
+        docs = self.kv.get_many([self._run_key(i) for i in ids])
+        keys: list[str] = []
+        zsets: dict[str, list[str]] = {self._z("runs"): list(ids)}
+        for run_id, doc in zip(ids, docs, strict=True):
+            keys.append(self._run_key(run_id))
+            keys.append(self._z(f"pending:{run_id}"))
+            if not doc:
+                continue
+            run = RunRecord.from_doc(doc)
+            keys += [self._chunk_key(run_id, i) for i in range(run.chunks_total)]
+            for name in (f"state:{run.state}", f"finished:{run.state}", f"job:{run.job}", f"unfinished:{run.job}"):
+                zsets.setdefault(self._z(name), []).append(run_id)
+            members = [self._member(run_id, i) for i in range(run.chunks_total)]
+            zsets.setdefault(self._z("leases"), []).extend(members)
+            zsets.setdefault(self._z("waiting"), []).extend(members)
+        self.kv.delete_many(keys, zsets)

@@ -1,0 +1,241 @@
+"""A worker: a Huey consumer executing our messages, plus a heartbeat and a reaper.
+
+Every worker registers itself (host, pid, chunks in hand, last heartbeat) and runs the reaper,
+which is safe to run in any number of workers at once: it re-queues chunks whose lease ran out
+(their worker died), re-sends messages that were lost (Huey forgets a message once a worker has
+taken it), and resumes runs whose progress stalled. A killed worker costs a retry, never a chunk.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import signal
+import socket
+import threading
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from loguru import logger
+
+from etl import __version__
+from etl.errors import describe
+from etl.executor import Executor
+from etl.store import WorkerInfo
+
+if TYPE_CHECKING:
+    from etl.queue import Queue
+
+__all__ = ["Worker", "WorkerOptions"]
+
+
+@dataclass(frozen=True)
+class WorkerOptions:
+    """How a worker behaves; every figure in seconds.
+
+    Attributes:
+        concurrency: chunks this process works on at once (threads).
+        lease: how long a chunk stays ours without a renewal (renewed every third of it).
+        reaper_interval: how often the reaper looks for lost chunks and stalled runs.
+        heartbeat: how often the worker says it is alive; it counts as gone after three misses.
+        lost_after: a queued chunk whose message is in no queue after this long is sent again.
+        grace: on SIGTERM/SIGINT, how long a chunk in hand may take to finish before it is given
+            back to the queue.
+    """
+
+    concurrency: int = 1
+    lease: float = 15.0
+    reaper_interval: float = 5.0
+    heartbeat: float = 5.0
+    lost_after: float = 20.0
+    grace: float = 30.0
+
+    @classmethod
+    def from_env(cls, concurrency: int = 1, env: dict[str, str] | None = None) -> WorkerOptions:
+        env = dict(os.environ if env is None else env)
+
+        def seconds(name: str, default: float) -> float:
+            return float(env.get(name) or default)
+
+        return cls(
+            concurrency=concurrency,
+            lease=seconds("ETL_LEASE_SECONDS", cls.lease),
+            reaper_interval=seconds("ETL_REAPER_SECONDS", cls.reaper_interval),
+            heartbeat=seconds("ETL_HEARTBEAT_SECONDS", cls.heartbeat),
+            lost_after=seconds("ETL_LOST_AFTER_SECONDS", cls.lost_after),
+            grace=seconds("ETL_GRACE_SECONDS", cls.grace),
+        )
+
+
+class _ToLoguru(logging.Handler):
+    """Huey logs through the standard library; its lines go to loguru, once."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        level: Any = record.levelname if record.levelname in ("DEBUG", "INFO", "WARNING", "ERROR") else record.levelno
+        logger.opt(exception=record.exc_info if record.exc_info else None).log(level, "huey: {}", record.getMessage())
+
+
+def route_huey_logs(level: int = logging.WARNING) -> None:
+    huey_logger = logging.getLogger("huey")
+    huey_logger.handlers[:] = [_ToLoguru()]
+    huey_logger.setLevel(level)
+    huey_logger.propagate = False
+
+
+class Worker:
+    """One worker process: ``start()`` it, then ``wait()`` or ``stop()``."""
+
+    def __init__(self, queue: Queue, options: WorkerOptions | None = None) -> None:
+        self.queue = queue
+        self.options = options or WorkerOptions()
+        self.id = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(2)}"
+        self.info = WorkerInfo(
+            id=self.id,
+            host=socket.gethostname(),
+            pid=os.getpid(),
+            concurrency=self.options.concurrency,
+            started_at=queue.store.clock(),
+            version=__version__,
+        )
+        self.executor = Executor(queue, self.id, lease=self.options.lease, slots=self.slots)
+        queue.bind(self.executor.handlers())
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self.consumer: Any = None
+
+    def slots(self) -> int:
+        """Chunks all live workers can work on at once: a run's default parallelism."""
+        try:
+            workers = self.queue.store.workers(ttl=self.options.heartbeat * 3)
+        except Exception:
+            return self.options.concurrency
+        return max(sum(w.concurrency for w in workers), 1)
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def start(self, *, install_signals: bool = True) -> None:
+        route_huey_logs()
+        self.queue.check()
+        self._beat()
+        self.consumer = self.queue.huey.create_consumer(
+            workers=self.options.concurrency,
+            worker_type="thread",
+            periodic=False,
+            initial_delay=0.05,
+            backoff=1.5,
+            max_delay=0.5,
+            check_worker_health=True,
+            shutdown_timeout=self.options.grace,
+        )
+        self.consumer.start()
+        if install_signals:
+            # Both SIGTERM (systemd, Kubernetes) and SIGINT (Ctrl-C) shut down gracefully; a
+            # second signal stops at once.
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                signal.signal(signum, self._on_signal)
+        else:
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                signal.signal(signum, signal.default_int_handler if signum == signal.SIGINT else signal.SIG_DFL)
+        for name, target in (("heartbeat", self._heartbeat_loop), ("reaper", self._reaper_loop)):
+            thread = threading.Thread(target=target, name=name, daemon=True)
+            thread.start()
+            self._threads.append(thread)
+        logger.info(
+            "worker {} started: {} slot(s), queue {}, lease {}s",
+            self.id,
+            self.options.concurrency,
+            self.queue.settings.display,
+            self.options.lease,
+        )
+
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        if self._stop.is_set():
+            logger.warning("second {}: stopping now", signal.Signals(signum).name)
+            os._exit(1)
+        logger.info(
+            "{}: finishing the chunks in hand (up to {}s), then stopping",
+            signal.Signals(signum).name,
+            self.options.grace,
+        )
+        self._stop.set()
+
+    def wait(self) -> None:
+        """Block until a signal (or :meth:`stop` from another thread) ends the worker."""
+        while not self._stop.wait(0.2):
+            pass
+        self.stop()
+
+    def stop(self) -> None:
+        """Stop taking messages, let chunks in hand finish within the grace period, give the
+        rest back to the queue, and deregister."""
+        self._stop.set()
+        if self.consumer is not None:
+            self.consumer.stop(graceful=True)  # waits up to the grace period for chunks in hand
+            released = self.executor.release_all()
+            if released:
+                logger.warning("gave back {} chunk(s) still in hand: {}", len(released), ", ".join(released))
+            self.consumer = None
+        for thread in self._threads:
+            thread.join(timeout=2)
+        try:
+            self.queue.store.remove_worker(self.id)
+        except Exception as exc:
+            logger.warning("could not deregister: {}", describe(exc))
+        self.executor.close()
+        logger.info("worker {} stopped", self.id)
+
+    # -- heartbeat and reaper ----------------------------------------------------------------
+
+    def _beat(self) -> None:
+        with self.executor._lock:
+            self.info.current = sorted(self.executor.in_hand)
+        self.queue.store.heartbeat(self.info)
+
+    def _heartbeat_loop(self) -> None:
+        while not self._stop.wait(self.options.heartbeat):
+            try:
+                self._beat()
+            except Exception as exc:
+                logger.warning("heartbeat failed: {}", describe(exc))
+
+    def _reaper_loop(self) -> None:
+        while not self._stop.wait(self.options.reaper_interval):
+            try:
+                self.reap()
+            except Exception as exc:
+                logger.warning("reaper: {}", describe(exc))
+
+    def reap(self) -> None:
+        """One pass of the reaper (safe in any number of workers at once)."""
+        store, send = self.queue.store, self.queue.send
+        for run_id, index in store.expired_leases():
+            run = store.get_run(run_id)
+            if run is None:
+                continue
+            outcome = store.reclaim(run_id, index, max_attempts=run.attempts)
+            log = logger.bind(job=run.job, run=run_id, chunk=index)
+            if outcome == "requeued":
+                log.warning("chunk {}: its worker stopped renewing the lease; queued again", index)
+                send("etl.chunk", run_id, index)
+            elif outcome == "failed":
+                log.error("chunk {}: its workers died on it {} times; the run failed", index, run.attempts)
+        transit: set | None = None
+        for run_id, index in store.waiting_chunks(self.options.lost_after):
+            transit = self.queue.in_transit() if transit is None else transit
+            if ("etl.chunk", (run_id, index)) not in transit:
+                store.touch(run_id, index)
+                send("etl.chunk", run_id, index)
+                logger.bind(run=run_id, chunk=index).warning("chunk {}: its message was lost; sent again", index)
+        for run_id in store.expired_finalizers():
+            send("etl.finalize", run_id)
+        for run in store.list_runs(state="waiting", limit=200):
+            if store.clock() - run.created_at > self.options.lost_after:
+                transit = self.queue.in_transit() if transit is None else transit
+                if ("etl.plan", (run.id,)) not in transit:
+                    send("etl.plan", run.id)
+        for run in store.active_runs(limit=200):
+            if run.chunks_done == run.chunks_total and run.finalizer is None:
+                send("etl.finalize", run.id)
+            else:
+                self.executor.dispatch(run)
