@@ -26,8 +26,7 @@ from etl.hookspecs import hookimpl, hookspec
 from etl.runs import ChunkResult, RunInfo, RunResult
 from etl.stages import Chunk, Plan, RowCount, Sink, Source, StageContext, StageOptions, Transform
 from etl.units import parse_duration, parse_type
-
-__version__ = "0.1.0"
+from etl.version import __version__
 
 # A library stays quiet until the application that embeds it opts in: logger.enable("etl").
 logger.disable("etl")

@@ -14,20 +14,37 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from etl import config
-from etl.errors import EtlError, JobFailed
+from etl.errors import EtlError, JobFailed, UsageError
 from etl.jobs import load, load_job, state_dir, validate
 from etl.manager import get_plugin_manager
 from etl.runner import run_job
+from etl.settings import QueueSettings, queue_settings
 
 if TYPE_CHECKING:
     import pluggy
 
     from etl.config import Job
+    from etl.queue import Queue
     from etl.retry import Clock
     from etl.runs import RunInfo, RunResult
-    from etl.stages import Plan
+    from etl.stages import Plan, RowCount
+    from etl.store import RunRecord, WorkerInfo
 
-__all__ = ["load_job", "plan", "run", "state_dir", "validate"]  # load_job, state_dir, validate: from etl.jobs
+__all__ = [
+    "cancel",
+    "clean",
+    "get_run",
+    "list_runs",
+    "load_job",
+    "open_queue",
+    "plan",
+    "retry",
+    "run",
+    "state_dir",
+    "submit",
+    "validate",
+    "workers",
+]  # load_job, state_dir, validate: from etl.jobs
 
 
 def plan(job: Job, *, pm: pluggy.PluginManager | None = None) -> tuple[RunInfo, Plan, list[str]]:
@@ -64,6 +81,7 @@ def run(
     pm: pluggy.PluginManager | None = None,
     run_id: str | None = None,
     clock: Clock | None = None,
+    count: RowCount | None = None,
 ) -> RunResult:
     """Run a job in this process and return its :class:`~etl.runs.RunResult`.
 
@@ -78,4 +96,116 @@ def run(
         job, pm = load(job, text=None, params=params, sets=sets, env=None, pm=pm)
     if pm is None:
         pm = get_plugin_manager(job_plugins=job.spec.plugins, job_dir=job.directory)
-    return run_job(job, pm, run_id=run_id, state_dir=state_dir(), clock=clock)
+    return run_job(job, pm, run_id=run_id, state_dir=state_dir(), clock=clock, count=count)
+
+
+# -- background runs ------------------------------------------------------------------------
+
+
+def open_queue(settings: QueueSettings | None = None) -> Queue:
+    """The queue and run store of the environment's settings (``ETL_QUEUE_URL``, ``REDIS_*``,
+    or the embedded default in ``$ETL_HOME``), checked reachable.
+
+    Raises:
+        UsageError: a malformed setting, or a Redis that refuses the password.
+        TransientError: Redis can't be reached.
+    """
+    from etl.queue import Queue
+
+    queue = Queue(settings or queue_settings())
+    queue.check()
+    return queue
+
+
+def submit(
+    job: Job | str | os.PathLike[str],
+    *,
+    params: Mapping[str, Any] | None = None,
+    sets: Sequence[str] = (),
+    queue: Queue | None = None,
+) -> RunRecord:
+    """Queue a run of ``job`` for the workers; returns its record (``.id`` is the run id).
+
+    The job is stored as written, with the parameters and overrides given here, and each
+    worker resolves its ``${VAR}`` references from its own environment.
+    """
+    if not isinstance(job, config.Job):
+        job = load_job(job, params=params, sets=sets)
+    queue = queue or open_queue()
+    return queue.submit(job, params={k: str(v) for k, v in (params or {}).items()}, sets=list(sets))
+
+
+def get_run(run_id: str, queue: Queue | None = None) -> RunRecord:
+    """A run's state and progress.
+
+    Raises:
+        UsageError: no run has that id (or it was cleaned).
+    """
+    queue = queue or open_queue()
+    run = queue.store.get_run(run_id)
+    if run is None:
+        raise UsageError(f"no run {run_id!r} (list runs with: etl runs)")
+    return run
+
+
+def list_runs(
+    *, state: str | None = None, job: str | None = None, limit: int = 50, queue: Queue | None = None
+) -> list[RunRecord]:
+    """Runs, newest first."""
+    return (queue or open_queue()).store.list_runs(state=state, job=job, limit=limit)
+
+
+def retry(run_id: str, queue: Queue | None = None) -> list[int]:
+    """Run a failed (or cancelled) run's unfinished chunks again; those that succeeded stay.
+    Returns the chunks queued again.
+
+    Raises:
+        UsageError: no such run, or it is not failed or cancelled.
+    """
+    queue = queue or open_queue()
+    run = get_run(run_id, queue)
+    if run.state not in ("failed", "cancelled"):
+        raise UsageError(f"run {run_id} is {run.state}; only a failed or cancelled run can be retried")
+    again = queue.store.retry_failed(run_id)
+    run = get_run(run_id, queue)
+    if not run.planned:
+        queue.send("etl.plan", run_id)
+    elif again:
+        limit = run.max_parallel or max(sum(w.concurrency for w in queue.store.workers(15.0)), 1)
+        for index in queue.store.dispatch(run_id, limit):
+            queue.send("etl.chunk", run_id, index)
+    else:
+        queue.send("etl.finalize", run_id)
+    return again
+
+
+def cancel(run_id: str, queue: Queue | None = None) -> RunRecord:
+    """Stop handing out the run's chunks and mark it cancelled; chunks in flight stop at their
+    next batch, and what the run staged (a replace's new table) is dropped.
+
+    Raises:
+        UsageError: no such run, or it has completed.
+    """
+    queue = queue or open_queue()
+    run = get_run(run_id, queue)
+    if run.state == "completed":
+        raise UsageError(f"run {run_id} has completed; there is nothing to cancel")
+    if run.state != "cancelled" and not queue.store.cancel(run_id):
+        run = get_run(run_id, queue)
+        if run.state != "failed":
+            raise UsageError(f"run {run_id} is {run.state}; it can't be cancelled")
+        queue.store.cancel_failed(run_id)
+    queue.send("etl.abort", run_id)
+    return get_run(run_id, queue)
+
+
+def clean(state: str, older_than: float = 0.0, queue: Queue | None = None) -> int:
+    """Delete finished runs in ``state`` that finished more than ``older_than`` seconds ago."""
+    if state not in ("completed", "failed", "cancelled"):
+        raise UsageError(f"--state {state!r} is not one of: completed, failed, cancelled")
+    return (queue or open_queue()).store.clean(state, older_than)  # type: ignore[arg-type]
+
+
+def workers(queue: Queue | None = None, ttl: float = 15.0) -> list[WorkerInfo]:
+    """Live workers: host, pid, chunks in hand, last heartbeat."""
+    return (queue or open_queue()).store.workers(ttl)

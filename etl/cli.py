@@ -17,9 +17,10 @@ from typing import Any
 import click
 import yaml
 
-from etl import __version__, api
+from etl import api
 from etl.errors import ConfigErrors, EtlError, JobFailed
 from etl.runs import new_run_id
+from etl.version import __version__
 from etl.yamldoc import environment
 
 _SHOWN_CHUNKS = 20
@@ -90,6 +91,9 @@ _set_option = click.option(
     show_default=True,
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the result (or the plan) as JSON on stdout.")
+@click.option("--sync", "mode", flag_value="sync", help="Run in this process, whatever the row count.")
+@click.option("--background", "mode", flag_value="background", help="Queue the run, whatever the row count.")
+@click.option("--wait", is_flag=True, help="With a queued run: follow it to the end with a progress bar.")
 def run(
     job_file: str,
     params: Sequence[str],
@@ -98,8 +102,15 @@ def run(
     log_format: str,
     log_level: str,
     as_json: bool,
+    mode: str | None,
+    wait: bool,
 ) -> None:
-    """Run JOB_FILE: plan its chunks and run them in this process.
+    """Run JOB_FILE.
+
+    Below the job's thresholds.background rows the run executes at once, in this process; at
+    or above it, it is queued for the workers and the command prints the run id (--wait follows
+    it). Without a queue configured (ETL_QUEUE_URL, REDIS_HOST), the embedded queue is used
+    and this command works the run itself, so no server is needed.
 
     Progress goes to stderr as log lines; the run's own log, with tracebacks, goes to
     $ETL_HOME/runs/RUN_ID/run.log ($ETL_HOME is .etl by default).
@@ -107,9 +118,18 @@ def run(
     from etl import logsetup
 
     logsetup.configure(level=log_level.upper(), fmt=log_format)  # type: ignore[arg-type]
-    job = api.load_job(job_file, params=_pairs(params, "-p"), sets=sets)
+    given = _pairs(params, "-p")
+    job = api.load_job(job_file, params=given, sets=sets)
     if dry_run:
         _dry_run(job, as_json)
+        return
+    count = None
+    if mode is None:
+        info, _, _ = api.plan(job)
+        count = info.rows
+        mode = "background" if count is not None and count >= job.spec.thresholds.background else "sync"
+    if mode == "background":
+        _run_queued(job, given, sets, wait, as_json, count)
         return
     run_id = new_run_id()
     handler = logsetup.add_run_log(api.state_dir() / "runs" / run_id / "run.log", run_id)
@@ -121,6 +141,48 @@ def run(
         logger.remove(handler)
     if as_json:
         click.echo(json.dumps(result.to_json(), indent=2))
+
+
+def _run_queued(
+    job: Any, params: dict[str, str], sets: Sequence[str], wait: bool, as_json: bool, rows: int | None
+) -> None:
+    from etl.cli_queue import follow
+
+    queue = api.open_queue()
+    if rows is not None:
+        for warning in _threshold_warnings(job, rows):
+            click.echo(f"warning: {warning}", err=True)
+    record = api.submit(job, params=params, sets=sets, queue=queue)
+    if not queue.embedded:
+        if not wait:
+            click.echo(json.dumps(record.to_json(), indent=2) if as_json else record.id)
+            return
+        done = follow(queue, record.id)
+    else:
+        # No server: this process is the worker, for as long as the run lasts.
+        from etl.worker import Worker, WorkerOptions
+
+        worker = Worker(queue, WorkerOptions.from_env(concurrency=max(min(os.cpu_count() or 1, 4), 1)))
+        worker.start(install_signals=False)
+        try:
+            done = follow(queue, record.id)
+        except KeyboardInterrupt:
+            api.cancel(record.id, queue)
+            click.echo(f"run {record.id} cancelled", err=True)
+            raise
+        finally:
+            worker.stop()
+    if as_json:
+        click.echo(json.dumps(done.to_json(), indent=2))
+    if done.state != "completed":
+        raise JobFailed(f"run {done.id} {done.state}: {done.error}")
+
+
+def _threshold_warnings(job: Any, rows: int) -> list[str]:
+    from etl.runner import check_thresholds
+    from etl.stages import RowCount
+
+    return check_thresholds(job, RowCount(rows))
 
 
 def _dry_run(job: Any, as_json: bool) -> None:
@@ -269,3 +331,13 @@ def schema(output: str | None) -> None:
         Path(output).write_text(text, encoding="utf-8")
     else:
         click.echo(text, nl=False)
+
+
+def _register() -> None:
+    from etl.cli_queue import COMMANDS
+
+    for command in COMMANDS:
+        main.add_command(command)
+
+
+_register()

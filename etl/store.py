@@ -363,6 +363,20 @@ class RunStore:
 
         return self.kv.atomic(cancel, [self._run_key(run_id)])
 
+    def cancel_failed(self, run_id: str) -> bool:
+        """A failed run will not be retried: mark it cancelled, so that its staging is dropped."""
+
+        def cancel(tx: Tx) -> bool:
+            run = self._load_run(tx, run_id)
+            if run is None or run.state != "failed":
+                return False
+            tx.zrem(self._z("finished:failed"), run.id)
+            self._set_state(tx, run, "cancelled")
+            self._save_run(tx, run)
+            return True
+
+        return self.kv.atomic(cancel, [self._run_key(run_id)])
+
     def retry_failed(self, run_id: str) -> list[int]:
         """Make a failed (or cancelled) run active again, its failed chunks pending with fresh
         attempts; chunks that were done stay done. Returns the chunks to run again."""

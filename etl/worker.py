@@ -19,10 +19,10 @@ from typing import TYPE_CHECKING, Any
 
 from loguru import logger
 
-from etl import __version__
 from etl.errors import describe
 from etl.executor import Executor
 from etl.store import WorkerInfo
+from etl.version import __version__
 
 if TYPE_CHECKING:
     from etl.queue import Queue

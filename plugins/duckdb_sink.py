@@ -156,8 +156,9 @@ class DuckDBSink(Sink):
                 [self.context.run_id, chunk.index, self.options.table, written],
             )
             con.execute("COMMIT")
-        except BaseException:
+        except BaseException as exc:
             con.execute("ROLLBACK")
+            _conflict(exc)
             raise
         self._rows_since_open += written
         if self._rows_since_open >= REOPEN_AFTER_ROWS and self.options.path != ":memory:":
@@ -240,6 +241,15 @@ class DuckDBSink(Sink):
             self.con.execute(
                 f"DELETE FROM {LEDGER} WHERE run_id = ? AND target = ?", [self.context.run_id, self.options.table]
             )
+
+
+def _conflict(exc: BaseException) -> None:
+    """Two writers in one process collided (DuckDB's optimistic concurrency, e.g. both creating
+    the staging table): worth another try, after which one of them has won."""
+    import duckdb
+
+    if isinstance(exc, duckdb.TransactionException) and "conflict" in str(exc).lower():
+        raise TransientError(f"a concurrent write to {exc.__class__.__name__}: {str(exc).splitlines()[0]}") from exc
 
 
 def _with_positions(batch: pa.RecordBatch, chunk: int, first: int) -> pa.RecordBatch:

@@ -1,0 +1,259 @@
+"""The commands for background runs: worker, workers, status, runs, retry, cancel, clean.
+
+Every command takes ``--json``. Bad input (an unknown run id, a malformed ``--older-than``, a
+Redis URL with a typo) is a clear error and exit 2, with nothing changed.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from typing import TYPE_CHECKING, Any, TextIO
+
+import click
+
+from etl import api
+from etl.units import format_duration, parse_duration
+
+if TYPE_CHECKING:
+    from etl.queue import Queue
+    from etl.store import ChunkRecord, RunRecord
+
+__all__ = ["COMMANDS", "follow", "render"]
+
+_STATES = ("waiting", "active", "completed", "failed", "cancelled")
+_BAR = 30
+
+
+def render(run: RunRecord, chunks: list[ChunkRecord] | None = None, now: float | None = None) -> str:
+    """One line of progress: bar, share, rows, rows/s, ETA, chunk counts, retries."""
+    now = now or time.time()
+    if run.rows_total:
+        fraction = min(run.rows_read / run.rows_total, 1.0)
+        rows = f"{run.rows_read:,}/{run.rows_total:,} rows"
+    else:
+        fraction = (
+            run.chunks_done / run.chunks_total if run.chunks_total else (1.0 if run.state == "completed" else 0.0)
+        )
+        rows = f"{run.rows_read:,} rows"
+    filled = int(fraction * _BAR)
+    parts = [
+        f"[{'#' * filled}{'.' * (_BAR - filled)}] {fraction:6.1%}",
+        rows,
+        f"{run.rows_per_second(now):,.0f} rows/s",
+    ]
+    eta = run.eta(now)
+    if eta is not None:
+        parts.append(f"ETA {format_duration(eta)}")
+    counts = f"chunks {run.chunks_done}/{run.chunks_total}"
+    if chunks is not None:
+        running = sum(c.state == "running" for c in chunks)
+        retrying = sum(c.state == "retrying" for c in chunks)
+        counts += "".join(
+            f", {n} {what}"
+            for n, what in ((running, "running"), (retrying, "retrying"), (run.chunks_failed, "failed"))
+            if n
+        )
+    parts.append(counts)
+    if run.retries:
+        parts.append(f"{run.retries} retries")
+    return f"{run.state:<9} " + " · ".join(parts)
+
+
+def follow(queue: Queue, run_id: str, stream: TextIO | None = None, interval: float = 0.5) -> RunRecord:
+    """Show the run's progress until it finishes (a redrawn line on a terminal, a line every
+    few seconds otherwise); returns the finished run."""
+    stream = stream or sys.stderr
+    tty = stream.isatty()
+    last_line, last_print = "", 0.0
+    while True:
+        run = api.get_run(run_id, queue)
+        line = render(run, queue.store.get_chunks(run_id, run.chunks_total))
+        now = time.monotonic()
+        if tty:
+            stream.write("\r\033[K" + line)
+            stream.flush()
+        elif line != last_line and (now - last_print >= 5 or run.finished):
+            stream.write(line + "\n")
+            stream.flush()
+            last_print = now
+        last_line = line
+        if run.finished:
+            if tty:
+                stream.write("\n")
+            return run
+        time.sleep(interval)
+
+
+def _open() -> Queue:
+    return api.open_queue()
+
+
+def _echo_json(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2, default=str))
+
+
+@click.command()
+@click.option(
+    "-w",
+    "--workers",
+    "concurrency",
+    type=click.IntRange(1, 256),
+    default=1,
+    show_default=True,
+    help="Chunks this process works on at once (threads).",
+)
+@click.option(
+    "--configs",
+    type=click.Path(file_okay=False, exists=True),
+    help="A directory of job files for scheduled runs (validated at start).",
+)
+@click.option("--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True)
+@click.option(
+    "--log-level",
+    type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
+    default="INFO",
+    show_default=True,
+)
+def worker(concurrency: int, configs: str | None, log_format: str, log_level: str) -> None:
+    """Run a worker: execute background runs' chunks until SIGTERM or Ctrl-C.
+
+    Start as many as you like, on as many machines, against one queue. A worker that stops
+    finishes its chunks in hand (ETL_GRACE_SECONDS, 30 by default) or gives them back.
+    """
+    from etl import logsetup
+    from etl.worker import Worker, WorkerOptions
+
+    logsetup.configure(level=log_level.upper(), fmt=log_format)  # type: ignore[arg-type]
+    if configs:
+        _check_configs(configs)
+    queue = _open()
+    instance = Worker(queue, WorkerOptions.from_env(concurrency))
+    instance.start()
+    instance.wait()
+
+
+def _check_configs(directory: str) -> None:
+    """Validate every job in ``directory``: a bad file is reported and skipped, not fatal."""
+    from pathlib import Path
+
+    from loguru import logger
+
+    paths = sorted(Path(directory).glob("*.y*ml"))
+    for path, problems in api.validate(paths).items():
+        for problem in problems:
+            logger.error("skipping {}: {}", path, problem)
+    logger.info("{} job file(s) in {}", len(paths), directory)
+
+
+@click.command()
+@click.option("--json", "as_json", is_flag=True)
+def workers(as_json: bool) -> None:
+    """List live workers: host, pid, slots, chunks in hand, last heartbeat."""
+    live = api.workers(_open())
+    if as_json:
+        _echo_json([w.to_json() for w in live])
+        return
+    if not live:
+        click.echo("no live workers")
+        return
+    now = time.time()
+    click.echo(f"{'worker':<32} {'slots':>5} {'seen':>6}  in hand")
+    for w in live:
+        click.echo(f"{w.id:<32} {w.concurrency:>5} {now - w.last_seen:>5.0f}s  {', '.join(w.current) or '-'}")
+
+
+@click.command()
+@click.argument("run_id")
+@click.option("--follow", "-f", "follow_", is_flag=True, help="Show progress until the run finishes.")
+@click.option("--json", "as_json", is_flag=True)
+def status(run_id: str, follow_: bool, as_json: bool) -> None:
+    """Show a run's state and progress (exit 1 when it failed or was cancelled)."""
+    queue = _open()
+    run = follow(queue, run_id) if follow_ and not as_json else api.get_run(run_id, queue)
+    chunks = queue.store.get_chunks(run_id, run.chunks_total)
+    if as_json:
+        _echo_json({**run.to_json(), "chunks": [c.to_json() for c in chunks]})
+    else:
+        if not follow_:
+            click.echo(f"run {run.id} of {run.job}")
+            click.echo(render(run, chunks))
+        if run.error:
+            where = f" (chunk {run.error_chunk})" if run.error_chunk is not None else ""
+            click.echo(f"last error{where}: {run.error}")
+    if run.state in ("failed", "cancelled"):
+        sys.exit(1)
+
+
+@click.command()
+@click.option("--state", type=click.Choice(_STATES))
+@click.option("--job", help="Only runs of this job.")
+@click.option("--limit", type=click.IntRange(1, 10_000), default=20, show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+def runs(state: str | None, job: str | None, limit: int, as_json: bool) -> None:
+    """List background runs, newest first."""
+    found = api.list_runs(state=state, job=job, limit=limit, queue=_open())
+    if as_json:
+        _echo_json([r.to_json() for r in found])
+        return
+    if not found:
+        click.echo("no runs")
+        return
+    click.echo(f"{'run':<24} {'job':<20} {'state':<10} {'rows':>14} {'chunks':>9}  created")
+    for r in found:
+        created = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(r.created_at))
+        click.echo(
+            f"{r.id:<24} {r.job:<20} {r.state:<10} {r.rows_written:>14,} "
+            f"{f'{r.chunks_done}/{r.chunks_total}':>9}  {created}Z"
+        )
+
+
+@click.command()
+@click.argument("run_id")
+@click.option("--json", "as_json", is_flag=True)
+def retry(run_id: str, as_json: bool) -> None:
+    """Run a failed run's failed chunks again (those that succeeded are not re-run)."""
+    again = api.retry(run_id, _open())
+    if as_json:
+        _echo_json({"run": run_id, "chunks": again})
+    else:
+        click.echo(f"run {run_id}: {len(again)} chunk(s) queued again")
+
+
+@click.command()
+@click.argument("run_id")
+@click.option("--json", "as_json", is_flag=True)
+def cancel(run_id: str, as_json: bool) -> None:
+    """Cancel a run: no more of its chunks are handed out; chunks in flight stop at their next
+    batch, and what it staged is dropped."""
+    run = api.cancel(run_id, _open())
+    if as_json:
+        _echo_json(run.to_json())
+    else:
+        click.echo(f"run {run_id} cancelled")
+
+
+def _older_than(ctx: click.Context, param: click.Parameter, value: str | None) -> float:
+    if value is None:
+        return 0.0
+    try:
+        return parse_duration(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+@click.command()
+@click.option("--state", type=click.Choice(("completed", "failed", "cancelled")), required=True)
+@click.option("--older-than", callback=_older_than, help="Only runs that finished longer ago than this (7d, 12h).")
+@click.option("--json", "as_json", is_flag=True)
+def clean(state: str, older_than: float, as_json: bool) -> None:
+    """Delete finished runs (in batches: a big clean never blocks Redis for long)."""
+    deleted = api.clean(state, older_than, _open())
+    if as_json:
+        _echo_json({"deleted": deleted, "state": state})
+    else:
+        click.echo(f"deleted {deleted:,} {state} run(s)")
+
+
+COMMANDS = [worker, workers, status, runs, retry, cancel, clean]
