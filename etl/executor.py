@@ -83,12 +83,21 @@ class _Loaded:
 class Executor:
     """Executes the queue's messages in one worker process (from any of its threads)."""
 
-    def __init__(self, queue: Queue, worker_id: str, *, lease: float = 15.0, slots: Callable[[], int] | None = None):
+    def __init__(
+        self,
+        queue: Queue,
+        worker_id: str,
+        *,
+        lease: float = 15.0,
+        slots: Callable[[], int] | None = None,
+        keep_runs: int = 1000,
+    ):
         self.queue = queue
         self.store = queue.store
         self.worker_id = worker_id
         self.lease = lease
         self.slots = slots or (lambda: 1)
+        self.keep_runs = keep_runs
         self._local = threading.local()
         self._lock = threading.Lock()
         #: Chunks being worked on now: "run|index" → fencing token.
@@ -292,6 +301,7 @@ class Executor:
                 failed = self.store.get_run(run.id)
                 result = _result(failed or run)
                 self._observe(loaded, "etl_on_job_error", job=loaded.job, run=loaded.info, error=exc, result=result)
+                self._retain()
             return None
 
     # -- finalize and abort ---------------------------------------------------------------
@@ -336,6 +346,13 @@ class Executor:
         )
         self._observe(loaded, "etl_after_job_run", job=loaded.job, run=loaded.info, result=_result(done))
         self._forget(run_id)
+        self._retain()
+
+    def _retain(self) -> None:
+        try:
+            self.store.enforce_retention(self.keep_runs)
+        except Exception as exc:  # housekeeping: the next finished run tries again
+            logger.warning("deleting old runs failed: {}", describe(exc))
 
     def abort(self, run_id: str) -> None:
         """Drop what a cancelled run staged, once none of its chunks is still being written."""

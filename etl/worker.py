@@ -42,6 +42,8 @@ class WorkerOptions:
         lost_after: a queued chunk whose message is in no queue after this long is sent again.
         grace: on SIGTERM/SIGINT, how long a chunk in hand may take to finish before it is given
             back to the queue.
+        keep_runs: finished runs kept per final state (completed, failed, cancelled); older
+            ones are deleted as new ones finish, so that the store does not grow without bound.
     """
 
     concurrency: int = 1
@@ -50,6 +52,7 @@ class WorkerOptions:
     heartbeat: float = 5.0
     lost_after: float = 20.0
     grace: float = 30.0
+    keep_runs: int = 1000
 
     @classmethod
     def from_env(cls, concurrency: int = 1, env: dict[str, str] | None = None) -> WorkerOptions:
@@ -65,6 +68,7 @@ class WorkerOptions:
             heartbeat=seconds("ETL_HEARTBEAT_SECONDS", cls.heartbeat),
             lost_after=seconds("ETL_LOST_AFTER_SECONDS", cls.lost_after),
             grace=seconds("ETL_GRACE_SECONDS", cls.grace),
+            keep_runs=int(env.get("ETL_KEEP_RUNS") or cls.keep_runs),
         )
 
 
@@ -98,7 +102,9 @@ class Worker:
             started_at=queue.store.clock(),
             version=__version__,
         )
-        self.executor = Executor(queue, self.id, lease=self.options.lease, slots=self.slots)
+        self.executor = Executor(
+            queue, self.id, lease=self.options.lease, slots=self.slots, keep_runs=self.options.keep_runs
+        )
         queue.bind(self.executor.handlers())
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
