@@ -18,7 +18,7 @@ from typing import ClassVar, Literal
 import pyarrow as pa
 from pydantic import Field
 
-from etl import Chunk, PermanentError, Sink, StageOptions
+from etl import Chunk, Interrupted, PermanentError, Sink, StageOptions
 
 from ._files import display, schema_difference
 
@@ -76,9 +76,15 @@ class PartDirectorySink(Sink):
     def write(self, chunk: Chunk, batches: Iterable[pa.RecordBatch]) -> int:
         directory = self._directory()
         part = directory / self.part_name(chunk.index)
+        fence = directory / f".{part.name}.fence"
+        self._raise_fence(fence, chunk.attempt)
         temporary = directory / f".{part.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp"
         try:
             rows = self.write_part(temporary, iter(batches))
+            # A newer attempt at this chunk began meanwhile (this worker lost its lease): its
+            # part wins, this one is dropped.
+            if _fence_of(fence) > chunk.attempt:
+                raise Interrupted("lost")
             if rows is None:  # no rows in the chunk: no part (and none left from an earlier try)
                 part.unlink(missing_ok=True)
                 return 0
@@ -88,6 +94,17 @@ class PartDirectorySink(Sink):
         finally:
             temporary.unlink(missing_ok=True)
         return rows
+
+    @staticmethod
+    def _raise_fence(fence: Path, attempt: int) -> None:
+        """Record that attempt ``attempt`` is writing the chunk; refuse if a newer one is."""
+        current = _fence_of(fence)
+        if current > attempt:
+            raise Interrupted("lost")
+        if current < attempt:
+            staged = fence.with_name(f"{fence.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
+            staged.write_text(str(attempt))
+            os.replace(staged, fence)
 
     def finalize(self) -> None:
         if self.options.mode == "append":
@@ -117,9 +134,10 @@ class PartDirectorySink(Sink):
             self._remove_temporaries(self.target)
 
     def _remove_temporaries(self, directory: Path) -> None:
-        """Temporary parts of this run left by a process that died mid-write."""
-        for leftover in directory.glob(f".part-{glob.escape(self.run)}-*.tmp"):
-            leftover.unlink(missing_ok=True)
+        """Temporary parts of this run left by a process that died mid-write, and its fences."""
+        for pattern in (f".part-{glob.escape(self.run)}-*.tmp", f".part-{glob.escape(self.run)}-*.fence"):
+            for leftover in directory.glob(pattern):
+                leftover.unlink(missing_ok=True)
 
     def _check_replaceable(self) -> None:
         """Replace deletes the old directory: refuse when it holds anything but part files."""
@@ -128,7 +146,11 @@ class PartDirectorySink(Sink):
         foreign = sorted(
             p.name
             for p in self.target.iterdir()
-            if not (p.is_file() and p.name.startswith(("part-", ".part-")) and p.name.endswith((self.suffix, ".tmp")))
+            if not (
+                p.is_file()
+                and p.name.startswith(("part-", ".part-"))
+                and p.name.endswith((self.suffix, ".tmp", ".fence"))
+            )
         )
         if foreign:
             raise PermanentError(
@@ -136,6 +158,13 @@ class PartDirectorySink(Sink):
                 f"{', ...' if len(foreign) > 3 else ''}); mode replace would delete them. "
                 "Point `path` at a directory of its own"
             )
+
+
+def _fence_of(fence: Path) -> int:
+    try:
+        return int(fence.read_text())
+    except (FileNotFoundError, ValueError):
+        return 0
 
 
 def conform(batch: pa.RecordBatch, schema: pa.Schema) -> pa.RecordBatch:

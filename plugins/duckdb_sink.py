@@ -26,9 +26,14 @@ import numpy as np
 import pyarrow as pa
 from pydantic import Field, model_validator
 
-from etl import Chunk, PermanentError, Sink, StageOptions, TransientError, hookimpl
+from etl import Chunk, Interrupted, PermanentError, Sink, StageOptions, TransientError, hookimpl
 
 LEDGER = "_etl_ledger"
+# The latest attempt at each chunk: a write of an older attempt (a worker that lost its lease)
+# must not commit once a newer one began.
+FENCE = "_etl_fence"
+# Runs whose finalize committed, so that finalizing again changes nothing.
+FINALIZED = "_etl_finalized"
 # DuckDB keeps the blocks it wrote cached until the database is closed: reopening it after this
 # many rows keeps memory flat however big the table grows (and costs next to nothing).
 REOPEN_AFTER_ROWS = 200_000
@@ -98,6 +103,14 @@ class DuckDBSink(Sink):
                 f"CREATE TABLE IF NOT EXISTS {LEDGER} (run_id VARCHAR, chunk INTEGER, target VARCHAR, "
                 "rows BIGINT, written_at TIMESTAMPTZ DEFAULT now(), PRIMARY KEY (run_id, chunk, target))"
             )
+            self._con.execute(
+                f"CREATE TABLE IF NOT EXISTS {FENCE} (run_id VARCHAR, chunk INTEGER, target VARCHAR, "
+                "attempt INTEGER, PRIMARY KEY (run_id, chunk, target))"
+            )
+            self._con.execute(
+                f"CREATE TABLE IF NOT EXISTS {FINALIZED} (run_id VARCHAR, target VARCHAR, "
+                "finalized_at TIMESTAMPTZ DEFAULT now(), PRIMARY KEY (run_id, target))"
+            )
         return self._con
 
     def close(self) -> None:
@@ -122,10 +135,37 @@ class DuckDBSink(Sink):
 
     # -- the sink contract ---------------------------------------------------------------
 
+    def _fence(self, chunk: Chunk) -> int:
+        row = self.con.execute(
+            f"SELECT attempt FROM {FENCE} WHERE run_id = ? AND chunk = ? AND target = ?",
+            [self.context.run_id, chunk.index, self.options.table],
+        ).fetchone()
+        return int(row[0]) if row else 0
+
+    def _raise_fence(self, chunk: Chunk) -> None:
+        """Record that ``chunk.attempt`` is writing the chunk, or refuse if a newer one is."""
+        con = self.con
+        con.execute("BEGIN TRANSACTION")
+        try:
+            current = self._fence(chunk)
+            if current > chunk.attempt:
+                raise Interrupted("lost")
+            if current < chunk.attempt:
+                con.execute(
+                    f"INSERT OR REPLACE INTO {FENCE} (run_id, chunk, target, attempt) VALUES (?, ?, ?, ?)",
+                    [self.context.run_id, chunk.index, self.options.table, chunk.attempt],
+                )
+            con.execute("COMMIT")
+        except BaseException as exc:
+            con.execute("ROLLBACK")
+            _conflict(exc)
+            raise
+
     def write(self, chunk: Chunk, batches: Iterable[pa.RecordBatch]) -> int:
         con = self.con
         staged = self.options.mode != "append"
         into, into_name = (self.staging, self.staging_name) if staged else (self.target, self.table)
+        self._raise_fence(chunk)
         con.execute("BEGIN TRANSACTION")
         try:
             done = con.execute(
@@ -151,6 +191,15 @@ class DuckDBSink(Sink):
                 finally:
                     con.unregister("_etl_batch")
                 written += batch.num_rows
+            # Commit only while this attempt is still the latest: touching the fence row makes a
+            # newer attempt's fence (committed meanwhile) a conflict, and one committed before
+            # this transaction began leaves nothing to touch.
+            touched = con.execute(
+                f"UPDATE {FENCE} SET attempt = attempt WHERE run_id = ? AND chunk = ? AND target = ? AND attempt = ?",
+                [self.context.run_id, chunk.index, self.options.table, chunk.attempt],
+            ).fetchone()
+            if not touched or touched[0] != 1:
+                raise Interrupted("lost")
             con.execute(
                 f"INSERT INTO {LEDGER} (run_id, chunk, target, rows) VALUES (?, ?, ?, ?)",
                 [self.context.run_id, chunk.index, self.options.table, written],
@@ -158,6 +207,8 @@ class DuckDBSink(Sink):
             con.execute("COMMIT")
         except BaseException as exc:
             con.execute("ROLLBACK")
+            if not isinstance(exc, Interrupted) and self._fence(chunk) > chunk.attempt:
+                raise Interrupted("lost") from exc
             _conflict(exc)
             raise
         self._rows_since_open += written
@@ -183,18 +234,23 @@ class DuckDBSink(Sink):
             )
 
     def finalize(self) -> None:
-        if self.options.mode == "append":
-            return
+        """Swap in or merge the staged rows, once: a second call (a finalize retried after its
+        worker died past the commit) finds the run marked finalized and does nothing."""
         con = self.con
+        key = [self.context.run_id, self.options.table]
         con.execute("BEGIN TRANSACTION")
         try:
+            if con.execute(f"SELECT 1 FROM {FINALIZED} WHERE run_id = ? AND target = ?", key).fetchone():
+                con.execute("ROLLBACK")
+                return
             if self.options.mode == "replace":
                 self._swap()
-            else:
+            elif self.options.mode == "merge":
                 self._merge()
-            con.execute(
-                f"DELETE FROM {LEDGER} WHERE run_id = ? AND target = ?", [self.context.run_id, self.options.table]
-            )
+            if self.options.mode != "append":
+                con.execute(f"DELETE FROM {LEDGER} WHERE run_id = ? AND target = ?", key)
+            con.execute(f"DELETE FROM {FENCE} WHERE run_id = ? AND target = ?", key)
+            con.execute(f"INSERT INTO {FINALIZED} (run_id, target) VALUES (?, ?)", key)
             con.execute("COMMIT")
         except BaseException:
             con.execute("ROLLBACK")
@@ -238,9 +294,10 @@ class DuckDBSink(Sink):
         # they are never written twice; staged rows of replace and merge are dropped.
         if self.options.mode != "append":
             self.con.execute(f"DROP TABLE IF EXISTS {self.staging}")
-            self.con.execute(
-                f"DELETE FROM {LEDGER} WHERE run_id = ? AND target = ?", [self.context.run_id, self.options.table]
-            )
+            for table in (LEDGER, FENCE):
+                self.con.execute(
+                    f"DELETE FROM {table} WHERE run_id = ? AND target = ?", [self.context.run_id, self.options.table]
+                )
 
 
 def _conflict(exc: BaseException) -> None:

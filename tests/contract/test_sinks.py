@@ -152,3 +152,45 @@ def test_merge_upserts_on_the_key_and_the_last_duplicate_wins(case, tmp_path):
     assert amounts[501] == 501 * 0.25 * 10
     assert amounts[600] == -1.0
     assert amounts[1500] == 1500 * 0.25 * 10
+
+
+def test_a_newer_attempt_that_began_meanwhile_wins_over_an_older_one(case, tmp_path):
+    """Fencing: attempt 1 stalls mid-write (its worker lost the lease), attempt 2 writes the
+    chunk meanwhile; when attempt 1 goes on, it must not commit."""
+    from dataclasses import replace
+
+    from etl import Interrupted
+
+    table = reference_table()
+    (chunk, data), (other, rest) = chunks_of(table, 500)
+    batches = data.to_batches(max_chunksize=125)
+
+    def stalling():
+        yield batches[0]
+        newer = sink_for(case, tmp_path, "run-1")
+        assert newer.write(replace(chunk, attempt=2), iter(batches)) == 500
+        newer.close()
+        yield from batches[1:]
+
+    older = sink_for(case, tmp_path, "run-1")
+    older.prepare()
+    older.write(other, iter(rest.to_batches()))  # the target exists, as it does mid-run
+    with pytest.raises(Interrupted):
+        older.write(replace(chunk, attempt=1), stalling())
+    older.close()
+    late = sink_for(case, tmp_path, "run-1")
+    with pytest.raises(Interrupted):  # and an older attempt that starts late is refused at once
+        late.write(replace(chunk, attempt=1), iter(batches))
+    late.finalize()
+    late.close()
+    assert ids(target(case, tmp_path)) == list(range(1, 1001))
+
+
+def test_finalizing_twice_changes_nothing(case, tmp_path):
+    if "replace" not in case.modes:
+        pytest.skip(f"{case.name} has no replace mode")
+    write_run(case, tmp_path, reference_table().slice(0, 100), run_id="run-1", mode="replace")
+    again = sink_for(case, tmp_path, "run-1", mode="replace")
+    again.finalize()
+    again.close()
+    assert ids(target(case, tmp_path)) == list(range(1, 101))
