@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 READY := $(VENV)/.ready
 
-.PHONY: demo test lint schema bench clean
+.PHONY: demo test lint schema bench bench-background clean
 
 $(READY): pyproject.toml constraints.txt
 	@$(PYTHON) -c 'import sys; sys.exit("Python 3.11 or newer is needed; set PYTHON=python3.11" if sys.version_info < (3, 11) else 0)'
@@ -33,6 +33,10 @@ schema: $(READY)
 # Rows/s and peak memory of the demo job at 1M and 5M rows (prints figures; asserts nothing).
 bench: $(READY)
 	$(BIN)/python benchmarks/demo.py
+
+# The queue's per-chunk overhead and a background run's rows/s with 1 and 2 workers (needs Redis).
+bench-background: $(READY)
+	$(BIN)/python benchmarks/background.py
 
 clean:
 	rm -rf $(VENV) out .etl .pytest_cache .hypothesis *.egg-info
