@@ -20,7 +20,7 @@ from loguru import logger
 from etl.errors import ConfigErrors, Interrupted, describe, is_transient
 from etl.jobs import load, state_dir
 from etl.retry import RetryPolicy
-from etl.runner import JobRun
+from etl.runner import JobRun, check_thresholds
 from etl.runs import ChunkResult, RunInfo, RunResult
 from etl.store import ChunkRecord, RunRecord
 from etl.units import format_duration
@@ -195,6 +195,8 @@ class Executor:
         log = self._log(run)
         try:
             count = loaded.work.count()
+            for warning in check_thresholds(loaded.job, count):
+                log.warning(warning)
             info, plan = loaded.work.plan(count)
             loaded.work.sink.prepare()
         except Exception as exc:
