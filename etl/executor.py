@@ -232,10 +232,10 @@ class Executor:
         loaded = self._load_or_fail(run)
         if loaded is None:
             return
-        token = record.attempts
+        token = record.token
         member = f"{run_id}|{index}"
         with self._lock:
-            self.in_hand[member] = token
+            self.in_hand[member] = token  # what release_all gives back on shutdown
         log = self._log(run, index)
         keeper = LeaseKeeper(
             lambda: self.store.renew(run_id, index, token, self.lease), self.lease / 3, f"chunk {index} of {run_id}"
@@ -251,7 +251,9 @@ class Executor:
         completion = self.store.complete(run_id, index, token, outcome)
         if not completion.accepted:
             log.warning(
-                "chunk {} attempt {}: another attempt took it over meanwhile; its result is not recorded", index, token
+                "chunk {} attempt {}: another attempt took it over meanwhile; its result is not recorded",
+                index,
+                record.attempts,
             )
             return
         loaded.pm.hook.etl_after_chunk_run(job=loaded.job, run=loaded.info, chunk=record.descriptor(), result=outcome)
@@ -263,35 +265,37 @@ class Executor:
             self.dispatch(now, delay=now.delay)
 
     def _attempt(self, loaded: _Loaded, run: RunRecord, record: ChunkRecord, keeper: LeaseKeeper) -> ChunkResult | None:
-        index, token = record.index, record.attempts
+        # ``attempt`` counts this chunk's tries (for the retry policy, hooks and logs); ``token``
+        # only grows, fencing out older attempts even across `etl retry`.
+        index, attempt, token = record.index, record.attempts, record.token
         log = self._log(run, index)
         chunk = record.descriptor()
         policy = RetryPolicy.from_spec(loaded.job.spec.retry)
-        loaded.pm.hook.etl_before_chunk_run(job=loaded.job, run=loaded.info, chunk=chunk, attempt=token)
+        loaded.pm.hook.etl_before_chunk_run(job=loaded.job, run=loaded.info, chunk=chunk, attempt=attempt)
         try:
-            return loaded.work.run_chunk(chunk, run.shared, attempt=token, stop=keeper.stopped)
+            return loaded.work.run_chunk(chunk, run.shared, attempt=attempt, stop=keeper.stopped)
         except Interrupted as exc:
             if exc.reason == "lost":
-                log.warning("chunk {} attempt {} stopped: another worker took the chunk over", index, token)
+                log.warning("chunk {} attempt {} stopped: another worker took the chunk over", index, attempt)
             else:
                 log.info("chunk {} stopped: the run is no longer active", index)
             return None
         except Exception as exc:
             transient = is_transient(exc)
-            will_retry = policy.should_retry(token, transient)
+            will_retry = policy.should_retry(attempt, transient)
             loaded.pm.hook.etl_on_chunk_error(
-                job=loaded.job, run=loaded.info, chunk=chunk, error=exc, attempt=token, will_retry=will_retry
+                job=loaded.job, run=loaded.info, chunk=chunk, error=exc, attempt=attempt, will_retry=will_retry
             )
             message = describe(exc)
-            log.opt(exception=exc).debug("chunk {} attempt {} failed", index, token)
+            log.opt(exception=exc).debug("chunk {} attempt {} failed", index, attempt)
             if will_retry:
-                delay = policy.delay(token)
+                delay = policy.delay(attempt)
                 if self.store.retry_later(run.id, index, token, message, delay):
                     self.queue.send("etl.chunk", run.id, index, delay=delay)
                     log.warning(
                         "chunk {} attempt {}/{} failed: {}; retrying in {}",
                         index,
-                        token,
+                        attempt,
                         policy.attempts,
                         message,
                         format_duration(delay),
@@ -299,7 +303,7 @@ class Executor:
                 return None
             why = "" if transient else " (permanent: not retried)"
             if self.store.fail_chunk(run.id, index, token, message):
-                log.error("chunk {} failed after {} attempt(s){}: {}; the run failed", index, token, why, message)
+                log.error("chunk {} failed after {} attempt(s){}: {}; the run failed", index, attempt, why, message)
                 failed = self.store.get_run(run.id)
                 result = _result(failed or run)
                 self._observe(loaded, "etl_on_job_error", job=loaded.job, run=loaded.info, error=exc, result=result)

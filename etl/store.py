@@ -8,9 +8,9 @@ machines can share it.
 A chunk moves ``pending → queued → running → done``; a failed attempt goes ``running →
 retrying → running`` (or ``failed`` when attempts are spent or the error is permanent). A
 ``running`` chunk is held under a lease that its worker renews; each claim increments the
-chunk's ``attempts``, which is also the fencing token: only the holder of the latest token may
-renew, complete, retry or fail the chunk, so a worker that lost its lease (a "zombie") cannot
-record anything.
+chunk's ``attempts`` (reset when a failed run is retried) and its ``token``, which only ever
+grows: only the holder of the latest token may renew, complete, retry or fail the chunk, so a
+worker that lost its lease (a "zombie") cannot record anything.
 """
 
 from __future__ import annotations
@@ -127,6 +127,7 @@ class ChunkRecord:
     args: dict[str, Any] = field(default_factory=dict)
     state: ChunkState = "pending"
     attempts: int = 0
+    token: int = 0
     worker: str | None = None
     lease_until: float | None = None
     queued_at: float | None = None
@@ -147,7 +148,7 @@ class ChunkRecord:
         return asdict(self)
 
     def descriptor(self) -> Chunk:
-        return Chunk(index=self.index, rows=self.rows, args=self.args, label=self.label, attempt=self.attempts)
+        return Chunk(index=self.index, rows=self.rows, args=self.args, label=self.label, attempt=self.token)
 
     def to_json(self) -> dict[str, Any]:
         data = self.to_doc()
@@ -427,8 +428,8 @@ class RunStore:
         return self.kv.atomic(dispatch, [self._run_key(run_id), pending])
 
     def claim(self, run_id: str, index: int, worker: str, lease: float) -> ChunkRecord | None:
-        """Take a queued (or retrying, or abandoned) chunk of an active run: a new attempt, whose
-        number is the fencing token. ``None`` when the chunk is not there to take."""
+        """Take a queued (or retrying, or abandoned) chunk of an active run: a new attempt, with
+        a new fencing token (``.token``). ``None`` when the chunk is not there to take."""
         key = self._chunk_key(run_id, index)
 
         def claim(tx: Tx) -> ChunkRecord | None:
@@ -440,7 +441,8 @@ class RunStore:
             abandoned = chunk.state == "running" and (chunk.lease_until or 0) < now
             if chunk.state not in ("queued", "retrying") and not abandoned:
                 return None
-            chunk.state, chunk.attempts, chunk.worker = "running", chunk.attempts + 1, worker
+            chunk.state, chunk.attempts, chunk.token = "running", chunk.attempts + 1, chunk.token + 1
+            chunk.worker = worker
             chunk.lease_until, chunk.not_before = now + lease, None
             self._save_chunk(tx, chunk)
             return chunk
@@ -455,7 +457,7 @@ class RunStore:
         def renew(tx: Tx) -> Literal["ok", "lost", "stopped"]:
             run = self._load_run(tx, run_id)
             chunk = self._load_chunk(tx, run_id, index)
-            if run is None or chunk is None or chunk.state != "running" or chunk.attempts != token:
+            if run is None or chunk is None or chunk.state != "running" or chunk.token != token:
                 return "lost"
             if run.state != "active":
                 return "stopped"
@@ -473,7 +475,7 @@ class RunStore:
         def complete(tx: Tx) -> Completion:
             run = self._load_run(tx, run_id)
             chunk = self._load_chunk(tx, run_id, index)
-            if run is None or chunk is None or chunk.state != "running" or chunk.attempts != token:
+            if run is None or chunk is None or chunk.state != "running" or chunk.token != token:
                 return Completion(False)
             chunk.state, chunk.worker, chunk.lease_until, chunk.error = "done", None, None, None
             chunk.rows_read, chunk.rows_written = result.rows_read, result.rows_written
@@ -496,11 +498,11 @@ class RunStore:
         def later(tx: Tx) -> bool:
             run = self._load_run(tx, run_id)
             chunk = self._load_chunk(tx, run_id, index)
-            if run is None or chunk is None or chunk.state != "running" or chunk.attempts != token:
+            if run is None or chunk is None or chunk.state != "running" or chunk.token != token:
                 return False
             chunk.state, chunk.worker, chunk.lease_until = "retrying", None, None
             chunk.not_before, chunk.error = self.clock() + delay, error
-            chunk.errors = [*chunk.errors, f"attempt {token}: {error}"][-10:]
+            chunk.errors = [*chunk.errors, f"attempt {chunk.attempts}: {error}"][-10:]
             self._save_chunk(tx, chunk)
             run.retries += 1
             self._save_run(tx, run)
@@ -518,7 +520,7 @@ class RunStore:
             chunk = self._load_chunk(tx, run_id, index)
             if run is None or chunk is None or chunk.state in ("done", "failed"):
                 return False
-            if token is not None and (chunk.state != "running" or chunk.attempts != token):
+            if token is not None and (chunk.state != "running" or chunk.token != token):
                 return False
             chunk.state, chunk.worker, chunk.lease_until, chunk.error = "failed", None, None, error
             chunk.errors = [*chunk.errors, f"attempt {chunk.attempts}: {error}"][-10:]
@@ -539,10 +541,10 @@ class RunStore:
 
         def release(tx: Tx) -> bool:
             chunk = self._load_chunk(tx, run_id, index)
-            if chunk is None or chunk.state != "running" or chunk.attempts != token:
+            if chunk is None or chunk.state != "running" or chunk.token != token:
                 return False
             chunk.state, chunk.worker, chunk.lease_until, chunk.queued_at = "queued", None, None, self.clock()
-            chunk.errors = [*chunk.errors, f"attempt {token}: its worker shut down before finishing it"][-10:]
+            chunk.errors = [*chunk.errors, f"attempt {chunk.attempts}: its worker shut down before finishing it"][-10:]
             self._save_chunk(tx, chunk)
             return True
 
@@ -721,7 +723,11 @@ class RunStore:
         for run_id, doc in zip(ids, docs, strict=True):
             keys.append(self._run_key(run_id))
             keys.append(self._z(f"pending:{run_id}"))
-            if not doc:
+            if not doc:  # the index outlived its run: take it out of every index it may be in
+                for state in ("waiting", "active", *FINISHED):
+                    zsets.setdefault(self._z(f"state:{state}"), []).append(run_id)
+                for state in FINISHED:
+                    zsets.setdefault(self._z(f"finished:{state}"), []).append(run_id)
                 continue
             run = RunRecord.from_doc(doc)
             keys += [self._chunk_key(run_id, i) for i in range(run.chunks_total)]
