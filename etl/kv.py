@@ -107,7 +107,9 @@ class RedisKV:
         from redis.backoff import ExponentialBackoff
         from redis.retry import Retry
 
-        self.display = display or url
+        self.display = display or _masked(url)
+        # Checks fail fast (a wrong password, nothing listening); work retries with backoff.
+        self.probe = redis.Redis.from_url(url, socket_connect_timeout=5, socket_timeout=10)
         self.client = redis.Redis.from_url(
             url,
             socket_connect_timeout=5,
@@ -187,10 +189,18 @@ class RedisKV:
         self._call(run)
 
     def ping(self) -> None:
-        self._call(self.client.ping)
+        self._call(self.probe.ping)
 
     def close(self) -> None:
         self.client.close()
+        self.probe.close()
+
+
+def _masked(url: str) -> str:
+    from urllib.parse import urlsplit
+
+    password = urlsplit(url).password
+    return url.replace(f":{password}@", ":***@") if password else url
 
 
 # -- SQLite ------------------------------------------------------------------------------
@@ -211,7 +221,9 @@ class _SqliteTx:
         )
 
     def delete(self, key: str) -> None:
+        # Like Redis's DEL, whatever the key holds: a document or a sorted set.
         self.con.execute("DELETE FROM kv WHERE key = ?", (key,))
+        self.con.execute("DELETE FROM zset WHERE name = ?", (key,))
 
     def zadd(self, name: str, member: str, score: float) -> None:
         self.con.execute(
