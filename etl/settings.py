@@ -70,7 +70,7 @@ def queue_settings(env: Mapping[str, str] | None = None) -> QueueSettings:
     raw = (env.get("ETL_QUEUE_URL") or "").strip()
     if raw:
         return _from_url(raw, name, secret)
-    if env.get("REDIS_HOST"):
+    if (env.get("REDIS_HOST") or "").strip():
         return QueueSettings("redis", url=_from_parts(env), name=name, secret=secret, origin="REDIS_HOST")
     return QueueSettings("embedded", directory=home, name=name, secret=secret, origin="default")
 
@@ -80,6 +80,7 @@ def _from_url(raw: str, name: str, secret: str | None) -> QueueSettings:
     if "://" not in raw:  # a plain path: the embedded default in that directory
         return QueueSettings("embedded", directory=Path(raw), name=name, secret=secret, origin=origin)
     scheme = raw.split("://", 1)[0].lower()
+    raw = scheme + raw[len(scheme) :]  # REDIS:// works as redis:// does
     if scheme not in _SCHEMES:
         raise UsageError(
             f"ETL_QUEUE_URL: unknown scheme {scheme!r}{did_you_mean(scheme, _SCHEMES)} "
@@ -88,6 +89,9 @@ def _from_url(raw: str, name: str, secret: str | None) -> QueueSettings:
     parts = urlsplit(raw)
     if scheme == "file":
         return QueueSettings("embedded", directory=Path(unquote(parts.path)), name=name, secret=secret, origin=origin)
+    query_db = parse_qs(parts.query).get("db", ["0"])[0]
+    if not query_db.isdigit():
+        raise UsageError(f"ETL_QUEUE_URL: ?db={query_db!r} must be a database number, e.g. ?db=0")
     if scheme == "unix":
         if not parts.path:
             raise UsageError("ETL_QUEUE_URL: a unix:// URL needs the socket's path, e.g. unix:///run/redis/redis.sock")
@@ -101,14 +105,18 @@ def _from_url(raw: str, name: str, secret: str | None) -> QueueSettings:
     database = parts.path.strip("/")
     if database and not database.isdigit():
         raise UsageError(f"ETL_QUEUE_URL: the database in {_masked(raw)!r} must be a number, e.g. redis://host:6379/0")
-    if "db" in parse_qs(parts.query) and not parse_qs(parts.query)["db"][0].isdigit():
-        raise UsageError("ETL_QUEUE_URL: ?db= must be a number")
     del port
     return QueueSettings("redis", url=raw, name=name, secret=secret, origin=origin)
 
 
 def _from_parts(env: Mapping[str, str]) -> str:
     host = env["REDIS_HOST"].strip()
+    if host.count(":") == 1 or "/" in host or "@" in host:
+        raise UsageError(
+            f"REDIS_HOST: {host!r} is not a host name; give the port in REDIS_PORT and the password in REDIS_PASSWORD"
+        )
+    if ":" in host and not host.startswith("["):  # an IPv6 address goes in brackets in a URL
+        host = f"[{host}]"
     port = (env.get("REDIS_PORT") or "6379").strip()
     database = (env.get("REDIS_DB") or "0").strip()
     if not port.isdigit():
