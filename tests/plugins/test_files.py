@@ -366,6 +366,9 @@ def test_a_failed_write_leaves_no_part_and_no_temporary_file(tmp_path, kind):
         target.prepare()
         with pytest.raises(ConnectionError):
             target.write(Chunk(index=0), broken())
+        # The chunk's fence (the latest attempt at it) stays until the run ends, for its retry.
+        assert [p for p in all_files(tmp_path) if "part-" in p and not p.endswith(".fence")] == []
+        target.finalize()
         target.close()
         assert [p for p in all_files(tmp_path) if "part-" in p] == []
 
