@@ -31,7 +31,7 @@ chunk_size: 1
 
 def measure(job: Path, args: list[str], workers: int, redis: str, workdir: Path) -> tuple[float, object]:
     sys.path.insert(0, str(ROOT))
-    env = {**os.environ, "ETL_QUEUE_URL": redis, "ETL_QUEUE_NAME": f"bench-{uuid.uuid4().hex[:8]}"}
+    env = {**os.environ, "ETL_QUEUE_URL": redis, "ETL_QUEUE_NAME": f"bench{uuid.uuid4().hex[:8]}"}
     os.environ.update({k: env[k] for k in ("ETL_QUEUE_URL", "ETL_QUEUE_NAME")})
     from etl import api
 

@@ -156,22 +156,25 @@ def list_runs(
 
 
 def retry(run_id: str, queue: Queue | None = None) -> list[int]:
-    """Run a failed (or cancelled) run's unfinished chunks again; those that succeeded stay.
-    Returns the chunks queued again.
+    """Run a failed run's unfinished chunks again; those that succeeded stay. Returns the
+    chunks to run again.
 
     Raises:
-        UsageError: no such run, or it is not failed or cancelled.
+        UsageError: no such run, or it is not failed (a cancelled run is final: what it staged
+            was dropped; run the job again instead).
     """
     queue = queue or open_queue()
     run = get_run(run_id, queue)
-    if run.state not in ("failed", "cancelled"):
-        raise UsageError(f"run {run_id} is {run.state}; only a failed or cancelled run can be retried")
+    if run.state == "cancelled":
+        raise UsageError(f"run {run_id} was cancelled, and what it staged was dropped; run the job again instead")
+    if run.state != "failed":
+        raise UsageError(f"run {run_id} is {run.state}; only a failed run can be retried")
     again = queue.store.retry_failed(run_id)
     run = get_run(run_id, queue)
     if not run.planned:
         queue.send("etl.plan", run_id)
     elif again:
-        limit = run.max_parallel or max(sum(w.concurrency for w in queue.store.workers(15.0)), 1)
+        limit = run.max_parallel or max(sum(w.concurrency for w in workers(queue)), 1)
         for index in queue.store.dispatch(run_id, limit):
             queue.send("etl.chunk", run_id, index)
     else:
@@ -206,6 +209,8 @@ def clean(state: str, older_than: float = 0.0, queue: Queue | None = None) -> in
     return (queue or open_queue()).store.clean(state, older_than)  # type: ignore[arg-type]
 
 
-def workers(queue: Queue | None = None, ttl: float = 15.0) -> list[WorkerInfo]:
-    """Live workers: host, pid, chunks in hand, last heartbeat."""
-    return (queue or open_queue()).store.workers(ttl)
+def workers(queue: Queue | None = None) -> list[WorkerInfo]:
+    """Live workers (seen within three heartbeats): host, pid, chunks in hand, last heartbeat."""
+    from etl.worker import WorkerOptions
+
+    return (queue or open_queue()).store.workers(WorkerOptions.from_env().heartbeat * 3)

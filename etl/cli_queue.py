@@ -171,7 +171,7 @@ def workers(as_json: bool) -> None:
 def status(run_id: str, follow_: bool, as_json: bool) -> None:
     """Show a run's state and progress (exit 1 when it failed or was cancelled)."""
     queue = _open()
-    run = follow(queue, run_id) if follow_ and not as_json else api.get_run(run_id, queue)
+    run = follow(queue, run_id) if follow_ else api.get_run(run_id, queue)
     chunks = queue.store.get_chunks(run_id, run.chunks_total)
     if as_json:
         _echo_json({**run.to_json(), "chunks": [c.to_json() for c in chunks]})
@@ -218,7 +218,7 @@ def retry(run_id: str, as_json: bool) -> None:
     if as_json:
         _echo_json({"run": run_id, "chunks": again})
     else:
-        click.echo(f"run {run_id}: {len(again)} chunk(s) queued again")
+        click.echo(f"run {run_id}: {len(again)} chunk(s) to run again")
 
 
 @click.command()

@@ -126,6 +126,11 @@ class RedisKV:
             return fn()
         except redis.AuthenticationError as exc:
             raise UsageError(f"Redis at {self.display} refused the password: {exc}") from None
+        except redis.exceptions.NoPermissionError as exc:
+            raise UsageError(
+                f"Redis at {self.display}: the user may not run this command or touch this key ({exc}); "
+                "see the ACL permissions in docs/operations.md"
+            ) from None
         except redis.ResponseError as exc:
             if "NOAUTH" in str(exc) or "WRONGPASS" in str(exc) or "NOPERM" in str(exc):
                 raise UsageError(f"Redis at {self.display}: {exc}") from None

@@ -65,6 +65,10 @@ def queue_settings(env: Mapping[str, str] | None = None) -> QueueSettings:
     """
     env = os.environ if env is None else env
     name = env.get("ETL_QUEUE_NAME") or "etl"
+    if not name.isascii() or not name.isalnum() or name != name.lower():
+        # Huey keeps only lowercase letters and digits of a queue's name: "team-a" and "teama"
+        # would share one queue.
+        raise UsageError(f"ETL_QUEUE_NAME: {name!r} must be lowercase letters and digits, e.g. etl or teama")
     secret = env.get("ETL_SECRET_KEY") or None
     home = Path(env.get("ETL_HOME") or ".etl")
     raw = (env.get("ETL_QUEUE_URL") or "").strip()

@@ -379,12 +379,13 @@ class RunStore:
         return self.kv.atomic(cancel, [self._run_key(run_id)])
 
     def retry_failed(self, run_id: str) -> list[int]:
-        """Make a failed (or cancelled) run active again, its failed chunks pending with fresh
-        attempts; chunks that were done stay done. Returns the chunks to run again."""
+        """Make a failed run active again, its failed chunks pending with fresh attempts;
+        chunks that were done stay done. Returns the chunks to run again. (A cancelled run is
+        final: what it staged was dropped.)"""
 
         def retry(tx: Tx) -> list[int]:
             run = self._load_run(tx, run_id)
-            if run is None or run.state not in ("failed", "cancelled"):
+            if run is None or run.state != "failed":
                 return []
             again = []
             for index in range(run.chunks_total):
@@ -545,6 +546,7 @@ class RunStore:
                 return False
             chunk.state, chunk.worker, chunk.lease_until, chunk.queued_at = "queued", None, None, self.clock()
             chunk.errors = [*chunk.errors, f"attempt {chunk.attempts}: its worker shut down before finishing it"][-10:]
+            chunk.attempts -= 1  # it did not fail: a rolling restart must not use up its attempts
             self._save_chunk(tx, chunk)
             return True
 

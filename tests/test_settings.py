@@ -48,10 +48,17 @@ def test_the_process_environment_is_read_by_default(monkeypatch, tmp_path):
 
 
 def test_queue_name_and_secret():
-    settings = queue_settings({"ETL_QUEUE_NAME": "team-a", "ETL_SECRET_KEY": "k3y", "ETL_QUEUE_URL": "redis://h/0"})
-    assert (settings.name, settings.secret) == ("team-a", "k3y")
+    settings = queue_settings({"ETL_QUEUE_NAME": "teama", "ETL_SECRET_KEY": "k3y", "ETL_QUEUE_URL": "redis://h/0"})
+    assert (settings.name, settings.secret) == ("teama", "k3y")
     settings = queue_settings({"ETL_QUEUE_NAME": "", "ETL_SECRET_KEY": ""})
     assert (settings.name, settings.secret) == ("etl", None)
+
+
+@pytest.mark.parametrize("name", ["team-a", "Team", "a.b", "é"])
+def test_a_queue_name_huey_would_mangle_is_refused(name):
+    # Huey keeps only lowercase letters and digits: "team-a" would share "teama"'s queue.
+    with pytest.raises(UsageError, match="ETL_QUEUE_NAME: .* must be lowercase letters and digits"):
+        queue_settings({"ETL_QUEUE_NAME": name})
 
 
 @pytest.mark.parametrize(

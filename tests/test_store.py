@@ -733,7 +733,8 @@ def test_release_gives_a_held_chunk_back_at_once(store, fake_clock):
     assert store.expired_leases() == []
     assert not store.release(rid, 0, held.token)  # not held any more
     again = take(store, rid, 0, "w-other")  # without waiting for the 300 s lease
-    assert again.attempts == held.attempts + 1
+    assert again.attempts == held.attempts, "a chunk given back did not fail: its attempt is not used up"
+    assert again.token == held.token + 1
 
 
 # -- finalizing ----------------------------------------------------------------------------
@@ -888,12 +889,19 @@ def test_retry_failed_runs_the_failed_chunks_again(store, fake_clock):
     assert store.get_run(rid).state == "completed"
 
 
-def test_retry_failed_also_takes_cancelled_runs_and_only_stopped_ones(store):
+def test_retry_failed_takes_only_failed_runs(store):
     rid = planned(store, 3)
     store.dispatch(rid, 3)
     assert store.complete(rid, 0, take(store, rid, 0).token, result()).accepted
     take(store, rid, 1)
     assert store.cancel(rid)
+    assert store.retry_failed(rid) == []  # a cancelled run is final: what it staged was dropped
+    assert store.get_run(rid).state == "cancelled"
+
+    rid = planned(store, 3)
+    store.dispatch(rid, 3)
+    assert store.complete(rid, 0, take(store, rid, 0).token, result()).accepted
+    assert store.fail_chunk(rid, 1, take(store, rid, 1).token, "bad row")
     assert store.retry_failed(rid) == [1, 2]
     run = store.get_run(rid)
     assert (run.state, run.error, run.chunks_done) == ("active", None, 1)
