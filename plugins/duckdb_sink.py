@@ -98,19 +98,8 @@ class DuckDBSink(Sink):
                 # Another process holds the file: worth another try after a pause.
                 raise TransientError(f"cannot open {self.options.path}: {exc}") from exc
             self._con.execute("SET TimeZone = 'UTC'")
-            self._con.execute(f"CREATE SCHEMA IF NOT EXISTS {quote(self.schema)}")
-            self._con.execute(
-                f"CREATE TABLE IF NOT EXISTS {LEDGER} (run_id VARCHAR, chunk INTEGER, target VARCHAR, "
-                "rows BIGINT, written_at TIMESTAMPTZ DEFAULT now(), PRIMARY KEY (run_id, chunk, target))"
-            )
-            self._con.execute(
-                f"CREATE TABLE IF NOT EXISTS {FENCE} (run_id VARCHAR, chunk INTEGER, target VARCHAR, "
-                "attempt INTEGER, PRIMARY KEY (run_id, chunk, target))"
-            )
-            self._con.execute(
-                f"CREATE TABLE IF NOT EXISTS {FINALIZED} (run_id VARCHAR, target VARCHAR, "
-                "finalized_at TIMESTAMPTZ DEFAULT now(), PRIMARY KEY (run_id, target))"
-            )
+            for statement in _SETUP:
+                _tolerate_a_twin(self._con, statement.format(schema=quote(self.schema)))
         return self._con
 
     def close(self) -> None:
@@ -298,6 +287,34 @@ class DuckDBSink(Sink):
                 self.con.execute(
                     f"DELETE FROM {table} WHERE run_id = ? AND target = ?", [self.context.run_id, self.options.table]
                 )
+
+
+_SETUP = (
+    "CREATE SCHEMA IF NOT EXISTS {schema}",
+    f"CREATE TABLE IF NOT EXISTS {LEDGER} (run_id VARCHAR, chunk INTEGER, target VARCHAR, "
+    "rows BIGINT, written_at TIMESTAMPTZ DEFAULT now(), PRIMARY KEY (run_id, chunk, target))",
+    f"CREATE TABLE IF NOT EXISTS {FENCE} (run_id VARCHAR, chunk INTEGER, target VARCHAR, "
+    "attempt INTEGER, PRIMARY KEY (run_id, chunk, target))",
+    f"CREATE TABLE IF NOT EXISTS {FINALIZED} (run_id VARCHAR, target VARCHAR, "
+    "finalized_at TIMESTAMPTZ DEFAULT now(), PRIMARY KEY (run_id, target))",
+)
+
+
+def _tolerate_a_twin(con, statement: str, tries: int = 5) -> None:
+    """``CREATE … IF NOT EXISTS`` from several threads at once: one wins, the others conflict;
+    a conflict means the object is being made, so try again until it is there."""
+    import time
+
+    import duckdb
+
+    for attempt in range(tries):
+        try:
+            con.execute(statement)
+            return
+        except duckdb.TransactionException:
+            if attempt == tries - 1:
+                raise
+            time.sleep(0.05 * (attempt + 1))
 
 
 def _conflict(exc: BaseException) -> None:
