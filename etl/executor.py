@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import threading
 import time
-from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -32,9 +32,6 @@ if TYPE_CHECKING:
     from etl.queue import Queue
 
 __all__ = ["Executor", "LeaseKeeper"]
-
-#: Runs kept loaded (stages instantiated, connections open) per worker thread.
-CACHED_RUNS = 2
 
 
 class LeaseKeeper:
@@ -78,6 +75,7 @@ class _Loaded:
     work: JobRun
     info: RunInfo
     used: float
+    busy: bool = False
 
 
 class Executor:
@@ -98,7 +96,9 @@ class Executor:
         self.lease = lease
         self.slots = slots or (lambda: 1)
         self.keep_runs = keep_runs
-        self._local = threading.local()
+        self._loaded: dict[tuple[int, str], _Loaded] = {}
+        self._finished: set[str] = set()
+        self._cache_lock = threading.Lock()
         self._lock = threading.Lock()
         #: Chunks being worked on now: "run|index" → fencing token.
         self.in_hand: dict[str, int] = {}
@@ -108,55 +108,64 @@ class Executor:
 
     # -- loaded runs ---------------------------------------------------------------------
 
-    def _cache(self) -> OrderedDict[str, _Loaded]:
-        cache = getattr(self._local, "cache", None)
-        if cache is None:
-            cache = self._local.cache = OrderedDict()
-        return cache
-
     def _load(self, run: RunRecord) -> _Loaded:
         """The run's job, validated in this process (``${VAR}`` from this worker's environment),
-        with its stages made for this thread."""
-        cache = self._cache()
-        loaded = cache.get(run.id)
-        if loaded is None:
-            job, pm = load(
-                None,
-                text=run.job_text,
-                params=run.params,
-                sets=run.sets,
-                env=None,
-                pm=None,
-                origin=run.job_file or None,
-            )
-            work = JobRun(job, pm, run_id=run.id, state_dir=state_dir())
-            info = RunInfo(
-                run.id,
-                run.job,
-                dict(job.params),
-                run.rows_total,
-                run.rows_exact,
-                run.chunks_total,
-                rejects_dir=str(work.rejects_dir),
-            )
-            loaded = _Loaded(job, pm, work, info, time.monotonic())
-            cache[run.id] = loaded
-            while len(cache) > CACHED_RUNS:
-                _, old = cache.popitem(last=False)
-                old.work.close()
-        cache.move_to_end(run.id)
-        loaded.used = time.monotonic()
+        with its stages made for this thread and marked busy until :meth:`_done`."""
+        key = (threading.get_ident(), run.id)
+        with self._cache_lock:
+            loaded = self._loaded.get(key)
+            if loaded is not None:
+                loaded.busy = True
+                return loaded
+        job, pm = load(
+            None, text=run.job_text, params=run.params, sets=run.sets, env=None, pm=None, origin=run.job_file or None
+        )
+        work = JobRun(job, pm, run_id=run.id, state_dir=state_dir())
+        info = RunInfo(
+            run.id,
+            run.job,
+            dict(job.params),
+            run.rows_total,
+            run.rows_exact,
+            run.chunks_total,
+            rejects_dir=str(work.rejects_dir),
+        )
+        loaded = _Loaded(job, pm, work, info, time.monotonic(), busy=True)
+        with self._cache_lock:
+            self._loaded[key] = loaded
         return loaded
 
+    def _done(self, loaded: _Loaded) -> None:
+        """The task is over: the run's stages stay loaded for the next of its chunks, unless
+        the run has finished meanwhile (then they are closed: a DuckDB file is let go)."""
+        with self._cache_lock:
+            loaded.busy, loaded.used = False, time.monotonic()
+            finished = loaded.info.id in self._finished
+        if finished:
+            self._forget(loaded.info.id)
+
     def _forget(self, run_id: str) -> None:
-        loaded = self._cache().pop(run_id, None)
-        if loaded is not None:
+        """Close every thread's stages of a finished run (those not in use now: the rest close
+        when their task ends)."""
+        with self._cache_lock:
+            self._finished.add(run_id)
+            gone = [k for k, v in self._loaded.items() if k[1] == run_id and not v.busy]
+            closing = [self._loaded.pop(k) for k in gone]
+        for loaded in closing:
+            loaded.work.close()
+
+    def close_idle(self, idle: float) -> None:
+        """Close stages unused for ``idle`` seconds, so that a worker between runs holds no
+        connection or file lock."""
+        now = time.monotonic()
+        with self._cache_lock:
+            gone = [k for k, v in self._loaded.items() if not v.busy and now - v.used > idle]
+            closing = [self._loaded.pop(k) for k in gone]
+        for loaded in closing:
             loaded.work.close()
 
     def close(self) -> None:
-        for loaded in self._cache().values():
-            loaded.work.close()
-        self._cache().clear()
+        self.close_idle(-1.0)
 
     def _log(self, run: RunRecord, chunk: int | None = None):
         bound = logger.bind(job=run.job, run=run.id)
@@ -183,42 +192,63 @@ class Executor:
             self.queue.send("etl.chunk", run.id, index, delay=delay)
         return indices
 
+    @contextmanager
+    def _using(self, run: RunRecord) -> Iterator[_Loaded | None]:
+        """The run's loaded job for one task (``None`` when it can't load: the run has failed)."""
+        loaded = self._load_or_fail(run)
+        try:
+            yield loaded
+        finally:
+            if loaded is not None:
+                self._done(loaded)
+
+    def _failed(self, loaded: _Loaded, run_id: str, error: BaseException, chunk: int | None = None) -> None:
+        """Tell the plugins a run failed, once: by the worker whose failure failed it."""
+        run = self.store.get_run(run_id)
+        if run is None or run.state != "failed" or run.error_chunk != chunk:
+            return
+        self._observe(loaded, "etl_on_job_error", job=loaded.job, run=loaded.info, error=error, result=_result(run))
+        self._forget(run_id)
+        self._retain()
+
     # -- plan ------------------------------------------------------------------------------
 
     def plan(self, run_id: str) -> None:
         run = self.store.get_run(run_id)
         if run is None or run.state != "waiting" or run.planned:
             return
-        loaded = self._load_or_fail(run)
-        if loaded is None:
-            return
+        with self._using(run) as loaded:
+            if loaded is not None:
+                self._plan(run, loaded)
+
+    def _plan(self, run: RunRecord, loaded: _Loaded) -> None:
         log = self._log(run)
         try:
             count = loaded.work.count()
             for warning in check_thresholds(loaded.job, count):
                 log.warning(warning)
             info, plan = loaded.work.plan(count)
+            loaded.info = info
+            loaded.pm.hook.etl_before_job_run(job=loaded.job, run=info)
             loaded.work.sink.prepare()
         except Exception as exc:
             log.opt(exception=exc).debug("planning failed")
-            self.store.fail_run(run_id, f"planning failed: {describe(exc)}")
             log.error("planning failed: {}", describe(exc))
+            if self.store.fail_run(run.id, f"planning failed: {describe(exc)}"):
+                self._failed(loaded, run.id, exc)
             return
         if not self.store.set_plan(
-            run_id, rows=info.rows, exact=info.rows_exact, chunks=plan.chunks, shared=dict(plan.shared)
+            run.id, rows=info.rows, exact=info.rows_exact, chunks=plan.chunks, shared=dict(plan.shared)
         ):
             return
-        loaded.info = info
         total = f"{info.rows:,}" if info.rows is not None else "an unknown number of"
         log.info(
             "planned {}: {} rows in {} chunks of up to {:,}", run.job, total, info.chunks, loaded.job.spec.chunk_size
         )
-        loaded.pm.hook.etl_before_job_run(job=loaded.job, run=info)
-        run = self.store.get_run(run_id) or run
         if not plan.chunks:
-            self.finalize(run_id)
+            self.finalize(run.id)
         else:
-            self.dispatch(run)
+            self.dispatch(self.store.get_run(run.id) or run)
 
     # -- one chunk -------------------------------------------------------------------------
 
@@ -229,16 +259,18 @@ class Executor:
         run = self.store.get_run(run_id)
         if run is None:
             return
-        loaded = self._load_or_fail(run)
-        if loaded is None:
-            return
-        token = record.token
-        member = f"{run_id}|{index}"
+        with self._using(run) as loaded:
+            if loaded is not None:
+                self._chunk(run, record, loaded)
+
+    def _chunk(self, run: RunRecord, record: ChunkRecord, loaded: _Loaded) -> None:
+        index, token = record.index, record.token
+        member = f"{run.id}|{index}"
         with self._lock:
             self.in_hand[member] = token  # what release_all gives back on shutdown
         log = self._log(run, index)
         keeper = LeaseKeeper(
-            lambda: self.store.renew(run_id, index, token, self.lease), self.lease / 3, f"chunk {index} of {run_id}"
+            lambda: self.store.renew(run.id, index, token, self.lease), self.lease / 3, f"chunk {index} of {run.id}"
         )
         try:
             with keeper:
@@ -248,7 +280,7 @@ class Executor:
                 self.in_hand.pop(member, None)
         if outcome is None:
             return
-        completion = self.store.complete(run_id, index, token, outcome)
+        completion = self.store.complete(run.id, index, token, outcome)
         if not completion.accepted:
             log.warning(
                 "chunk {} attempt {}: another attempt took it over meanwhile; its result is not recorded",
@@ -256,11 +288,13 @@ class Executor:
                 record.attempts,
             )
             return
-        loaded.pm.hook.etl_after_chunk_run(job=loaded.job, run=loaded.info, chunk=record.descriptor(), result=outcome)
-        now = self.store.get_run(run_id) or run
+        self._observe(
+            loaded, "etl_after_chunk_run", job=loaded.job, run=loaded.info, chunk=record.descriptor(), result=outcome
+        )
+        now = self.store.get_run(run.id) or run
         log.info("{}", _progress(now, index, outcome))
         if completion.last:
-            self.finalize(run_id)
+            self.finalize(run.id)
         else:
             self.dispatch(now, delay=now.delay)
 
@@ -271,8 +305,8 @@ class Executor:
         log = self._log(run, index)
         chunk = record.descriptor()
         policy = RetryPolicy.from_spec(loaded.job.spec.retry)
-        loaded.pm.hook.etl_before_chunk_run(job=loaded.job, run=loaded.info, chunk=chunk, attempt=attempt)
         try:
+            loaded.pm.hook.etl_before_chunk_run(job=loaded.job, run=loaded.info, chunk=chunk, attempt=attempt)
             return loaded.work.run_chunk(chunk, run.shared, attempt=attempt, stop=keeper.stopped)
         except Interrupted as exc:
             if exc.reason == "lost":
@@ -283,8 +317,15 @@ class Executor:
         except Exception as exc:
             transient = is_transient(exc)
             will_retry = policy.should_retry(attempt, transient)
-            loaded.pm.hook.etl_on_chunk_error(
-                job=loaded.job, run=loaded.info, chunk=chunk, error=exc, attempt=attempt, will_retry=will_retry
+            self._observe(
+                loaded,
+                "etl_on_chunk_error",
+                job=loaded.job,
+                run=loaded.info,
+                chunk=chunk,
+                error=exc,
+                attempt=attempt,
+                will_retry=will_retry,
             )
             message = describe(exc)
             log.opt(exception=exc).debug("chunk {} attempt {} failed", index, attempt)
@@ -304,10 +345,7 @@ class Executor:
             why = "" if transient else " (permanent: not retried)"
             if self.store.fail_chunk(run.id, index, token, message):
                 log.error("chunk {} failed after {} attempt(s){}: {}; the run failed", index, attempt, why, message)
-                failed = self.store.get_run(run.id)
-                result = _result(failed or run)
-                self._observe(loaded, "etl_on_job_error", job=loaded.job, run=loaded.info, error=exc, result=result)
-                self._retain()
+                self._failed(loaded, run.id, exc, index)
             return None
 
     # -- finalize and abort ---------------------------------------------------------------
@@ -318,14 +356,16 @@ class Executor:
         run = self.store.get_run(run_id)
         if run is None:
             return
-        loaded = self._load_or_fail(run)
-        if loaded is None:
-            return
+        with self._using(run) as loaded:
+            if loaded is not None:
+                self._finalize(run, loaded)
+
+    def _finalize(self, run: RunRecord, loaded: _Loaded) -> None:
         log = self._log(run)
         keeper = LeaseKeeper(
-            lambda: "ok" if self.store.renew_finalize(run_id, self.worker_id, self.lease) else "lost",
+            lambda: "ok" if self.store.renew_finalize(run.id, self.worker_id, self.lease) else "lost",
             self.lease / 3,
-            f"finalizing {run_id}",
+            f"finalizing {run.id}",
         )
         try:
             with keeper:
@@ -335,14 +375,15 @@ class Executor:
             if is_transient(exc):
                 delay = RetryPolicy.from_spec(loaded.job.spec.retry).delay(1)
                 log.warning("finalizing failed: {}; trying again in {}", describe(exc), format_duration(delay))
-                self.queue.send("etl.finalize", run_id, delay=delay)
+                self.queue.send("etl.finalize", run.id, delay=delay)
             else:
-                self.store.fail_run(run_id, f"finalizing failed: {describe(exc)}")
                 log.error("finalizing failed: {}", describe(exc))
+                if self.store.fail_run(run.id, f"finalizing failed: {describe(exc)}"):
+                    self._failed(loaded, run.id, exc)
             return
-        if not self.store.finish(run_id, self.worker_id):
+        if not self.store.finish(run.id, self.worker_id):
             return
-        done = self.store.get_run(run_id) or run
+        done = self.store.get_run(run.id) or run
         log.info(
             "completed: {:,} rows written in {} ({:,.0f} rows/s){}",
             done.rows_written,
@@ -351,7 +392,7 @@ class Executor:
             f"; {done.rows_rejected:,} rows rejected" if done.rows_rejected else "",
         )
         self._observe(loaded, "etl_after_job_run", job=loaded.job, run=loaded.info, result=_result(done))
-        self._forget(run_id)
+        self._forget(run.id)
         self._retain()
 
     def _retain(self) -> None:
@@ -363,27 +404,27 @@ class Executor:
     def abort(self, run_id: str) -> None:
         """Drop what a cancelled run staged, once none of its chunks is still being written."""
         run = self.store.get_run(run_id)
-        if run is None or run.state != "cancelled":
+        if run is None or run.state != "cancelled" or run.aborted:
             return
         now = self.store.clock()
-        busy = [
-            c
-            for c in self.store.get_chunks(run_id, run.chunks_total)
-            if c.state == "running" and (c.lease_until or 0) >= now
-        ]
-        if busy:
+        chunks = self.store.get_chunks(run_id, run.chunks_total)
+        if any(c.state == "running" and (c.lease_until or 0) >= now for c in chunks):
             self.queue.send("etl.abort", run_id, delay=self.lease)
             return
-        loaded = self._load_or_fail(run)
-        if loaded is None:
-            return
-        try:
-            loaded.work.sink.abort()
-        except Exception as exc:
-            self._log(run).warning("the sink could not clean up after the cancelled run: {}", describe(exc))
+        with self._using(run) as loaded:
+            if loaded is None:  # the job can't even load here: nothing more can be cleaned
+                self.store.mark_aborted(run_id)
+                return
+            try:
+                loaded.work.sink.abort()
+            except Exception as exc:
+                self._log(run).warning("the sink could not clean up after the cancelled run: {}", describe(exc))
+                return
+        self.store.mark_aborted(run_id)
         self._forget(run_id)
 
     def _observe(self, loaded: _Loaded, hook: str, **kwargs: Any) -> None:
+        """Call a lifecycle hook; a plugin failing in it is logged and changes nothing."""
         try:
             getattr(loaded.pm.hook, hook)(**kwargs)
         except Exception as exc:

@@ -69,7 +69,9 @@ class RunRecord:
     shared: dict[str, Any] = field(default_factory=dict)
     finalizer: str | None = None
     finalize_until: float | None = None
+    aborted: bool = False
     submitted_by: str = ""
+    signature: str = ""
 
     @classmethod
     def from_doc(cls, doc: dict[str, Any]) -> RunRecord:
@@ -363,6 +365,17 @@ class RunStore:
             return True
 
         return self.kv.atomic(cancel, [self._run_key(run_id)])
+
+    def mark_aborted(self, run_id: str) -> None:
+        """A cancelled run's sink has dropped what it staged."""
+
+        def mark(tx: Tx) -> None:
+            run = self._load_run(tx, run_id)
+            if run is not None:
+                run.aborted = True
+                self._save_run(tx, run)
+
+        self.kv.atomic(mark, [self._run_key(run_id)])
 
     def cancel_failed(self, run_id: str) -> bool:
         """A failed run will not be retried: mark it cancelled, so that its staging is dropped."""

@@ -245,3 +245,10 @@ class Worker:
                 send("etl.finalize", run.id)
             else:
                 self.executor.dispatch(run)
+        for run in store.list_runs(state="cancelled", limit=50):
+            if not run.aborted and store.clock() - (run.finished_at or 0) > self.options.lost_after:
+                transit = self.queue.in_transit() if transit is None else transit
+                if ("etl.abort", (run.id,)) not in transit:
+                    send("etl.abort", run.id)
+        # Between runs a worker holds no connection or file lock.
+        self.executor.close_idle(idle=2 * self.options.reaper_interval)
