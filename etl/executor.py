@@ -172,6 +172,14 @@ class Executor:
         return bound.bind(chunk=chunk) if chunk is not None else bound
 
     def _load_or_fail(self, run: RunRecord) -> _Loaded | None:
+        if not self.queue.verify(run):
+            reason = (
+                f"the run's record is not signed with this worker's ETL_SECRET_KEY (worker {self.worker_id}): "
+                "it was not submitted with the same key, or was written into the store by someone else"
+            )
+            self._log(run).error(reason)
+            self.store.fail_run(run.id, reason)
+            return None
         try:
             return self._load(run)
         except ConfigErrors as exc:

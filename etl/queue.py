@@ -8,6 +8,9 @@ who can write to Redis cannot make workers run a forged task.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+import json
 import os
 import socket
 from collections.abc import Callable
@@ -132,6 +135,7 @@ class Queue:
             attempts=job.spec.retry.attempts,
             submitted_by=f"{socket.gethostname()}:{os.getpid()}",
         )
+        record.signature = self.signature(record)
         busy = self.store.create_run(record, limit=job.spec.concurrency)
         if busy is not None:
             raise UsageError(
@@ -142,6 +146,18 @@ class Queue:
         logger.bind(job=job.name, run=record.id).info("queued run {} of {}", record.id, job.name)
         self.send("etl.plan", record.id)
         return record
+
+    def signature(self, run: RunRecord) -> str:
+        """An HMAC of what a run will execute (its job, parameters and overrides), with
+        ``ETL_SECRET_KEY``: a run record written into Redis by anyone else does not verify."""
+        if not self.settings.secret:
+            return ""
+        what = json.dumps([run.id, run.job_text, run.job_file, run.params, run.sets], sort_keys=True)
+        return hmac.new(self.settings.secret.encode(), what.encode(), hashlib.sha256).hexdigest()
+
+    def verify(self, run: RunRecord) -> bool:
+        """Whether a run may be executed here: always without a key, with one only if signed with it."""
+        return not self.settings.secret or hmac.compare_digest(run.signature, self.signature(run))
 
     def close(self) -> None:
         self.store.kv.close()
