@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import json
 import sys
+import traceback
 from pathlib import Path
 from typing import Any, Literal, TextIO
 
 from loguru import logger
 
-__all__ = ["add_run_log", "configure"]
+__all__ = ["add_run_log", "add_run_logs", "configure"]
 
 LogFormat = Literal["text", "json"]
 _FIELDS = ("job", "run", "chunk")
@@ -45,7 +46,7 @@ def _json_sink(stream: TextIO):
         }
         error = record["exception"]
         if error is not None and error.type is not None:
-            data["exception"] = f"{error.type.__name__}: {error.value}"
+            data["exception"] = "".join(traceback.format_exception(error.type, error.value, error.traceback))
         stream.write(json.dumps(data, default=str) + "\n")
         stream.flush()
 
@@ -79,3 +80,22 @@ def add_run_log(path: Path, run_id: str) -> int:
         diagnose=False,
         encoding="utf-8",
     )
+
+
+def add_run_logs(home: Path) -> int:
+    """Write every line of every run this process works on, tracebacks included, to
+    ``home/runs/RUN_ID/run.log`` (a worker's own record of the runs it took part in).
+
+    Returns the handler id, for :func:`loguru.logger.remove`.
+    """
+
+    def write(message: Any) -> None:
+        run = message.record["extra"].get("run")
+        if not run:
+            return
+        path = home / "runs" / str(run) / "run.log"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "a", encoding="utf-8") as f:
+            f.write(str(message))
+
+    return logger.add(write, level="DEBUG", format=_file_format, backtrace=False, diagnose=False)

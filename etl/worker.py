@@ -109,6 +109,7 @@ class Worker:
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self.consumer: Any = None
+        self._run_logs: int | None = None
 
     def slots(self) -> int:
         """Chunks all live workers can work on at once: a run's default parallelism."""
@@ -121,8 +122,12 @@ class Worker:
     # -- lifecycle ---------------------------------------------------------------------------
 
     def start(self, *, install_signals: bool = True) -> None:
+        from etl import logsetup
+        from etl.jobs import state_dir
+
         route_huey_logs()
         self.queue.check()
+        self._run_logs = logsetup.add_run_logs(state_dir())
         self._beat()
         self.consumer = self.queue.huey.create_consumer(
             workers=self.options.concurrency,
@@ -190,6 +195,9 @@ class Worker:
             logger.warning("could not deregister: {}", describe(exc))
         self.executor.close()
         logger.info("worker {} stopped", self.id)
+        if self._run_logs is not None:
+            logger.remove(self._run_logs)
+            self._run_logs = None
 
     # -- heartbeat and reaper ----------------------------------------------------------------
 
