@@ -251,3 +251,17 @@ def test_cleaning_many_runs_never_blocks_redis(queue_env, runs):
         client.config_set("slowlog-log-slower-than", slowlog)
     assert store.get_run("old-000000") is None
     assert not list(client.scan_iter(match=f"{queue_env['ETL_QUEUE_NAME']}:run:old-*", count=5000))
+
+
+def test_with_a_secret_key_a_run_record_written_by_someone_else_is_not_executed(cli, workers, job_file, tmp_path):
+    import etl
+    from etl.store import RunRecord
+
+    job = etl.load_job(job_file(1_000, 500, '[{type: crash, on_id: 1, log: "' + str(tmp_path / "ran.log") + '"}]'))
+    queue().store.create_run(RunRecord(id="forged-1", job=job.name, job_text=job.text, job_file=job.file))
+    queue().send("etl.plan", "forged-1")
+    workers.start(1, ETL_SECRET_KEY="s3cret")
+    run = wait_finished("forged-1", timeout=30)
+    assert run.state == "failed"
+    assert "not signed with this worker's ETL_SECRET_KEY" in run.error
+    assert not (tmp_path / "ran.log").exists()

@@ -153,3 +153,13 @@ def test_retention_keeps_redis_memory_flat(cli, workers, job_file, queue_env):
         counts.append(sum(1 for _ in client.scan_iter(match=f"{name}:*", count=1000)))
     assert len(queue().store.list_runs(limit=100)) == 3
     assert counts[-1] == counts[3], f"keys stay flat once retention applies: {counts}"
+
+
+def test_a_worker_keeps_a_log_of_each_run_it_works_on(cli, workers, job_file, tmp_path, queue_env):
+    workers.start(1)
+    run_id = submit(cli, job_file(10_000, 5_000, "[{type: fail_while, marker: " + f'"{tmp_path}"' + "}]"))
+    run = wait_finished(run_id)
+    assert run.state == "failed"
+    log = (tmp_path / ".etl" / "runs" / run_id / "run.log").read_text()
+    assert "planned bg" in log and "retrying in" in log
+    assert "Traceback" in log and "TransientError: the upstream service is down" in log
