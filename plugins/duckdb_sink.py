@@ -17,6 +17,7 @@ process, and a server database for runs spread over workers.
 
 from __future__ import annotations
 
+import itertools
 import re
 from collections.abc import Iterable
 from pathlib import Path
@@ -155,6 +156,13 @@ class DuckDBSink(Sink):
         staged = self.options.mode != "append"
         into, into_name = (self.staging, self.staging_name) if staged else (self.target, self.table)
         self._raise_fence(chunk)
+        batches = iter(batches)
+        first = next(batches, None)
+        if first is not None and not self._exists(into_name):
+            # Made before the chunk's transaction, so that chunks written in parallel don't
+            # conflict over who creates it; an empty table is all a failed chunk leaves.
+            sample = _with_positions(first, chunk.index, 0) if self.options.mode == "merge" else first
+            self._create(into, sample)
         con.execute("BEGIN TRANSACTION")
         try:
             done = con.execute(
@@ -165,15 +173,10 @@ class DuckDBSink(Sink):
                 con.execute("ROLLBACK")
                 return int(done[0])
             written = 0
-            exists = self._exists(into_name)
-            for batch in batches:
+            for batch in itertools.chain([first] if first is not None else [], batches):
                 if self.options.mode == "merge":
                     batch = _with_positions(batch, chunk.index, written)
-                if not exists:
-                    self._create(into, batch)
-                    exists = True
-                else:
-                    self._check_columns(into_name, batch)
+                self._check_columns(into_name, batch)
                 con.register("_etl_batch", batch)
                 try:
                     con.execute(f"INSERT INTO {into} BY NAME SELECT * FROM _etl_batch")
@@ -208,7 +211,7 @@ class DuckDBSink(Sink):
     def _create(self, name: str, batch: pa.RecordBatch) -> None:
         self.con.register("_etl_batch", batch.slice(0, 0))
         try:
-            self.con.execute(f"CREATE TABLE {name} AS SELECT * FROM _etl_batch")
+            _tolerate_a_twin(self.con, f"CREATE TABLE IF NOT EXISTS {name} AS SELECT * FROM _etl_batch")
         finally:
             self.con.unregister("_etl_batch")
 
