@@ -18,6 +18,7 @@ import click
 import yaml
 
 from etl import api
+from etl.cli_queue import log_options
 from etl.errors import ConfigErrors, EtlError, JobFailed
 from etl.runs import new_run_id
 from etl.version import __version__
@@ -83,13 +84,7 @@ _set_option = click.option(
 @_param_option
 @_set_option
 @click.option("--dry-run", is_flag=True, help="Validate, count and show the chunk plan; write nothing.")
-@click.option("--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True)
-@click.option(
-    "--log-level",
-    type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
-    default="INFO",
-    show_default=True,
-)
+@log_options
 @click.option("--json", "as_json", is_flag=True, help="Print the result (or the plan) as JSON on stdout.")
 @click.option("--sync", "mode", flag_value="sync", help="Run in this process, whatever the row count.")
 @click.option("--background", "mode", flag_value="background", help="Queue the run, whatever the row count.")

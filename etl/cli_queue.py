@@ -16,6 +16,18 @@ import click
 from etl import api
 from etl.units import format_duration, parse_duration
 
+
+def log_options(command: Any) -> Any:
+    """``--log-format`` and ``--log-level``, for the commands that work on runs."""
+    command = click.option(
+        "--log-level",
+        type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
+        default="INFO",
+        show_default=True,
+    )(command)
+    return click.option("--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True)(command)
+
+
 if TYPE_CHECKING:
     from etl.queue import Queue
     from etl.store import ChunkRecord, RunRecord
@@ -107,15 +119,9 @@ def _echo_json(data: Any) -> None:
 @click.option(
     "--configs",
     type=click.Path(file_okay=False, exists=True),
-    help="A directory of job files for scheduled runs (validated at start).",
+    help="A directory of job files, validated at start (each bad one is reported).",
 )
-@click.option("--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True)
-@click.option(
-    "--log-level",
-    type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
-    default="INFO",
-    show_default=True,
-)
+@log_options
 def worker(concurrency: int, configs: str | None, log_format: str, log_level: str) -> None:
     """Run a worker: execute background runs' chunks until SIGTERM or Ctrl-C.
 
