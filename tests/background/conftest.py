@@ -67,14 +67,10 @@ def wait_for(predicate: Callable[[], object], timeout: float, what: str, interva
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
-@pytest.fixture
-def queue_env(redis_url, tmp_path, monkeypatch):
-    """A queue of its own on the shared Redis, with short leases, for this test and its workers."""
-    import redis
-
-    name = f"t{uuid.uuid4().hex[:10]}"
+def quick_queue(url: str, name: str, tmp_path: Path, monkeypatch) -> dict[str, str]:
+    """The environment of a queue with short leases and timings, set for this process too."""
     env = {
-        "ETL_QUEUE_URL": redis_url,
+        "ETL_QUEUE_URL": url,
         "ETL_QUEUE_NAME": name,
         "ETL_HOME": str(tmp_path / ".etl"),
         "ETL_LEASE_SECONDS": "3",
@@ -85,6 +81,16 @@ def queue_env(redis_url, tmp_path, monkeypatch):
     }
     for key, value in env.items():
         monkeypatch.setenv(key, value)
+    return env
+
+
+@pytest.fixture
+def queue_env(redis_url, tmp_path, monkeypatch):
+    """A queue of its own on the shared Redis, with short leases, for this test and its workers."""
+    import redis
+
+    name = f"t{uuid.uuid4().hex[:10]}"
+    env = quick_queue(redis_url, name, tmp_path, monkeypatch)
     yield env
     client = redis.Redis.from_url(env["ETL_QUEUE_URL"])
     for pattern in (f"{name}:*", f"huey.*{name}*"):

@@ -105,7 +105,7 @@ def test_a_poison_chunk_fails_after_its_attempts_without_a_crash_loop(cli, worke
 
 
 def test_workers_ride_out_a_redis_restart(cli, job_file, tmp_path, monkeypatch):
-    from tests.background.conftest import Workers
+    from tests.background.conftest import Workers, quick_queue
 
     server = shutil.which("redis-server")
     port = free_port()
@@ -115,18 +115,7 @@ def test_workers_ride_out_a_redis_restart(cli, job_file, tmp_path, monkeypatch):
     redis_proc = subprocess.Popen(command, stdout=subprocess.DEVNULL)
     url = f"redis://127.0.0.1:{port}/0"
     wait_for(lambda: redis_up(url), 10, "a Redis of our own")
-    env = {
-        "ETL_QUEUE_URL": url,
-        "ETL_QUEUE_NAME": "restart",
-        "ETL_HOME": str(tmp_path / ".etl"),
-        "ETL_LEASE_SECONDS": "3",
-        "ETL_REAPER_SECONDS": "1",
-        "ETL_HEARTBEAT_SECONDS": "1",
-        "ETL_LOST_AFTER_SECONDS": "4",
-        "ETL_GRACE_SECONDS": "5",
-    }
-    for key, value in env.items():
-        monkeypatch.setenv(key, value)
+    env = quick_queue(url, "restart", tmp_path, monkeypatch)
     pool = Workers(env, tmp_path)
     try:
         pool.start(2)
