@@ -81,9 +81,7 @@ class ParamSpec(_Model):
 class Thresholds(_Model):
     """Row counts that decide how a run is carried out."""
 
-    background: int = Field(
-        10_000, ge=0, description="rows at or above which a run goes to the background queue"
-    )
+    background: int = Field(10_000, ge=0, description="rows at or above which a run goes to the background queue")
     warn: int | None = Field(None, ge=0, description="above this many rows, log that the run is very large")
     max: int | None = Field(None, ge=1, description="above this many rows, refuse to run")
 
