@@ -1,4 +1,5 @@
-"""Rows/s and peak memory of `etl run` on the demo job, at several sizes and with two sinks.
+"""Rows/s and peak memory of `etl run` on the demo job: in process and on the embedded queue,
+at several sizes, with two sinks.
 
     .venv/bin/python benchmarks/demo.py [ROWS ...]      # default: 1000000 5000000
 
@@ -22,12 +23,24 @@ SINKS = {
     "duckdb": [],
     "parquet": ["--set", "sink={type: parquet, path: out/demo-parquet, mode: replace}"],
 }
+# In this process, chunk after chunk; and queued on the embedded queue, worked by this
+# process's threads (what `etl run` does at or above thresholds.background with no server).
+MODES = {"in-process": ["--sync"], "embedded queue": ["--background"]}
 
 
-def measure(rows: int, sink: str, workdir: Path) -> dict[str, float]:
-    args = [str(ETL), "run", str(ROOT / "configs/demo.yaml"), "-p", f"rows={rows}", "--json", *SINKS[sink]]
+def measure(rows: int, sink: str, mode: str, workdir: Path) -> dict[str, float]:
+    args = [
+        str(ETL),
+        "run",
+        str(ROOT / "configs/demo.yaml"),
+        "-p",
+        f"rows={rows}",
+        "--json",
+        *SINKS[sink],
+        *MODES[mode],
+    ]
     started = time.perf_counter()
-    process = subprocess.Popen(args, cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(args, cwd=workdir, env=environment(), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
     out = process.stdout.read() if process.stdout else b""
     _, status, usage = os.wait4(process.pid, 0)
     wall = time.perf_counter() - started
@@ -37,16 +50,22 @@ def measure(rows: int, sink: str, workdir: Path) -> dict[str, float]:
     return {"wall": wall, "rows_per_second": result["rows_per_second"], "peak_mb": usage.ru_maxrss / 1024}
 
 
+def environment() -> dict[str, str]:
+    """This process's environment without a queue setting: the embedded queue is measured."""
+    return {k: v for k, v in os.environ.items() if k not in ("ETL_QUEUE_URL", "REDIS_HOST")}
+
+
 def main(sizes: list[int]) -> None:
-    print(f"{'sink':<8} {'rows':>12} {'wall s':>8} {'rows/s':>12} {'peak RSS MB':>12}")
+    print(f"{'mode':<15} {'sink':<8} {'rows':>12} {'wall s':>8} {'rows/s':>12} {'peak RSS MB':>12}")
     with tempfile.TemporaryDirectory() as workdir:
-        for sink in SINKS:
-            for rows in sizes:
-                figures = measure(rows, sink, Path(workdir))
-                print(
-                    f"{sink:<8} {rows:>12,} {figures['wall']:>8.2f} {figures['rows_per_second']:>12,.0f} "
-                    f"{figures['peak_mb']:>12.0f}"
-                )
+        for mode in MODES:
+            for sink in SINKS:
+                for rows in sizes:
+                    figures = measure(rows, sink, mode, Path(workdir))
+                    print(
+                        f"{mode:<15} {sink:<8} {rows:>12,} {figures['wall']:>8.2f} "
+                        f"{figures['rows_per_second']:>12,.0f} {figures['peak_mb']:>12.0f}"
+                    )
 
 
 if __name__ == "__main__":
