@@ -174,9 +174,7 @@ def retry(run_id: str, queue: Queue | None = None) -> list[int]:
     if not run.planned:
         queue.send("etl.plan", run_id)
     elif again:
-        limit = run.max_parallel or max(sum(w.concurrency for w in workers(queue)), 1)
-        for index in queue.store.dispatch(run_id, limit):
-            queue.send("etl.chunk", run_id, index)
+        queue.dispatch(run, sum(w.concurrency for w in workers(queue)))
     else:
         queue.send("etl.finalize", run_id)
     return again

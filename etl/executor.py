@@ -194,11 +194,7 @@ class Executor:
 
     def dispatch(self, run: RunRecord, delay: float = 0.0) -> list[int]:
         """Queue as many of the run's pending chunks as its parallelism allows."""
-        limit = run.max_parallel or max(self.slots(), 1)
-        indices = self.store.dispatch(run.id, limit)
-        for index in indices:
-            self.queue.send("etl.chunk", run.id, index, delay=delay)
-        return indices
+        return self.queue.dispatch(run, self.slots(), delay)
 
     @contextmanager
     def _using(self, run: RunRecord) -> Iterator[_Loaded | None]:

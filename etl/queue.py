@@ -100,6 +100,14 @@ class Queue:
         else:
             task(*args)
 
+    def dispatch(self, run: RunRecord, slots: int, delay: float = 0.0) -> list[int]:
+        """Queue as many of the run's pending chunks as its parallelism allows: ``max_parallel``,
+        or else ``slots`` (the live workers' slots)."""
+        indices = self.store.dispatch(run.id, run.max_parallel or max(slots, 1))
+        for index in indices:
+            self.send("etl.chunk", run.id, index, delay=delay)
+        return indices
+
     def in_transit(self) -> set[tuple[str, tuple[Any, ...]]]:
         """The messages waiting in the queue or its schedule, as (task name, args)."""
         found = set()
