@@ -7,15 +7,12 @@ or with ``on_error: skip`` the row goes to the rejects file).
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
-
-import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from etl import PermanentError, StageOptions, Transform, hookimpl, parse_type
+
+from ._casting import cast_batch
 
 
 def _require(batch: pa.RecordBatch, names: list[str], stage: str) -> None:
@@ -123,87 +120,7 @@ class Cast(Transform):
 
     def apply(self, batch: pa.RecordBatch) -> pa.RecordBatch:
         _require(batch, list(self.targets), self.context.label)
-        # Where each current row was in the batch this stage received: rejects name that row,
-        # and record it as it arrived (not with the columns already cast).
-        received = batch
-        positions = np.arange(batch.num_rows)
-        for column, (target, fmt) in self.targets.items():
-            convert = _converter(target, fmt)
-            array = batch.column(column)
-            try:
-                converted = convert(array)
-            except pa.ArrowNotImplementedError as exc:
-                raise PermanentError(
-                    f"{self.context.label}: cannot cast {column!r} from {array.type} to {target}: {exc}"
-                ) from None
-            except (pa.ArrowInvalid, pa.ArrowTypeError, ValueError, OverflowError) as exc:
-                bad = _failing_rows(array, convert)
-                if not bad:
-                    raise PermanentError(
-                        f"{self.context.label}: casting {column!r} to {target} failed: {exc}"
-                    ) from None
-                reasons = [_reason(array, row, convert, target) for row in bad]
-                self.context.reject(received.take(positions[bad]), positions[bad].tolist(), reasons, column=column)
-                keep = np.ones(batch.num_rows, dtype=bool)
-                keep[bad] = False
-                batch = batch.filter(pa.array(keep))
-                positions = positions[keep]
-                converted = convert(batch.column(column))
-            batch = batch.set_column(batch.schema.get_field_index(column), column, converted)
-        return batch
-
-
-def _converter(target: pa.DataType, fmt: str | None) -> Callable[[pa.Array], pa.Array]:
-    if fmt is None:
-        return lambda array: _cast(array, target)
-
-    def parse(array: pa.Array) -> pa.Array:
-        if not pa.types.is_string(array.type) and not pa.types.is_large_string(array.type):
-            raise pa.ArrowNotImplementedError(f"`format` applies to text columns, not {array.type}")
-        unit = target.unit if pa.types.is_timestamp(target) else "s"
-        parsed = pc.strptime(array, format=fmt, unit=unit, error_is_null=False)
-        return parsed.cast(target, safe=True)
-
-    return parse
-
-
-def _cast(array: pa.Array, target: pa.DataType) -> pa.Array:
-    """``array.cast(target)``, refusing what Arrow's safe cast would still round.
-
-    A float cast to a decimal is rounded to the decimal's scale (2.5612 → 2.56): that is a
-    changed value, so it is an error here, like an integer overflow.
-    """
-    converted = array.cast(target, safe=True)
-    if pa.types.is_floating(array.type) and pa.types.is_decimal(target):
-        same = pc.equal(pc.round(array, ndigits=target.scale), array)
-        if not pc.all(pc.fill_null(same, True)).as_py():
-            first = pc.index(same, False).as_py()
-            raise pa.ArrowInvalid(f"{array[first].as_py()!r} has more digits than {target} keeps")
-    return converted
-
-
-def _failing_rows(array: pa.Array, convert: Callable[[pa.Array], Any]) -> list[int]:
-    """Positions whose values don't convert, found by bisection: O(k log n) conversions."""
-
-    def search(start: int, stop: int) -> list[int]:
-        try:
-            convert(array.slice(start, stop - start))
-            return []
-        except (pa.ArrowInvalid, pa.ArrowTypeError, ValueError, OverflowError):
-            if stop - start == 1:
-                return [start]
-            middle = (start + stop) // 2
-            return search(start, middle) + search(middle, stop)
-
-    return search(0, len(array)) if len(array) else []
-
-
-def _reason(array: pa.Array, row: int, convert: Callable[[pa.Array], Any], target: pa.DataType) -> str:
-    try:
-        convert(array.slice(row, 1))
-    except Exception as exc:  # the message Arrow gives for this very value
-        return f"cannot cast to {target}: {str(exc).splitlines()[0]}"
-    return f"cannot cast to {target}"
+        return cast_batch(batch, self.targets, self.context)
 
 
 @hookimpl
