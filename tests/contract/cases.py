@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from tests.contract import cases_core
+from tests.contract import cases_core, cases_postgres
 
-SOURCE_CASES = list(cases_core.SOURCE_CASES)
-SINK_CASES = list(cases_core.SINK_CASES)
+SOURCE_CASES = list(cases_core.SOURCE_CASES) + cases_postgres.SOURCE_CASES
+SINK_CASES = list(cases_core.SINK_CASES) + cases_postgres.SINK_CASES
 
 try:  # the file formats' cases live beside their own tests
     from tests.contract import cases_files

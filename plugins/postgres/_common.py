@@ -1,0 +1,166 @@
+"""What the PostgreSQL source and sink share: connecting, quoting, and the type mapping.
+
+Rows move through the ADBC PostgreSQL driver (COPY in binary, straight from and into Arrow);
+statements and catalog queries go through the same connection. Heavy imports stay inside the
+functions that need them.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import pyarrow as pa
+from pydantic import Field, SecretStr
+
+from etl import PermanentError, StageOptions, TransientError
+
+#: Options both stages take.
+DSN_FIELD = Field(
+    None,
+    description="a libpq URI such as postgresql://user@host:5432/db; without it the PG* environment "
+    "variables (PGHOST, PGPORT, PGUSER, PGPASSWORD, PGDATABASE) are used",
+    examples=["postgresql://etl@db.internal:5432/warehouse"],
+)
+
+
+class ConnectionOptions(StageOptions):
+    dsn: SecretStr | None = DSN_FIELD
+
+
+def quote(name: str) -> str:
+    """An identifier, double-quoted, inner quotes doubled: safe whatever the name holds."""
+    return '"' + name.replace('"', '""') + '"'
+
+
+def split_table(name: str) -> tuple[str, str]:
+    """``schema.table`` (or ``table``, in ``public``) → (schema, table). Quoted parts may hold dots."""
+    parts = [p[1:-1].replace('""', '"') if p.startswith('"') else p for p in re.findall(r'"(?:[^"]|"")*"|[^.]+', name)]
+    if len(parts) == 1:
+        return "public", parts[0]
+    if len(parts) == 2:
+        return parts[0], parts[1]
+    raise ValueError(f"{name!r} is not a table name; expected table or schema.table")
+
+
+def qualified(schema: str, table: str) -> str:
+    return f"{quote(schema)}.{quote(table)}"
+
+
+def connect(dsn: SecretStr | None, *, autocommit: bool = False) -> Any:
+    """An ADBC connection (``postgresql://`` lets libpq fill in from the PG* variables)."""
+    import adbc_driver_manager
+    import adbc_driver_postgresql.dbapi as adbc
+
+    uri = dsn.get_secret_value() if dsn is not None else "postgresql://"
+    try:
+        return adbc.connect(uri, autocommit=autocommit)
+    except adbc_driver_manager.Error as exc:
+        raise classify(exc, "connecting to PostgreSQL") from None
+
+
+# SQLSTATE classes worth retrying: connection failures, serialization failures and deadlocks,
+# insufficient resources, operator intervention (a restart), and lock timeouts.
+_TRANSIENT_STATES = ("08", "40", "53", "57", "55P03")
+
+
+def classify(exc: BaseException, what: str) -> Exception:
+    """A driver error as one of ours: transient (worth retrying) or permanent, with a short message."""
+    text = " ".join(str(exc).split())
+    text = re.sub(r"postgres(ql)?://[^@\s]*@", "postgresql://***@", text)  # never a password
+    state = getattr(exc, "sqlstate", None) or _sqlstate(text)
+    transient = bool(state) and state.startswith(_TRANSIENT_STATES) or "could not connect" in text.lower()
+    error = (TransientError if transient else PermanentError)(f"{what}: {text}")
+    return error
+
+
+def _sqlstate(text: str) -> str | None:
+    found = re.search(r"SQLSTATE: ([0-9A-Z]{5})", text)
+    return found[1] if found else None
+
+
+# -- types ------------------------------------------------------------------------------------
+
+_SIMPLE = {
+    "smallint": pa.int16(),
+    "integer": pa.int32(),
+    "bigint": pa.int64(),
+    "real": pa.float32(),
+    "double precision": pa.float64(),
+    "boolean": pa.bool_(),
+    "text": pa.string(),
+    "character varying": pa.string(),
+    "character": pa.string(),
+    "name": pa.string(),
+    "bytea": pa.binary(),
+    "date": pa.date32(),
+    "time without time zone": pa.time64("us"),
+    "timestamp without time zone": pa.timestamp("us"),
+    "timestamp with time zone": pa.timestamp("us", tz="UTC"),
+    "json": pa.json_(pa.string()),
+    "jsonb": pa.json_(pa.string()),
+}
+
+
+def arrow_type(pg_type: str) -> pa.DataType | None:
+    """The Arrow type that a column of ``pg_type`` (as ``format_type`` spells it) is loaded as.
+
+    ``None`` for types the sink can't write (uuid, inet, enums, ...)."""
+    text = pg_type.strip().lower()
+    if text.endswith("[]"):
+        inner = arrow_type(text[:-2])
+        return pa.list_(inner) if inner is not None else None
+    text = re.sub(r"\((\d+)\)", "", text) if text.startswith(("character", "time", "timestamp")) else text
+    if text in _SIMPLE:
+        return _SIMPLE[text]
+    numeric = re.fullmatch(r"numeric\((\d+),(\d+)\)", text.replace(" ", ""))
+    if numeric:
+        precision, scale = int(numeric[1]), int(numeric[2])
+        if precision <= 38:
+            return pa.decimal128(precision, scale)
+        if precision <= 76:
+            return pa.decimal256(precision, scale)
+    if text == "numeric":
+        return pa.decimal128(38, 9)
+    return None
+
+
+def pg_type(field: pa.Field) -> str:
+    """The column type a new table gets for an Arrow field (the type table in docs/stages.md)."""
+    t = field.type
+    if pa.types.is_dictionary(t):
+        return pg_type(pa.field(field.name, t.value_type))
+    if pa.types.is_int8(t) or pa.types.is_int16(t) or pa.types.is_uint8(t):
+        return "smallint"
+    if pa.types.is_int32(t) or pa.types.is_uint16(t):
+        return "integer"
+    if pa.types.is_int64(t) or pa.types.is_uint32(t):
+        return "bigint"
+    if pa.types.is_uint64(t):
+        return "numeric(20,0)"
+    if pa.types.is_float16(t) or pa.types.is_float32(t):
+        return "real"
+    if pa.types.is_float64(t):
+        return "double precision"
+    if pa.types.is_decimal(t):
+        return f"numeric({t.precision},{t.scale})"
+    if pa.types.is_boolean(t):
+        return "boolean"
+    if pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_null(t):
+        return "text"
+    if pa.types.is_binary(t) or pa.types.is_large_binary(t) or pa.types.is_fixed_size_binary(t):
+        return "bytea"
+    if pa.types.is_date(t):
+        return "date"
+    if pa.types.is_time(t):
+        return "time"
+    if pa.types.is_timestamp(t):
+        return "timestamptz" if t.tz else "timestamp"
+    if isinstance(t, pa.JsonType) or pa.types.is_struct(t) or pa.types.is_map(t):
+        return "jsonb"
+    if pa.types.is_list(t) or pa.types.is_large_list(t):
+        inner = t.value_type
+        if pa.types.is_struct(inner) or pa.types.is_map(inner) or pa.types.is_list(inner):
+            return "jsonb"
+        return pg_type(pa.field(field.name, inner)) + "[]"
+    raise PermanentError(f"column {field.name!r} has type {t}, which the postgres sink has no column type for")

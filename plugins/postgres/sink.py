@@ -1,0 +1,478 @@
+"""Sink ``postgres``: a PostgreSQL table, loaded with binary COPY straight from Arrow batches.
+
+Each chunk is one transaction: its COPY, the check of its fence (the newest attempt at the
+chunk) and its row in the ledger commit together, so a retried or re-delivered chunk never
+duplicates rows, an attempt that lost its lease never commits, and a chunk half-written when its
+worker died leaves nothing. The ledger lives in ``state_schema`` (``_etl`` by default).
+
+* ``append`` copies each chunk into the table as it comes (chunk by chunk: a failed run keeps
+  the chunks written, and ``etl retry`` completes it without duplicates).
+* ``replace`` copies into a staging table (``LIKE`` the target when there is one, with its
+  columns, defaults, constraints and indexes) and swaps it in at finalize, in one transaction:
+  readers see the old table until then.
+* ``merge`` copies into a staging table and upserts on ``key`` at finalize (``INSERT … ON
+  CONFLICT`` when a unique index covers the key, else ``MERGE``). Where the run holds a key more
+  than once, the last one wins: the row from the highest chunk, and within it the later row.
+
+Rows are converted to the table's column types first; a value that doesn't fit (a number too
+big for its column, text with a NUL character) is rejected with its row and column, never
+altered.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+from collections.abc import Iterable, Iterator
+from typing import Any, Literal
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+from pydantic import Field, model_validator
+
+from etl import Chunk, Interrupted, PermanentError, Sink
+
+from .._casting import cast_batch
+from ._common import ConnectionOptions, arrow_type, classify, connect, pg_type, qualified, quote, split_table
+
+HELPERS = ("_etl_chunk", "_etl_row")
+
+
+class PostgresSinkOptions(ConnectionOptions):
+    table: str = Field(description="the table, schema-qualified or in public", examples=["public.forecasts"])
+    mode: Literal["append", "replace", "merge"] = Field("append", description="how a run's rows reach the table")
+    key: list[str] | None = Field(None, min_length=1, description="the key columns that `merge` upserts on")
+    create: bool = Field(True, description="create the table from the rows' schema when it is missing")
+    on_schema_change: Literal["fail", "add_columns"] = Field(
+        "fail", description="rows with columns the table lacks: fail, or add the columns"
+    )
+    state_schema: str = Field("_etl", description="the schema holding the sink's ledger and fence tables")
+
+    @model_validator(mode="after")
+    def _valid(self) -> PostgresSinkOptions:
+        if self.mode == "merge" and not self.key:
+            raise ValueError("mode merge needs `key:`, the columns to upsert on, e.g. key: [id]")
+        if self.mode != "merge" and self.key:
+            raise ValueError(f"`key` only applies to mode merge, not {self.mode}")
+        split_table(self.table)
+        return self
+
+
+class PostgresSink(Sink):
+    """A PostgreSQL table: append, replace (atomic swap) or merge (upsert), by binary COPY."""
+
+    name = "postgres"
+    Options = PostgresSinkOptions
+    options: PostgresSinkOptions
+
+    def __init__(self, options: PostgresSinkOptions, context) -> None:
+        super().__init__(options, context)
+        self.schema, self.table = split_table(options.table)
+        self.target = qualified(self.schema, self.table)
+        digest = hashlib.sha1(f"{context.run_id}|{options.table}".encode()).hexdigest()[:10]
+        self.staging_name = f"_etl_stage_{digest}_{self.table}"[:63]
+        self.staging = qualified(self.schema, self.staging_name)
+        state = quote(options.state_schema)
+        self.ledger, self.fence, self.finalized = f"{state}.ledger", f"{state}.fence", f"{state}.finalized"
+        self._con: Any = None
+        self._columns: dict[str, dict[str, str]] = {}
+        self._inner: BaseException | None = None
+
+    # -- connection and statements ----------------------------------------------------------
+
+    @property
+    def con(self) -> Any:
+        if self._con is None:
+            self._con = connect(self.options.dsn)
+            self._setup()
+        return self._con
+
+    def close(self) -> None:
+        if self._con is not None:
+            try:
+                self._con.close()
+            finally:
+                self._con = None
+
+    def _run(self, sql: str, params: tuple | list | None = None) -> list[tuple]:
+        import adbc_driver_manager
+
+        with self._con.cursor() as cur:
+            try:
+                cur.execute(sql, params)
+            except adbc_driver_manager.Error as exc:
+                raise classify(exc, f"{self.context.label}: {sql.split()[0]} on {self.options.table}") from None
+            try:
+                return cur.fetchall()
+            except adbc_driver_manager.Error:
+                return []
+
+    def _commit(self) -> None:
+        self._con.commit()
+
+    def _rollback(self) -> None:
+        if self._con is not None:
+            try:
+                self._con.rollback()
+            except Exception:
+                self.close()  # a broken connection: the next use opens a new one
+
+    def _lock(self) -> None:
+        """Serialize DDL on this target between the processes loading it (held to commit)."""
+        self._run("SELECT pg_advisory_xact_lock(hashtext($1))", [f"etl:{self.options.table}"])
+
+    def _setup(self) -> None:
+        state = quote(self.options.state_schema)
+        try:
+            self._lock()
+            self._run(f"CREATE SCHEMA IF NOT EXISTS {state}")
+            self._run(
+                f"CREATE TABLE IF NOT EXISTS {self.ledger} (run_id text, chunk integer, target text, rows bigint, "
+                "written_at timestamptz DEFAULT now(), PRIMARY KEY (run_id, chunk, target))"
+            )
+            self._run(
+                f"CREATE TABLE IF NOT EXISTS {self.fence} (run_id text, chunk integer, target text, attempt integer, "
+                "PRIMARY KEY (run_id, chunk, target))"
+            )
+            self._run(
+                f"CREATE TABLE IF NOT EXISTS {self.finalized} (run_id text, target text, "
+                "finalized_at timestamptz DEFAULT now(), PRIMARY KEY (run_id, target))"
+            )
+            self._commit()
+        except BaseException:
+            self._rollback()
+            raise
+
+    def _columns_of(self, table: str, refresh: bool = False) -> dict[str, str]:
+        """Column name → type (as ``format_type`` spells it); empty when the table is missing."""
+        if refresh or table not in self._columns:
+            rows = self._run(
+                "SELECT a.attname, format_type(a.atttypid, a.atttypmod) FROM pg_attribute a "
+                "JOIN pg_class c ON c.oid = a.attrelid JOIN pg_namespace n ON n.oid = c.relnamespace "
+                "WHERE n.nspname = $1 AND c.relname = $2 AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum",
+                [self.schema, table],
+            )
+            self._columns[table] = dict(rows)
+        return self._columns[table]
+
+    # -- the tables ---------------------------------------------------------------------------
+
+    def _ensure(self, into: str, sample: pa.RecordBatch) -> dict[str, str]:
+        """Make sure the table the chunk goes into exists, with every column of the rows."""
+        name = self.staging_name if into == self.staging else self.table
+        columns = self._columns_of(name)
+        missing = [f for f in sample.schema if f.name not in columns]
+        if columns and not missing:
+            return columns
+        try:
+            self._lock()
+            columns = self._columns_of(name, refresh=True)
+            if not columns:
+                self._create(into, sample)
+            else:
+                missing = [f for f in sample.schema if f.name not in columns]
+                if missing and self.options.on_schema_change == "fail":
+                    raise PermanentError(
+                        f"{self.context.label}: table {self.options.table} has no column "
+                        f"{', '.join(repr(f.name) for f in missing)}; add it, drop it with a `drop` transform, "
+                        "or set `on_schema_change: add_columns`"
+                    )
+                for f in missing:
+                    self._run(f"ALTER TABLE {into} ADD COLUMN IF NOT EXISTS {quote(f.name)} {pg_type(f)}")
+                if missing and into == self.staging and self._columns_of(self.table):
+                    for f in missing:  # the table swapped or merged in needs them too
+                        self._run(f"ALTER TABLE {self.target} ADD COLUMN IF NOT EXISTS {quote(f.name)} {pg_type(f)}")
+            self._commit()
+        except BaseException:
+            self._rollback()
+            raise
+        return self._columns_of(name, refresh=True)
+
+    def _create(self, into: str, sample: pa.RecordBatch) -> None:
+        if into == self.target and not self.options.create:
+            raise PermanentError(
+                f"{self.context.label}: table {self.options.table} does not exist; create it, or set `create: true`"
+            )
+        if into == self.staging and self._columns_of(self.table):
+            if self.options.mode == "replace":  # the table swapped in keeps the target's definition
+                self._run(f"CREATE TABLE IF NOT EXISTS {self.staging} (LIKE {self.target} INCLUDING ALL)")
+            else:  # merge: every version of a key, so no constraint or index of the target
+                self._run(
+                    f"CREATE TABLE IF NOT EXISTS {self.staging} (LIKE {self.target} INCLUDING DEFAULTS, "
+                    "_etl_chunk integer, _etl_row bigint)"
+                )
+            return
+        self._run(f"CREATE SCHEMA IF NOT EXISTS {quote(self.schema)}")
+        columns = [f"{quote(f.name)} {pg_type(f)}" for f in sample.schema]
+        if self.options.mode == "merge" and into == self.target:
+            columns.append(f"PRIMARY KEY ({', '.join(quote(k) for k in self.options.key or [])})")
+        self._run(f"CREATE TABLE IF NOT EXISTS {into} ({', '.join(columns)})")
+        if self.options.mode == "merge" and into == self.staging:
+            self._create(self.target, sample.drop_columns([c for c in HELPERS if c in sample.schema.names]))
+
+    # -- one chunk -----------------------------------------------------------------------------
+
+    def write(self, chunk: Chunk, batches: Iterable[pa.RecordBatch]) -> int:
+        self.con  # noqa: B018 - opens and sets up the connection
+        into = self.target if self.options.mode == "append" else self.staging
+        key = [self.context.run_id, chunk.index, self.options.table]
+        self._raise_fence(chunk, key)
+        batches = iter(batches)
+        first = next(batches, None)
+        if first is None:
+            return self._record(key, 0)
+        if self.options.mode == "merge":
+            first = _with_positions(first, chunk.index, 0)
+        columns = self._ensure(into, first)
+        self._inner = None
+        try:
+            done = self._run(f"SELECT rows FROM {self.ledger} WHERE run_id = $1 AND chunk = $2 AND target = $3", key)
+            if done:  # this chunk of this run is in already: write nothing twice
+                self._rollback()
+                return int(done[0][0])
+            conformed = self._conformed(itertools.chain([first], batches), chunk, columns)
+            head = next(conformed, None)
+            written = 0
+            if head is not None:
+                reader = pa.RecordBatchReader.from_batches(head.schema, itertools.chain([head], conformed))
+                written = self._copy(into, reader)
+            # Commit only while this attempt is the newest: the row lock makes a newer attempt's
+            # fence wait for this commit, and a newer fence already there refuses it.
+            fence = self._run(
+                f"SELECT attempt FROM {self.fence} WHERE run_id = $1 AND chunk = $2 AND target = $3 FOR UPDATE", key
+            )
+            if not fence or fence[0][0] != chunk.attempt:
+                raise Interrupted("lost")
+            self._run(
+                f"INSERT INTO {self.ledger} (run_id, chunk, target, rows) VALUES ($1, $2, $3, $4)", [*key, written]
+            )
+            self._commit()
+            return written
+        except BaseException as exc:
+            self._rollback()
+            if self._inner is not None and exc is not self._inner:
+                raise self._inner from None  # what went wrong inside the COPY's stream of batches
+            raise
+
+    def _copy(self, into: str, reader: pa.RecordBatchReader) -> int:
+        import adbc_driver_manager
+
+        name = self.staging_name if into == self.staging else self.table
+        with self._con.cursor() as cur:
+            try:
+                return int(cur.adbc_ingest(name, reader, mode="append", db_schema_name=self.schema))
+            except adbc_driver_manager.Error as exc:
+                if self._inner is not None:
+                    raise self._inner from None
+                raise classify(exc, f"{self.context.label}: COPY into {self.options.table}") from None
+
+    def _raise_fence(self, chunk: Chunk, key: list[Any]) -> None:
+        """Record that ``chunk.attempt`` is writing the chunk, or refuse if a newer one is."""
+        try:
+            rows = self._run(
+                f"INSERT INTO {self.fence} (run_id, chunk, target, attempt) VALUES ($1, $2, $3, $4) "
+                "ON CONFLICT (run_id, chunk, target) DO UPDATE SET attempt = GREATEST("
+                f"{self.fence}.attempt, EXCLUDED.attempt) RETURNING attempt",
+                [*key, chunk.attempt],
+            )
+            self._commit()
+        except BaseException:
+            self._rollback()
+            raise
+        if rows and rows[0][0] > chunk.attempt:
+            raise Interrupted("lost")
+
+    def _record(self, key: list[Any], rows: int) -> int:
+        """An empty chunk: only its ledger row."""
+        try:
+            self._run(
+                f"INSERT INTO {self.ledger} (run_id, chunk, target, rows) VALUES ($1, $2, $3, $4) "
+                "ON CONFLICT DO NOTHING",
+                [*key, rows],
+            )
+            self._commit()
+        except BaseException:
+            self._rollback()
+            raise
+        return rows
+
+    def _conformed(
+        self, batches: Iterable[pa.RecordBatch], chunk: Chunk, columns: dict[str, str]
+    ) -> Iterator[pa.RecordBatch]:
+        """The batches converted to the table's column types; rejected rows left out. An error
+        raised here is kept, since the driver reports it only as a failed stream."""
+        written = 0
+        try:
+            for batch in batches:
+                if self.options.mode == "merge" and written:
+                    batch = _with_positions(batch, chunk.index, written)
+                written += batch.num_rows
+                batch = self._convert(batch, columns)
+                if batch.num_rows:
+                    yield batch
+        except BaseException as exc:
+            self._inner = exc
+            raise
+
+    def _convert(self, batch: pa.RecordBatch, columns: dict[str, str]) -> pa.RecordBatch:
+        targets: dict[str, tuple[pa.DataType, str | None]] = {}
+        for field in batch.schema:
+            if field.name in HELPERS:
+                continue
+            declared = columns.get(field.name, "")
+            target = arrow_type(declared)
+            if target is None:
+                raise PermanentError(
+                    f"{self.context.label}: column {field.name!r} of {self.options.table} has type {declared}, "
+                    "which the postgres sink can't load yet"
+                )
+            if isinstance(target, pa.JsonType):
+                batch = _as_json(batch, field)
+                continue
+            unconstrained = declared.strip().lower() == "numeric"
+            if unconstrained and pa.types.is_decimal(field.type):
+                continue  # an unconstrained numeric column takes any decimal as it is
+            if field.type != target:
+                targets[field.name] = (target, None)
+        batch = cast_batch(batch, targets, self.context)
+        return self._without_nul(batch)
+
+    def _without_nul(self, batch: pa.RecordBatch) -> pa.RecordBatch:
+        """PostgreSQL text can't hold a NUL character: such rows are rejected, not cut short."""
+        for i, field in enumerate(batch.schema):
+            storage = field.type.storage_type if isinstance(field.type, pa.ExtensionType) else field.type
+            if not (pa.types.is_string(storage) or pa.types.is_large_string(storage)):
+                continue
+            column = batch.column(i)
+            values = column.storage if isinstance(column, pa.ExtensionArray) else column
+            bad = pc.fill_null(pc.match_substring(values, "\x00"), False)
+            if pc.any(bad).as_py():
+                positions = np.flatnonzero(bad.to_numpy(zero_copy_only=False))
+                self.context.reject(
+                    batch.take(positions),
+                    positions.tolist(),
+                    "text holds a NUL character (\\x00), which PostgreSQL text can't store",
+                    column=field.name,
+                )
+                batch = batch.filter(pc.invert(bad))
+        return batch
+
+    # -- finalize and abort ---------------------------------------------------------------------
+
+    def finalize(self) -> None:
+        """Swap in or merge the staged rows, once (a second call finds the run marked done)."""
+        self.con  # noqa: B018 - opens and sets up the connection
+        key = [self.context.run_id, self.options.table]
+        try:
+            self._lock()
+            if self._run(f"SELECT 1 FROM {self.finalized} WHERE run_id = $1 AND target = $2", key):
+                self._rollback()
+                return
+            staged = bool(self._columns_of(self.staging_name, refresh=True))
+            if self.options.mode == "replace":
+                self._swap(staged)
+            elif self.options.mode == "merge" and staged:
+                self._merge()
+            for table in (self.ledger, self.fence):
+                if self.options.mode != "append" or table == self.fence:
+                    self._run(f"DELETE FROM {table} WHERE run_id = $1 AND target = $2", key)
+            self._run(f"INSERT INTO {self.finalized} (run_id, target) VALUES ($1, $2)", key)
+            self._commit()
+        except BaseException:
+            self._rollback()
+            raise
+
+    def _swap(self, staged: bool) -> None:
+        exists = bool(self._columns_of(self.table, refresh=True))
+        if not staged:  # the run had no rows: the table is emptied
+            if exists:
+                self._run(f"TRUNCATE {self.target}")
+            return
+        if exists:
+            old = f"_etl_old_{self.staging_name[11:21]}_{self.table}"[:63]
+            self._run(f"ALTER TABLE {self.target} RENAME TO {quote(old)}")
+            self._run(f"ALTER TABLE {self.staging} RENAME TO {quote(self.table)}")
+            self._run(f"DROP TABLE {qualified(self.schema, old)}")
+        else:
+            self._run(f"ALTER TABLE {self.staging} RENAME TO {quote(self.table)}")
+
+    def _merge(self) -> None:
+        key = self.options.key or []
+        staged = [c for c in self._columns_of(self.staging_name) if c not in HELPERS]
+        missing = [k for k in key if k not in staged]
+        if missing:
+            raise PermanentError(f"{self.context.label}: merge key {', '.join(missing)} is not in the rows")
+        target_columns = self._columns_of(self.table, refresh=True)
+        columns = [c for c in staged if c in target_columns]
+        names = ", ".join(quote(c) for c in columns)
+        keys = ", ".join(quote(k) for k in key)
+        latest = (
+            f"SELECT DISTINCT ON ({keys}) {names} FROM {self.staging} ORDER BY {keys}, _etl_chunk DESC, _etl_row DESC"
+        )
+        others = [c for c in columns if c not in key]
+        if self._unique_on(key):
+            update = ", ".join(f"{quote(c)} = EXCLUDED.{quote(c)}" for c in others)
+            action = f"DO UPDATE SET {update}" if others else "DO NOTHING"
+            self._run(f"INSERT INTO {self.target} ({names}) {latest} ON CONFLICT ({keys}) {action}")
+        else:
+            on = " AND ".join(f"t.{quote(k)} = s.{quote(k)}" for k in key)
+            update = ", ".join(f"{quote(c)} = s.{quote(c)}" for c in others)
+            matched = f"WHEN MATCHED THEN UPDATE SET {update} " if others else ""
+            values = ", ".join(f"s.{quote(c)}" for c in columns)
+            self._run(
+                f"MERGE INTO {self.target} t USING ({latest}) s ON ({on}) {matched}"
+                f"WHEN NOT MATCHED THEN INSERT ({names}) VALUES ({values})"
+            )
+        self._run(f"DROP TABLE {self.staging}")
+
+    def _unique_on(self, key: list[str]) -> bool:
+        rows = self._run(
+            "SELECT array_agg(a.attname::text ORDER BY a.attname) FROM pg_index i "
+            "JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey) "
+            "WHERE i.indrelid = $1::regclass AND i.indisunique GROUP BY i.indexrelid",
+            [self.target],
+        )
+        return any(sorted(r[0]) == sorted(key) for r in rows)
+
+    def abort(self) -> None:
+        """A cancelled run: drop what it staged; appended chunks stay, with their ledger rows."""
+        if self.options.mode == "append":
+            return
+        self.con  # noqa: B018
+        key = [self.context.run_id, self.options.table]
+        try:
+            self._lock()
+            self._run(f"DROP TABLE IF EXISTS {self.staging}")
+            for table in (self.ledger, self.fence):
+                self._run(f"DELETE FROM {table} WHERE run_id = $1 AND target = $2", key)
+            self._commit()
+        except BaseException:
+            self._rollback()
+            raise
+
+
+def _with_positions(batch: pa.RecordBatch, chunk: int, first: int) -> pa.RecordBatch:
+    """The batch with the chunk index and row positions that decide which duplicate key wins."""
+    n = batch.num_rows
+    helpers = [pa.array(np.full(n, chunk, np.int32)), pa.array(np.arange(first, first + n, dtype=np.int64))]
+    return pa.RecordBatch.from_arrays([*batch.columns, *helpers], names=[*batch.schema.names, *HELPERS])
+
+
+def _as_json(batch: pa.RecordBatch, field: pa.Field) -> pa.RecordBatch:
+    """A column for a json/jsonb column: JSON text (structs, maps and lists serialized), typed json."""
+    column = batch.column(field.name)
+    if isinstance(field.type, pa.JsonType):
+        return batch
+    if not (pa.types.is_string(field.type) or pa.types.is_large_string(field.type)):
+        import duckdb
+
+        con = duckdb.connect(config={"threads": 1})
+        try:
+            con.register("batch", pa.table({"v": column}))
+            column = con.execute("SELECT to_json(v)::VARCHAR FROM batch").to_arrow_table().column(0).combine_chunks()
+        finally:
+            con.close()
+    storage = column.cast(pa.string())
+    typed = pa.ExtensionArray.from_storage(pa.json_(pa.string()), storage)
+    return batch.set_column(batch.schema.get_field_index(field.name), field.name, typed)
