@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -35,7 +36,7 @@ class ChunkRejects(Rejects):
         #: Rows the rejecting stage had seen in this chunk before its current batch.
         self.offset = 0
         self.path = directory / f"chunk-{chunk:05d}.jsonl"
-        self._tmp = directory / f".chunk-{chunk:05d}.jsonl.{os.getpid()}.tmp"
+        self._tmp = directory / f".chunk-{chunk:05d}.jsonl.{os.getpid()}-{secrets.token_hex(4)}.tmp"
         self._file: Any = None
 
     def reject(

@@ -7,9 +7,10 @@ and a worker that receives chunk descriptors from elsewhere.
 
 from __future__ import annotations
 
+import queue
 import random
 import threading
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
@@ -159,20 +160,21 @@ class JobRun:
         attempt: int = 1,
         clock: Clock | None = None,
         stop: threading.Event | None = None,
+        read: ChunkRead | None = None,
     ) -> ChunkResult:
         """Read, transform and write one chunk, once. Raises whatever a stage raised.
 
-        When ``stop`` is set (the lease was lost, the run cancelled), the attempt ends at the
-        next batch with :class:`~etl.errors.Interrupted`, and the sink's write is abandoned.
+        ``read`` is the chunk's rows already on their way (see :class:`ReadAhead`); without it
+        they are read here. When ``stop`` is set (the lease was lost, the run cancelled), the
+        attempt ends at the next batch with :class:`~etl.errors.Interrupted`, and the sink's
+        write is abandoned.
         """
         clock = clock or SystemClock()
         started = clock.monotonic()
-        state = _ChunkState(ChunkRejects(self.rejects_dir, chunk.index), offsets=[0] * len(self.transforms))
-        state.stop = stop
-        token = current_rejects.set(state.rejects if self.job.spec.on_error == "skip" else None)
+        read = read or ChunkRead(self, chunk, shared, stop)
+        state = read.state
         try:
-            batches = self._pipeline(self.source.read(chunk, shared), state)
-            written = self.sink.write(chunk, batches)
+            written = self.sink.write(chunk, read.batches())
             state.rejects.commit()
         except RejectedRows as exc:
             state.rejects.discard()
@@ -181,7 +183,7 @@ class JobRun:
             state.rejects.discard()
             raise
         finally:
-            current_rejects.reset(token)
+            read.close()
         return ChunkResult(
             index=chunk.index,
             rows_read=state.rows_read,
@@ -208,6 +210,127 @@ class JobRun:
         out = self.transforms[position].apply(batch)
         for piece in _batches(out):
             yield from self._through(piece, position + 1, state)
+
+
+class ChunkRead:
+    """One chunk's rows on their way from the source, through the transforms, to the sink.
+
+    Read in the sink's own thread (``batches`` pulls them as the sink asks), or, once
+    :meth:`start_ahead` was called, in a thread of its own that keeps up to ``depth`` batches
+    ready, so that reading and transforming the next chunk overlaps writing this one.
+    """
+
+    _END = object()
+
+    def __init__(self, work: JobRun, chunk: Chunk, shared: Mapping[str, Any], stop: threading.Event | None = None):
+        self.work = work
+        self.chunk = chunk
+        self.shared = shared
+        self.state = _ChunkState(ChunkRejects(work.rejects_dir, chunk.index), offsets=[0] * len(work.transforms))
+        self.state.stop = stop
+        self._queue: queue.Queue[Any] | None = None
+        self._closed = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._start_lock = threading.Lock()
+        self.finished = threading.Event()
+
+    def _rows(self) -> Iterator[pa.RecordBatch]:
+        token = current_rejects.set(self.state.rejects if self.work.job.spec.on_error == "skip" else None)
+        try:
+            yield from self.work._pipeline(self.work.source.read(self.chunk, self.shared), self.state)
+        finally:
+            current_rejects.reset(token)
+
+    def start_ahead(self, depth: int = 2) -> None:
+        """Start reading in a thread of its own (once; not after :meth:`close`)."""
+        with self._start_lock:
+            if self._queue is not None or self._closed.is_set():
+                return
+            self._queue = queue.Queue(maxsize=depth)
+            self._thread = threading.Thread(target=self._produce, name=f"read chunk {self.chunk.index}", daemon=True)
+            self._thread.start()
+
+    def _produce(self) -> None:
+        try:
+            for batch in self._rows():
+                if not self._put(batch):
+                    return
+            self._put(self._END)
+        except BaseException as exc:  # handed to the sink's thread, which raises it
+            self._put(exc)
+        finally:
+            self.finished.set()
+
+    def _put(self, item: Any) -> bool:
+        while not self._closed.is_set():
+            try:
+                self._queue.put(item, timeout=0.1)  # type: ignore[union-attr]
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def batches(self) -> Iterator[pa.RecordBatch]:
+        if self._queue is None:
+            yield from self._rows()
+            return
+        while True:
+            item = self._queue.get()
+            if item is self._END:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+
+    def close(self) -> None:
+        """Stop reading (the attempt is over); waits for the reading thread to let go of the
+        stages. Rejects of a read that was never written are dropped."""
+        with self._start_lock:
+            self._closed.set()
+        if self._thread is not None:
+            self._thread.join()
+        else:
+            self.finished.set()
+        self.state.rejects.discard()
+
+
+class ReadAhead:
+    """Reads the chunks of an in-process run one after another in a thread, so that the next
+    chunk is read and transformed while the sink writes the current one (a separate COPY per
+    chunk otherwise leaves the source idle during every commit). One chunk is read at a time:
+    stages are never used from two threads at once."""
+
+    def __init__(self, work: JobRun, chunks: Sequence[Chunk], shared: Mapping[str, Any], depth: int = 2) -> None:
+        self.work, self.chunks, self.shared, self.depth = work, list(chunks), shared, depth
+        self.reads: dict[int, ChunkRead] = {}
+        self._position = 0
+
+    def take(self, chunk: Chunk) -> ChunkRead:
+        """The chunk's read (started now if it wasn't yet), and the next chunk's started after it."""
+        read = self.reads.pop(chunk.index, None) or ChunkRead(self.work, chunk, self.shared)
+        read.start_ahead(self.depth)  # the chunk before it is written: its reading is over
+        following = self._next_after(chunk)
+        if following is not None and following.index not in self.reads:
+            upcoming = ChunkRead(self.work, following, self.shared)
+            self.reads[following.index] = upcoming
+            threading.Thread(target=self._start_after, args=(read, upcoming), daemon=True).start()
+        return read
+
+    def _next_after(self, chunk: Chunk) -> Chunk | None:
+        for position, candidate in enumerate(self.chunks):
+            if candidate.index == chunk.index:
+                return self.chunks[position + 1] if position + 1 < len(self.chunks) else None
+        return None
+
+    def _start_after(self, current: ChunkRead, upcoming: ChunkRead) -> None:
+        current.finished.wait()
+        upcoming.start_ahead(self.depth)
+
+    def discard(self) -> None:
+        """An attempt failed: stop every read ahead, so a retry reads with the stages to itself."""
+        for read in self.reads.values():
+            read.close()
+        self.reads.clear()
 
 
 def _batches(data: pa.RecordBatch | pa.Table) -> list[pa.RecordBatch]:
@@ -252,6 +375,7 @@ def run_job(
     except Exception as exc:
         _fail(work, RunInfo(work.run_id, job.name, dict(job.params), None, False, 0), result, exc, None)
     result.rows_total, result.chunks_total = info.rows, info.chunks
+    ahead: ReadAhead | None = None
     for warning in warnings:
         log.warning(warning)
     total = f"{info.rows:,}" if info.rows is not None else "an unknown number of"
@@ -260,10 +384,14 @@ def run_job(
         pm.hook.etl_before_job_run(job=job, run=info)
         work.sink.prepare()
         progress = Progress(info.rows, info.chunks, started=clock.monotonic())
+        # Read the next chunk while the sink writes this one, unless the job asks for a pause
+        # between chunks (then the source rests too).
+        if len(plan.chunks) > 1 and not job.spec.delay:
+            ahead = ReadAhead(work, plan.chunks, plan.shared)
         for chunk in plan.chunks:
             if chunk.index and job.spec.delay:
                 clock.sleep(job.spec.delay)
-            chunk_result = _run_with_retries(work, info, chunk, plan.shared, policy, clock, rng, result)
+            chunk_result = _run_with_retries(work, info, chunk, plan.shared, policy, clock, rng, result, ahead)
             result.rows_read += chunk_result.rows_read
             result.rows_written += chunk_result.rows_written
             result.rows_rejected += chunk_result.rows_rejected
@@ -283,9 +411,11 @@ def run_job(
                 )
         work.sink.finalize()
     except _ChunkFailed as failure:
+        _discard(ahead)
         result.chunks_failed = 1
         _fail(work, info, result, failure.error, failure.chunk.index)
     except KeyboardInterrupt:
+        _discard(ahead)
         result.state = "cancelled"
         result.finished_at = utcnow()
         _abort(work)
@@ -293,6 +423,7 @@ def run_job(
         work.close()
         raise
     except Exception as exc:
+        _discard(ahead)
         _fail(work, info, result, exc, None)
     result.state = "completed"
     result.finished_at = utcnow()
@@ -326,14 +457,20 @@ def _run_with_retries(
     clock: Clock,
     rng: random.Random | None,
     result: RunResult,
+    ahead: ReadAhead | None = None,
 ) -> ChunkResult:
     log = work.log.bind(chunk=chunk.index)
     attempt = 1
     while True:
         work.pm.hook.etl_before_chunk_run(job=work.job, run=info, chunk=chunk, attempt=attempt)
+        read = ahead.take(chunk) if ahead is not None and attempt == 1 else None
         try:
-            chunk_result = work.run_chunk(chunk, shared, attempt, clock)
-        except Exception as exc:
+            chunk_result = work.run_chunk(chunk, shared, attempt, clock, read=read)
+        except BaseException as exc:
+            if ahead is not None:
+                ahead.discard()  # a retry (or the failure) has the stages to itself
+            if not isinstance(exc, Exception):
+                raise
             will_retry = policy.should_retry(attempt, is_transient(exc))
             work.pm.hook.etl_on_chunk_error(
                 job=work.job, run=info, chunk=chunk, error=exc, attempt=attempt, will_retry=will_retry
@@ -356,6 +493,11 @@ def _run_with_retries(
             continue
         work.pm.hook.etl_after_chunk_run(job=work.job, run=info, chunk=chunk, result=chunk_result)
         return chunk_result
+
+
+def _discard(ahead: ReadAhead | None) -> None:
+    if ahead is not None:
+        ahead.discard()
 
 
 def _abort(work: JobRun) -> None:

@@ -288,3 +288,53 @@ def test_a_failing_observer_hook_is_logged_and_the_outcome_stands(pm, clock, cap
     err = capsys.readouterr().err
     assert "a plugin's etl_after_job_run failed: RuntimeError: notifier down" in err
     assert "Traceback" not in err
+
+
+def test_the_next_chunk_is_read_while_one_is_written_but_stages_never_run_twice_at_once(pm, clock):
+    import threading
+    import time
+
+    from etl import StageOptions, Transform
+
+    active, peak, lock = [0], [0], threading.Lock()
+    overlap = []
+
+    class Watch(Transform):
+        name = "watch"
+        Options = StageOptions
+
+        def apply(self, batch):
+            with lock:
+                active[0] += 1
+                peak[0] = max(peak[0], active[0])
+                overlap.append(bool(Flaky.committing))
+            time.sleep(0.01)
+            with lock:
+                active[0] -= 1
+            return batch
+
+    class Slow:
+        @hookimpl
+        def etl_register_transforms(self):
+            return [Watch]
+
+    original = Flaky.write
+
+    def slow_write(self, chunk, batches):
+        written = original(self, chunk, batches)
+        Flaky.committing = True  # every row of the chunk is in: now its commit takes a while
+        time.sleep(0.05)
+        Flaky.committing = False
+        return written
+
+    Flaky.committing = False
+    Flaky.write = slow_write
+    try:
+        pm.register(Slow())
+        text = BASE.replace("sink: {type: flaky}", "transforms: [{type: watch}]\nsink: {type: flaky}")
+        result = run(pm, clock, text=text.replace("chunk_size: 250", "chunk_size: 100"))
+    finally:
+        Flaky.write = original
+    assert result.rows_written == 1000
+    assert peak[0] == 1, "a transform was applied from two threads at once"
+    assert any(overlap), "no chunk was read while the one before it was committing"
