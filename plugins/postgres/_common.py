@@ -59,6 +59,17 @@ def connect(dsn: SecretStr | None, *, autocommit: bool = False) -> Any:
         raise classify(exc, "connecting to PostgreSQL") from None
 
 
+def pg_connect(dsn: SecretStr | None) -> Any:
+    """A psycopg connection, in a transaction (libpq reads the PG* variables for what the DSN
+    leaves out)."""
+    import psycopg
+
+    try:
+        return psycopg.connect(dsn.get_secret_value() if dsn is not None else "")
+    except psycopg.Error as exc:
+        raise classify(exc, "connecting to PostgreSQL") from None
+
+
 # SQLSTATE classes worth retrying: connection failures, serialization failures and deadlocks,
 # insufficient resources, operator intervention (a restart), and lock timeouts.
 _TRANSIENT_STATES = ("08", "40", "53", "57", "55P03")
