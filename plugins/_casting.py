@@ -17,17 +17,24 @@ from etl import PermanentError, StageContext
 
 
 def cast_batch(
-    batch: pa.RecordBatch, targets: Mapping[str, tuple[pa.DataType, str | None]], context: StageContext
+    batch: pa.RecordBatch,
+    targets: Mapping[str, tuple[pa.DataType, str | None]],
+    context: StageContext,
+    *,
+    received: pa.RecordBatch | None = None,
+    positions: np.ndarray | None = None,
 ) -> pa.RecordBatch:
     """``batch`` with each named column cast to its type (``(type, strptime format or None)``).
 
     Rows whose value doesn't fit are handed to ``context.reject`` (the run fails, or with
     ``on_error: skip`` they go to the rejects file, as the rows that arrived) and left out.
+    When ``batch`` is what is left of the batch the stage ``received`` after other rows were
+    rejected, ``positions`` says where each of its rows was in it.
     """
     # Where each current row was in the batch this stage received: rejects name that row,
     # and record it as it arrived (not with the columns already cast).
-    received = batch
-    positions = np.arange(batch.num_rows)
+    received = batch if received is None else received
+    positions = np.arange(batch.num_rows) if positions is None else positions
     for column, (target, fmt) in targets.items():
         array = batch.column(column)
         if array.type == target and fmt is None:

@@ -331,28 +331,32 @@ class PostgresSink(Sink):
                 continue  # an unconstrained numeric column takes any decimal as it is
             if field.type != target:
                 targets[field.name] = (target, None)
-        batch = cast_batch(batch, targets, self.context)
-        return self._without_nul(batch)
+        received = batch
+        batch, positions = self._without_nul(batch)
+        return cast_batch(batch, targets, self.context, received=received, positions=positions)
 
-    def _without_nul(self, batch: pa.RecordBatch) -> pa.RecordBatch:
-        """PostgreSQL text can't hold a NUL character: such rows are rejected, not cut short."""
-        for i, field in enumerate(batch.schema):
+    def _without_nul(self, batch: pa.RecordBatch) -> tuple[pa.RecordBatch, np.ndarray]:
+        """PostgreSQL text can't hold a NUL character: such rows are rejected, not cut short.
+        Returns what is left, and where each of its rows was in ``batch``."""
+        received, positions = batch, np.arange(batch.num_rows)
+        for field in received.schema:
             storage = field.type.storage_type if isinstance(field.type, pa.ExtensionType) else field.type
             if not (pa.types.is_string(storage) or pa.types.is_large_string(storage)):
                 continue
-            column = batch.column(i)
+            column = batch.column(field.name)
             values = column.storage if isinstance(column, pa.ExtensionArray) else column
             bad = pc.fill_null(pc.match_substring(values, "\x00"), False)
             if pc.any(bad).as_py():
-                positions = np.flatnonzero(bad.to_numpy(zero_copy_only=False))
+                mask = bad.to_numpy(zero_copy_only=False)
+                rows = positions[mask]
                 self.context.reject(
-                    batch.take(positions),
-                    positions.tolist(),
+                    received.take(rows),
+                    rows.tolist(),
                     "text holds a NUL character (\\x00), which PostgreSQL text can't store",
                     column=field.name,
                 )
-                batch = batch.filter(pc.invert(bad))
-        return batch
+                batch, positions = batch.filter(pc.invert(bad)), positions[~mask]
+        return batch, positions
 
     # -- finalize and abort ---------------------------------------------------------------------
 
