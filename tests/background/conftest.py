@@ -164,13 +164,15 @@ def workers(queue_env, tmp_path):
 def job_file(tmp_path):
     """Write a background test job: generated ids → the given transforms → a parquet directory."""
 
-    def make(rows: int, chunk_size: int, transforms: str = "[]", extra: str = "", name: str = "bg") -> Path:
+    def make(
+        rows: int, chunk_size: int, transforms: str = "[]", extra: str = "", name: str = "bg", sink: str | None = None
+    ) -> Path:
         text = f"""\
             name: {name}
             plugins: ["{STAGES}"]
             source: {{type: generate, rows: {rows}, columns: {{id: {{kind: sequence}}, v: {{kind: int}}}}}}
             transforms: {transforms}
-            sink: {{type: parquet, path: out/{name}}}
+            sink: {sink or f"{{type: parquet, path: out/{name}}}"}
             chunk_size: {chunk_size}
             thresholds: {{background: 1}}
             retry: {{attempts: 3, backoff: 1s, factor: 2, jitter: false}}

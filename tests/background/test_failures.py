@@ -53,6 +53,32 @@ def test_a_worker_killed_mid_chunk_costs_a_retry_never_a_chunk(cli, workers, job
     assert len(ids) == 200_000 and len(set(ids)) == 200_000
 
 
+def test_a_worker_killed_mid_chunk_loads_postgres_exactly_once(cli, workers, job_file, tmp_path):
+    import uuid
+
+    import psycopg
+
+    from tests.contract.cases_postgres import DSN
+
+    table = f"bg_{uuid.uuid4().hex[:8]}"
+    sink = f'{{type: postgres, dsn: "{DSN}", table: "etl_background.{table}"}}'
+    procs = workers.start(2)
+    run_id = submit(cli, job_file(200_000, 10_000, "[{type: sleepy, seconds: 0.8}]", sink=sink))
+    try:
+        wait_for(lambda: run_record(run_id).chunks_done >= 2, 60, "two chunks done")
+        index, victim = wait_for(lambda: holder_of(run_id, procs), 20, "a chunk in hand")
+        victim.send_signal(signal.SIGKILL)
+        run = wait_finished(run_id)
+        assert run.state == "completed", run.error
+        assert queue().store.get_chunk(run_id, index).attempts >= 2
+        with psycopg.connect(DSN) as con:
+            count, distinct = con.execute(f"SELECT count(*), count(DISTINCT id) FROM etl_background.{table}").fetchone()
+        assert (count, distinct) == (200_000, 200_000)
+    finally:
+        with psycopg.connect(DSN, autocommit=True) as con:
+            con.execute(f"DROP TABLE IF EXISTS etl_background.{table}")
+
+
 def test_a_zombie_that_lost_its_lease_cannot_commit(cli, workers, job_file, tmp_path):
     procs = workers.start(2)
     run_id = submit(cli, job_file(60_000, 10_000, "[{type: sleepy, seconds: 1.5}]"))
