@@ -405,6 +405,8 @@ class PostgresSink(Sink):
             raise PermanentError(f"{self.context.label}: merge key {', '.join(missing)} is not in the rows")
         target_columns = self._columns_of(self.table, refresh=True)
         columns = [c for c in staged if c in target_columns]
+        # One big sort-and-upsert: give it memory, so that it doesn't sort on disk in 4 MB pieces.
+        self._run("SET LOCAL work_mem = '256MB'")
         names = ", ".join(quote(c) for c in columns)
         keys = ", ".join(quote(k) for k in key)
         latest = (
