@@ -65,6 +65,8 @@ class _ChunkState:
     rows_read: int = 0
     offsets: list[int] = field(default_factory=list)
     stop: threading.Event | None = None
+    #: Where the stages' rejected rows go: the chunk's rejects with `on_error: skip`, else None.
+    collector: ChunkRejects | None = None
 
 
 class JobRun:
@@ -207,6 +209,7 @@ class JobRun:
             return
         state.rejects.offset = state.offsets[position]
         state.offsets[position] += batch.num_rows
+        current_rejects.set(state.collector)  # in whichever thread pulls the batch
         out = self.transforms[position].apply(batch)
         for piece in _batches(out):
             yield from self._through(piece, position + 1, state)
@@ -235,11 +238,13 @@ class ChunkRead:
         self.finished = threading.Event()
 
     def _rows(self) -> Iterator[pa.RecordBatch]:
-        token = current_rejects.set(self.state.rejects if self.work.job.spec.on_error == "skip" else None)
+        # The sink may pull batches from any thread (DuckDB pulls from its own): the chunk's
+        # rejects collector is made current for the thread that pulls, batch by batch.
+        self.state.collector = self.state.rejects if self.work.job.spec.on_error == "skip" else None
         try:
             yield from self.work._pipeline(self.work.source.read(self.chunk, self.shared), self.state)
         finally:
-            current_rejects.reset(token)
+            current_rejects.set(None)
 
     def start_ahead(self, depth: int = 2) -> None:
         """Start reading in a thread of its own (once; not after :meth:`close`)."""

@@ -338,3 +338,13 @@ def test_the_next_chunk_is_read_while_one_is_written_but_stages_never_run_twice_
     assert result.rows_written == 1000
     assert peak[0] == 1, "a transform was applied from two threads at once"
     assert any(overlap), "no chunk was read while the one before it was committing"
+
+
+def test_rejects_are_collected_whichever_thread_the_sink_pulls_rows_from(tmp_path):
+    # The jsonl sink hands the batches to DuckDB, which pulls them from a thread of its own.
+    text = REJECTING.replace("sink: {type: flaky}", f"sink: {{type: jsonl, path: {tmp_path / 'out'}}}")
+    result = etl.run(etl.load_job(text=text + "on_error: skip\n"))
+    assert result.state == "completed" and result.rows_rejected > 0
+    assert result.rows_written + result.rows_rejected == 1000
+    files = Path(result.rejects_dir).glob("chunk-*.jsonl")
+    assert sum(len(f.read_text().splitlines()) for f in files) == result.rows_rejected
