@@ -80,9 +80,23 @@ def classify(exc: BaseException, what: str) -> Exception:
     text = " ".join(str(exc).split())
     text = re.sub(r"postgres(ql)?://[^@\s]*@", "postgresql://***@", text)  # never a password
     state = getattr(exc, "sqlstate", None) or _sqlstate(text)
-    transient = bool(state) and state.startswith(_TRANSIENT_STATES) or "could not connect" in text.lower()
+    lowered = text.lower()
+    lost = any(sign in lowered for sign in _LOST_CONNECTION)
+    transient = (bool(state) and state.startswith(_TRANSIENT_STATES)) or (not state and lost)
     error = (TransientError if transient else PermanentError)(f"{what}: {text}")
     return error
+
+
+# A connection refused or dropped says so without a SQLSTATE (the driver never got one).
+_LOST_CONNECTION = (
+    "could not connect",
+    "failed to connect",
+    "connection refused",
+    "server closed the connection",
+    "connection timed out",
+    "connection reset",
+    "no route to host",
+)
 
 
 def _sqlstate(text: str) -> str | None:
