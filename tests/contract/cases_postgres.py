@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import os
 import uuid
 from pathlib import Path
@@ -9,7 +11,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from tests.contract.framework import SinkCase
+from tests.contract.framework import SinkCase, SourceCase
 
 DSN = os.environ.get("ETL_TEST_POSTGRES", "postgresql://root@127.0.0.1:5432/test")
 
@@ -42,5 +44,52 @@ def _read(directory: Path, options: dict[str, Any]) -> pa.Table:
     return query(f'SELECT * FROM etl_contract."{table}"')
 
 
-SOURCE_CASES: list = []
+# -- sources ------------------------------------------------------------------------------------
+
+#: The source cases' tables live in a schema of this process's own, dropped when it exits.
+SOURCE_SCHEMA = f"etl_contract_src_{uuid.uuid4().hex[:8]}"
+
+
+def _drop_source_schema() -> None:
+    with contextlib.suppress(Exception):  # the server is gone: nothing to clean up
+        query(f'DROP SCHEMA IF EXISTS "{SOURCE_SCHEMA}" CASCADE')
+
+
+_created: list[str] = []
+
+
+def store_table(table: pa.Table) -> str:
+    """A fresh table holding ``table`` (ANALYZEd, as a table in use would be); its name."""
+    import adbc_driver_postgresql.dbapi as adbc
+
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    if not _created:
+        query(f'CREATE SCHEMA IF NOT EXISTS "{SOURCE_SCHEMA}"')
+        atexit.register(_drop_source_schema)
+        _created.append(SOURCE_SCHEMA)
+    with adbc.connect(DSN, autocommit=True) as con, con.cursor() as cur:
+        cur.adbc_ingest(name, table, mode="create", db_schema_name=SOURCE_SCHEMA)
+        cur.execute(f'ANALYZE "{SOURCE_SCHEMA}"."{name}"')
+    return f"{SOURCE_SCHEMA}.{name}"
+
+
+def _table_source(directory: Path, table: pa.Table) -> dict[str, Any]:
+    return {"type": "postgres", "dsn": DSN, "table": store_table(table)}
+
+
+def _query_by_id(directory: Path, table: pa.Table) -> dict[str, Any]:
+    name = store_table(table)
+    return {"type": "postgres", "dsn": DSN, "query": f"SELECT * FROM {name} WHERE id > 0", "chunk_by": "id"}
+
+
+def _table_by_day(directory: Path, table: pa.Table) -> dict[str, Any]:
+    name = store_table(table)
+    return {"type": "postgres", "dsn": DSN, "table": name, "chunk_by": {"column": "day", "every": "1 day"}}
+
+
+SOURCE_CASES = [
+    SourceCase("postgres-table-blocks", _table_source),
+    SourceCase("postgres-query-chunk-by-id", _query_by_id),
+    SourceCase("postgres-table-chunk-by-day", _table_by_day),
+]
 SINK_CASES = [SinkCase("postgres", _options, _read, modes=("append", "replace", "merge"))]
