@@ -80,23 +80,21 @@ def classify(exc: BaseException, what: str) -> Exception:
     text = " ".join(str(exc).split())
     text = re.sub(r"postgres(ql)?://[^@\s]*@", "postgresql://***@", text)  # never a password
     state = getattr(exc, "sqlstate", None) or _sqlstate(text)
-    lowered = text.lower()
-    lost = any(sign in lowered for sign in _LOST_CONNECTION)
+    lost = bool(_LOST.search(text)) and not _REFUSED.search(text)
     transient = (bool(state) and state.startswith(_TRANSIENT_STATES)) or (not state and lost)
     error = (TransientError if transient else PermanentError)(f"{what}: {text}")
     return error
 
 
-# A connection refused or dropped says so without a SQLSTATE (the driver never got one).
-_LOST_CONNECTION = (
-    "could not connect",
-    "failed to connect",
-    "connection refused",
-    "server closed the connection",
-    "connection timed out",
-    "connection reset",
-    "no route to host",
+# A connection refused or dropped says so without a SQLSTATE (the driver never got one); a
+# connection the server refused (no such role or database, a wrong password) is no outage.
+_LOST = re.compile(
+    r"failed to connect|could not connect|connection refused|server closed the connection|no connection to the "
+    r"server|could not (?:receive|send) data|timeout expired|ssl syscall|could not translate host name|"
+    r"connection (?:timed out|reset)|no route to host",
+    re.I,
 )
+_REFUSED = re.compile(r"does not exist|authentication failed|pg_hba\.conf|permission denied|password", re.I)
 
 
 def _sqlstate(text: str) -> str | None:
@@ -189,3 +187,57 @@ def pg_type(field: pa.Field) -> str:
             return "jsonb"
         return pg_type(pa.field(field.name, inner)) + "[]"
     raise PermanentError(f"column {field.name!r} has type {t}, which the postgres sink has no column type for")
+
+
+# -- reading: how each result column comes back ------------------------------------------------
+
+
+def _numeric_typmod(typmod: int) -> tuple[int, int] | None:
+    """(precision, scale) of ``numeric(p, s)``, or ``None`` for an unconstrained numeric."""
+    if typmod < 4:
+        return None
+    packed = typmod - 4
+    scale = ((packed & 0x7FF) ^ 1024) - 1024  # 11 bits, signed (PostgreSQL 15 allows scale < 0)
+    return (packed >> 16) & 0xFFFF, scale
+
+
+def _has_extension(t: pa.DataType) -> bool:
+    if isinstance(t, pa.BaseExtensionType):
+        return True
+    return any(_has_extension(t.field(i).type) for i in range(t.num_fields))
+
+
+def _plain(t: pa.DataType) -> pa.DataType:
+    """``t`` without the driver's field metadata on nested fields."""
+    if pa.types.is_list(t):
+        return pa.list_(_plain(t.value_type))
+    if pa.types.is_large_list(t):
+        return pa.large_list(_plain(t.value_type))
+    return t
+
+
+def column_plan(field: pa.Field) -> dict[str, Any]:
+    """How a result column is read: its PostgreSQL type, a cast in the SELECT, its Arrow type."""
+    meta = field.metadata or {}
+    typname = meta.get(b"POSTGRESQL:type", b"").decode()
+    typmod = int(meta.get(b"POSTGRESQL:typmod", b"-1") or -1)
+    t = field.type
+    if typname == "numeric":
+        numeric = _numeric_typmod(typmod)
+        if numeric is None:
+            return {"pg_type": "numeric", "cast": "text", "arrow": pa.string()}
+        precision, scale = numeric
+        pg_type = f"numeric({precision},{scale})"
+        if not 0 <= scale <= precision <= 76:
+            return {"pg_type": pg_type, "cast": "text", "arrow": pa.string()}
+        arrow = pa.decimal128(precision, scale) if precision <= 38 else pa.decimal256(precision, scale)
+        return {"pg_type": pg_type, "cast": "text", "arrow": arrow}
+    if typname == "money":
+        return {"pg_type": typname, "cast": "numeric::text", "arrow": pa.string()}
+    if typname == "oid":
+        return {"pg_type": typname, "cast": "bigint", "arrow": pa.int64()}
+    if _has_extension(t):
+        if pa.types.is_list(t) or pa.types.is_large_list(t):
+            return {"pg_type": typname, "cast": "text[]", "arrow": pa.list_(pa.string())}
+        return {"pg_type": typname, "cast": "text", "arrow": pa.string()}
+    return {"pg_type": typname, "cast": None, "arrow": _plain(t)}

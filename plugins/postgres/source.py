@@ -67,86 +67,19 @@ from typing import Any
 import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
-from etl import Chunk, PermanentError, Plan, RowCount, Source, TransientError, did_you_mean, parse_duration
+from etl import Chunk, PermanentError, Plan, RowCount, Source, did_you_mean, parse_duration
 
 from .._files import batches_of, schema_from_shared, schema_to_shared
-from ._common import ConnectionOptions, classify, connect, qualified, quote, split_table
+from ._common import ConnectionOptions, classify, column_plan, connect, qualified, quote, split_table
+from ._params import check_sql, positional
 
 #: Marks an option that holds SQL: `{{ params.X }}` templates are refused there.
 SQL = {"sql": True}
 
 # What the parameter scan skips (literals, quoted identifiers, comments, dollar-quoted text),
 # and what it finds: `$name` (a job parameter) and `$1` (a positional parameter, refused).
-_SCAN = re.compile(
-    r"""
-      [Ee]'(?:[^'\\]|\\.|'')*'
-    | '(?:[^']|'')*'
-    | "(?:[^"]|"")*"
-    | --[^\n]*
-    | /\*.*?\*/
-    | \$(?P<tag>(?:[A-Za-z_]\w*)?)\$.*?\$(?P=tag)\$
-    | (?<![\w$])\$(?P<name>[A-Za-z_]\w*)
-    | (?<![\w$])\$(?P<number>\d+)
-    """,
-    re.S | re.X,
-)
-
-# A connection that failed or was lost (worth retrying), unless the server refused who we are.
-_LOST = re.compile(
-    r"failed to connect|could not connect|connection refused|server closed the connection|no connection to the "
-    r"server|could not (?:receive|send) data|timeout expired|ssl syscall|could not translate host name",
-    re.I,
-)
-_REFUSED = re.compile(r"does not exist|authentication failed|pg_hba\.conf|permission denied|password", re.I)
-
 _EVERY = re.compile(r"^\s*(\d+)\s*(days?|hours?|weeks?)\s*$", re.I)
 _DAY, _HOUR = 86_400, 3_600
-
-
-def parameters(sql: str) -> list[str]:
-    """The job parameters (``$name``) that ``sql`` uses, in order of first use.
-
-    Raises:
-        ValueError: ``sql`` uses a positional parameter (``$1``).
-    """
-    names: dict[str, None] = {}
-    for match in _SCAN.finditer(sql):
-        if match["number"] is not None:
-            raise ValueError(
-                f"${match['number']}: positional parameters are not supported; use $name for the job's param `name`"
-            )
-        if match["name"] is not None:
-            names.setdefault(match["name"], None)
-    return list(names)
-
-
-def positional(sql: str, positions: dict[str, int]) -> str:
-    """``sql`` with each ``$name`` as the server's ``$n``, numbering new names from ``positions``."""
-
-    def replace(match: re.Match[str]) -> str:
-        name = match["name"]
-        if name is None:
-            return match[0]
-        if name not in positions:
-            positions[name] = len(positions) + 1
-        return f"${positions[name]}"
-
-    return _SCAN.sub(replace, sql)
-
-
-def _check_sql(value: str, info: ValidationInfo) -> str:
-    if not value.strip():
-        raise ValueError("is empty")
-    names = parameters(value)
-    declared = (info.context or {}).get("params")
-    if declared is not None:
-        for name in names:
-            if name not in declared:
-                hint = did_you_mean(name, declared) or (
-                    f"; the job's params: {', '.join(declared)}" if declared else "; the job declares no params"
-                )
-                raise ValueError(f"${name} is not a parameter of the job{hint}")
-    return value
 
 
 def every_seconds(value: Any) -> int:
@@ -214,7 +147,7 @@ class PostgresSourceOptions(ConnectionOptions):
     @field_validator("query", "where")
     @classmethod
     def _sql(cls, value: str | None, info: ValidationInfo) -> str | None:
-        return None if value is None else _check_sql(value, info)
+        return None if value is None else check_sql(value, info)
 
     @field_validator("table")
     @classmethod
@@ -254,60 +187,6 @@ class PostgresSourceOptions(ConnectionOptions):
         if self.query is not None and (self.columns is not None or self.where is not None):
             raise ValueError("`columns` and `where` go with `table`; with `query`, write them in the query")
         return self
-
-
-# -- types ----------------------------------------------------------------------------------------
-
-
-def _numeric_typmod(typmod: int) -> tuple[int, int] | None:
-    """(precision, scale) of ``numeric(p, s)``, or ``None`` for an unconstrained numeric."""
-    if typmod < 4:
-        return None
-    packed = typmod - 4
-    scale = ((packed & 0x7FF) ^ 1024) - 1024  # 11 bits, signed (PostgreSQL 15 allows scale < 0)
-    return (packed >> 16) & 0xFFFF, scale
-
-
-def _has_extension(t: pa.DataType) -> bool:
-    if isinstance(t, pa.BaseExtensionType):
-        return True
-    return any(_has_extension(t.field(i).type) for i in range(t.num_fields))
-
-
-def _plain(t: pa.DataType) -> pa.DataType:
-    """``t`` without the driver's field metadata on nested fields."""
-    if pa.types.is_list(t):
-        return pa.list_(_plain(t.value_type))
-    if pa.types.is_large_list(t):
-        return pa.large_list(_plain(t.value_type))
-    return t
-
-
-def column_plan(field: pa.Field) -> dict[str, Any]:
-    """How a result column is read: its PostgreSQL type, a cast in the SELECT, its Arrow type."""
-    meta = field.metadata or {}
-    typname = meta.get(b"POSTGRESQL:type", b"").decode()
-    typmod = int(meta.get(b"POSTGRESQL:typmod", b"-1") or -1)
-    t = field.type
-    if typname == "numeric":
-        numeric = _numeric_typmod(typmod)
-        if numeric is None:
-            return {"pg_type": "numeric", "cast": "text", "arrow": pa.string()}
-        precision, scale = numeric
-        pg_type = f"numeric({precision},{scale})"
-        if not 0 <= scale <= precision <= 76:
-            return {"pg_type": pg_type, "cast": "text", "arrow": pa.string()}
-        arrow = pa.decimal128(precision, scale) if precision <= 38 else pa.decimal256(precision, scale)
-        return {"pg_type": pg_type, "cast": "text", "arrow": arrow}
-    if typname == "money":
-        return {"pg_type": typname, "cast": "numeric::text", "arrow": pa.string()}
-    if typname == "oid":
-        return {"pg_type": typname, "cast": "bigint", "arrow": pa.int64()}
-    if _has_extension(t):
-        if pa.types.is_list(t) or pa.types.is_large_list(t):
-            return {"pg_type": typname, "cast": "text[]", "arrow": pa.list_(pa.string())}
-        return {"pg_type": typname, "cast": "text", "arrow": pa.string()}
-    return {"pg_type": typname, "cast": None, "arrow": _plain(t)}
 
 
 _CASTS = {None, "text", "text[]", "numeric::text", "bigint"}
@@ -362,10 +241,7 @@ class PostgresSource(Source):
         """A connection for one statement or one read; kept for the next when used up cleanly."""
         con = self._idle.take()
         if con is None:
-            try:
-                con = connect(self.options.dsn)
-            except PermanentError as exc:
-                raise _reclassified(exc) from None
+            con = connect(self.options.dsn)
         clean = False
         try:
             yield con
@@ -688,15 +564,7 @@ def _label(args: Mapping[str, Any], table: tuple[str, str]) -> str:
 
 def _error(exc: BaseException, what: str) -> Exception:
     """A driver error as a transient or permanent error of ours."""
-    return _reclassified(classify(exc, what))
-
-
-def _reclassified(error: Exception) -> Exception:
-    """A lost or failed connection is transient even without a SQLSTATE (libpq gives none)."""
-    text = str(error)
-    if isinstance(error, PermanentError) and _LOST.search(text) and not _REFUSED.search(text):
-        return TransientError(text)
-    return error
+    return classify(exc, what)
 
 
 class _Idle:
