@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 READY := $(VENV)/.ready
 
-.PHONY: demo test lint schema bench bench-background clean
+.PHONY: demo test lint schema bench bench-background bench-postgres clean
 
 $(READY): pyproject.toml constraints.txt
 	@$(PYTHON) -c 'import sys; sys.exit("Python 3.11 or newer is needed; set PYTHON=python3.11" if sys.version_info < (3, 11) else 0)'
@@ -37,6 +37,11 @@ bench: $(READY)
 # The queue's per-chunk overhead and a background run's rows/s with 1 and 2 workers (needs Redis).
 bench-background: $(READY)
 	$(BIN)/python benchmarks/background.py
+
+# Parquet → PostgreSQL against a hand-written COPY, in process and with 2 workers, and a merge
+# (needs PostgreSQL and Redis; 5,000,000 rows by default).
+bench-postgres: $(READY)
+	$(BIN)/python benchmarks/postgres.py
 
 clean:
 	rm -rf $(VENV) out .etl .pytest_cache .hypothesis *.egg-info
