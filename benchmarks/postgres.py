@@ -43,8 +43,10 @@ def sql(dsn: str, statement: str) -> list[tuple]:
         return cur.fetchall() if cur.description else []
 
 
-def measured(args: list[str], cwd: Path, env: dict[str, str] | None = None) -> tuple[float, float, str]:
-    """Run a process; its wall seconds, peak RSS in MB (from the kernel) and stdout."""
+def measured(args: list[str], cwd: Path, env: dict[str, str] | None = None, dsn: str = DSN) -> tuple[float, float, str]:
+    """Run a process; its wall seconds, peak RSS in MB (from the kernel) and stdout. The server
+    checkpoints first, so that no run pays for the writes of the one before."""
+    sql(dsn, "CHECKPOINT")
     started = time.perf_counter()
     proc = subprocess.Popen(args, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
     out = proc.stdout.read().decode() if proc.stdout else ""
@@ -131,7 +133,9 @@ def main() -> None:
 
             sql(options.dsn, f"CREATE TABLE {schema}.base ({COLUMNS})")
             wall, peak, _ = measured(
-                [sys.executable, __file__, "--dsn", options.dsn, "--baseline", str(data), f"{schema}.base"], workdir
+                [sys.executable, __file__, "--dsn", options.dsn, "--baseline", str(data), f"{schema}.base"],
+                workdir,
+                dsn=options.dsn,
             )
             row("1 baseline: pyarrow + one binary COPY", options.rows, wall, peak)
 
@@ -145,7 +149,7 @@ def main() -> None:
                     sink: {{type: postgres, dsn: "{options.dsn}", table: {schema}.{table}}}
                 """,
                 )
-                wall, peak, out = measured([str(ETL), "run", str(spec), "--sync", "--json"], workdir)
+                wall, peak, out = measured([str(ETL), "run", str(spec), "--sync", "--json"], workdir, dsn=options.dsn)
                 row(label, json.loads(out)["rows_written"], wall, peak)
 
             spec = job(
@@ -166,7 +170,9 @@ def main() -> None:
             ]
             try:
                 time.sleep(3)  # let the workers start
-                wall, _, out = measured([str(ETL), "run", str(spec), "--background", "--wait", "--json"], workdir, env)
+                wall, _, out = measured(
+                    [str(ETL), "run", str(spec), "--background", "--wait", "--json"], workdir, env, dsn=options.dsn
+                )
                 row("3 background, 2 workers (peak: the submitter)", json.loads(out)["rows_written"], wall, 0)
             finally:
                 for worker in workers:
@@ -188,7 +194,7 @@ def main() -> None:
                 sink: {{type: postgres, dsn: "{options.dsn}", table: {schema}.merged, mode: merge, key: [id]}}
             """,
             )
-            wall, peak, out = measured([str(ETL), "run", str(spec), "--sync", "--json"], workdir)
+            wall, peak, out = measured([str(ETL), "run", str(spec), "--sync", "--json"], workdir, dsn=options.dsn)
             row("4 generate → merge on id (half the keys exist)", json.loads(out)["rows_written"], wall, peak)
             total = sql(options.dsn, f"SELECT count(*) FROM {schema}.merged")[0][0]
             print(f"  merged table: {total:,} rows")
