@@ -25,7 +25,20 @@ def _table(directory: Path) -> str:
 
 
 def _options(directory: Path) -> dict[str, Any]:
-    return {"type": "postgres", "dsn": DSN, "table": f"etl_contract.{_table(directory)}"}
+    if not _sink_schema_registered:
+        atexit.register(_drop_schema, SINK_SCHEMA)
+        _sink_schema_registered.append(True)
+    return {"type": "postgres", "dsn": DSN, "table": f"{SINK_SCHEMA}.{_table(directory)}"}
+
+
+#: The sink cases' tables, in a schema of this process's own, dropped when it exits.
+SINK_SCHEMA = f"etl_contract_{uuid.uuid4().hex[:8]}"
+_sink_schema_registered: list[bool] = []
+
+
+def _drop_schema(name: str) -> None:
+    with contextlib.suppress(Exception):  # the server is gone: nothing to clean up
+        query(f'DROP SCHEMA IF EXISTS "{name}" CASCADE')
 
 
 def query(sql: str, params: list | None = None) -> pa.Table:
@@ -38,21 +51,16 @@ def query(sql: str, params: list | None = None) -> pa.Table:
 
 def _read(directory: Path, options: dict[str, Any]) -> pa.Table:
     table = _table(directory)
-    exists = query("SELECT count(*) AS n FROM pg_tables WHERE schemaname = 'etl_contract' AND tablename = $1", [table])
+    exists = query("SELECT count(*) AS n FROM pg_tables WHERE schemaname = $1 AND tablename = $2", [SINK_SCHEMA, table])
     if not exists.column("n")[0].as_py():
         return pa.table({})
-    return query(f'SELECT * FROM etl_contract."{table}"')
+    return query(f'SELECT * FROM "{SINK_SCHEMA}"."{table}"')
 
 
 # -- sources ------------------------------------------------------------------------------------
 
 #: The source cases' tables live in a schema of this process's own, dropped when it exits.
 SOURCE_SCHEMA = f"etl_contract_src_{uuid.uuid4().hex[:8]}"
-
-
-def _drop_source_schema() -> None:
-    with contextlib.suppress(Exception):  # the server is gone: nothing to clean up
-        query(f'DROP SCHEMA IF EXISTS "{SOURCE_SCHEMA}" CASCADE')
 
 
 _created: list[str] = []
@@ -65,7 +73,7 @@ def store_table(table: pa.Table) -> str:
     name = f"t_{uuid.uuid4().hex[:12]}"
     if not _created:
         query(f'CREATE SCHEMA IF NOT EXISTS "{SOURCE_SCHEMA}"')
-        atexit.register(_drop_source_schema)
+        atexit.register(_drop_schema, SOURCE_SCHEMA)
         _created.append(SOURCE_SCHEMA)
     with adbc.connect(DSN, autocommit=True) as con, con.cursor() as cur:
         cur.adbc_ingest(name, table, mode="create", db_schema_name=SOURCE_SCHEMA)
