@@ -175,6 +175,7 @@ class JobRun:
         started = clock.monotonic()
         read = read or ChunkRead(self, chunk, shared, stop)
         state = read.state
+        current_rejects.set(state.collector)  # for the rows the sink itself rejects
         try:
             written = self.sink.write(chunk, read.batches())
             state.rejects.commit()
@@ -185,6 +186,7 @@ class JobRun:
             state.rejects.discard()
             raise
         finally:
+            current_rejects.set(None)
             read.close()
         return ChunkResult(
             index=chunk.index,
@@ -231,6 +233,7 @@ class ChunkRead:
         self.shared = shared
         self.state = _ChunkState(ChunkRejects(work.rejects_dir, chunk.index), offsets=[0] * len(work.transforms))
         self.state.stop = stop
+        self.state.collector = self.state.rejects if work.job.spec.on_error == "skip" else None
         self._queue: queue.Queue[Any] | None = None
         self._closed = threading.Event()
         self._thread: threading.Thread | None = None
@@ -240,7 +243,6 @@ class ChunkRead:
     def _rows(self) -> Iterator[pa.RecordBatch]:
         # The sink may pull batches from any thread (DuckDB pulls from its own): the chunk's
         # rejects collector is made current for the thread that pulls, batch by batch.
-        self.state.collector = self.state.rejects if self.work.job.spec.on_error == "skip" else None
         try:
             yield from self.work._pipeline(self.work.source.read(self.chunk, self.shared), self.state)
         finally:

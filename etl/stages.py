@@ -162,7 +162,11 @@ class StageContext:
         if self.on_error == "fail" or collector is None:
             value = None
             if column is not None and column in rows.schema.names and rows.num_rows:
-                value = _short(rows.column(column)[0].as_py())
+                scalar = rows.column(column)[0]
+                try:
+                    value = _short(scalar.as_py())
+                except (ValueError, OverflowError, ImportError):  # e.g. nanoseconds Python can't hold
+                    value = _short(str(scalar))
             raise RejectedRows(
                 stage=self.label,
                 count=len(positions),

@@ -348,3 +348,37 @@ def test_rejects_are_collected_whichever_thread_the_sink_pulls_rows_from(tmp_pat
     assert result.rows_written + result.rows_rejected == 1000
     files = Path(result.rejects_dir).glob("chunk-*.jsonl")
     assert sum(len(f.read_text().splitlines()) for f in files) == result.rows_rejected
+
+
+def test_rows_a_sink_rejects_are_counted_with_skip_without_any_transform(pm, clock):
+    from etl import StageOptions
+
+    class Picky(Sink):
+        """Rejects the rows with an odd id."""
+
+        name = "picky"
+        Options = StageOptions
+
+        def write(self, chunk, batches):
+            kept = 0
+            for batch in batches:
+                odd = [i for i, v in enumerate(batch.column("id").to_pylist()) if v % 2]
+                self.context.reject(batch.take(odd), odd, "odd")
+                kept += batch.num_rows - len(odd)
+            return kept
+
+    class Plugin:
+        @hookimpl
+        def etl_register_sinks(self):
+            return [Picky]
+
+    pm.register(Plugin())
+    text = BASE.replace("sink: {type: flaky}", "sink: {type: picky}") + "on_error: skip\n"
+    result = run(pm, clock, text=text)
+    assert (result.rows_written, result.rows_rejected) == (500, 500)
+    lines = [
+        json.loads(line)
+        for f in sorted(Path(result.rejects_dir).glob("*.jsonl"))
+        for line in f.read_text().splitlines()
+    ]
+    assert len(lines) == 500 and all(line["record"]["id"] % 2 for line in lines)
