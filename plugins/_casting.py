@@ -76,17 +76,34 @@ def converter(target: pa.DataType, fmt: str | None) -> Callable[[pa.Array], pa.A
 
 
 def lossless_cast(array: pa.Array, target: pa.DataType) -> pa.Array:
-    """``array.cast(target)``, refusing what Arrow's safe cast would still round.
+    """``array.cast(target)``, refusing what Arrow's safe cast would still change.
 
-    A float cast to a decimal is rounded to the decimal's scale (2.5612 → 2.56): that is a
-    changed value, so it is an error here, like an integer overflow.
+    Arrow's safe cast refuses overflow and truncation of integers, but rounds a float cast to a
+    decimal (2.5612 → 2.56), turns a float too big for a narrower float into infinity, loses an
+    int64's low digits in a float64 above 2**53, and drops a timestamp's time of day in a date.
+    Each is a changed value, so each is an error here. (A float64 rounded to the nearest float32
+    is what a float32 is, and allowed.)
     """
+    if pa.types.is_integer(array.type) and pa.types.is_decimal(target):
+        # Arrow refuses int64 → decimal(10, 0) outright, whatever the values: go through a
+        # decimal wide enough for any integer, then narrow it value by value.
+        wide = pa.decimal128(min(38, 20 + target.scale), target.scale)
+        return array.cast(wide, safe=True).cast(target, safe=True)
     converted = array.cast(target, safe=True)
-    if pa.types.is_floating(array.type) and pa.types.is_decimal(target):
+    if not len(array):
+        return converted
+    if pa.types.is_floating(array.type) and pa.types.is_floating(target):
+        same = pc.or_(pc.invert(pc.is_finite(array)), pc.is_finite(converted))
+    elif pa.types.is_floating(array.type) and pa.types.is_decimal(target):
         same = pc.equal(pc.round(array, ndigits=target.scale), array)
-        if not pc.all(pc.fill_null(same, True)).as_py():
-            first = pc.index(same, False).as_py()
-            raise pa.ArrowInvalid(f"{array[first].as_py()!r} has more digits than {target} keeps")
+    elif pa.types.is_timestamp(array.type) and (pa.types.is_date(target) or pa.types.is_time(target)):
+        same = pc.equal(converted.cast(array.type, safe=False), array)
+    else:
+        return converted
+    same = pc.fill_null(same, True)
+    if not pc.all(same).as_py():
+        first = pc.index(same, False).as_py()
+        raise pa.ArrowInvalid(f"{array[first].as_py()!r} would not be kept exactly as {target}")
     return converted
 
 
