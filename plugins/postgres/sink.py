@@ -119,22 +119,31 @@ class PostgresSink(Sink):
         self._run("SELECT pg_advisory_xact_lock(hashtext(%s))", [f"etl:{self.options.table}"])
 
     def _setup(self) -> None:
-        state = quote(self.options.state_schema)
+        """The state schema and its tables, made only when missing: once they exist (made by
+        the sink once, or by an administrator), a user without CREATE privileges can load."""
+        state = self.options.state_schema
+        tables = {
+            "ledger": "run_id text, chunk integer, target text, rows bigint, written_at timestamptz DEFAULT now(), "
+            "PRIMARY KEY (run_id, chunk, target)",
+            "fence": "run_id text, chunk integer, target text, attempt integer, PRIMARY KEY (run_id, chunk, target)",
+            "finalized": "run_id text, target text, finalized_at timestamptz DEFAULT now(), "
+            "PRIMARY KEY (run_id, target)",
+        }
         try:
-            self._lock()
-            self._run(f"CREATE SCHEMA IF NOT EXISTS {state}")
-            self._run(
-                f"CREATE TABLE IF NOT EXISTS {self.ledger} (run_id text, chunk integer, target text, rows bigint, "
-                "written_at timestamptz DEFAULT now(), PRIMARY KEY (run_id, chunk, target))"
-            )
-            self._run(
-                f"CREATE TABLE IF NOT EXISTS {self.fence} (run_id text, chunk integer, target text, attempt integer, "
-                "PRIMARY KEY (run_id, chunk, target))"
-            )
-            self._run(
-                f"CREATE TABLE IF NOT EXISTS {self.finalized} (run_id text, target text, "
-                "finalized_at timestamptz DEFAULT now(), PRIMARY KEY (run_id, target))"
-            )
+            present = {
+                name
+                for (name,) in self._run(
+                    "SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+                    "WHERE n.nspname = %s AND c.relname = ANY(%s)",
+                    [state, list(tables)],
+                )
+            }
+            if present != set(tables):
+                self._lock()
+                self._run(f"CREATE SCHEMA IF NOT EXISTS {quote(state)}")
+                for name, columns in tables.items():
+                    if name not in present:
+                        self._run(f"CREATE TABLE IF NOT EXISTS {quote(state)}.{quote(name)} ({columns})")
             self._commit()
         except BaseException:
             self._rollback()
@@ -176,8 +185,8 @@ class PostgresSink(Sink):
                     )
                 for f in missing:
                     self._run(f"ALTER TABLE {into} ADD COLUMN IF NOT EXISTS {quote(f.name)} {pg_type(f)}")
-                if missing and into == self.staging and self._columns_of(self.table):
-                    for f in missing:  # the table swapped or merged in needs them too
+                if missing and self.options.mode == "merge" and self._columns_of(self.table):
+                    for f in missing:  # the table merged into needs them too
                         self._run(f"ALTER TABLE {self.target} ADD COLUMN IF NOT EXISTS {quote(f.name)} {pg_type(f)}")
             self._commit()
         except BaseException:
@@ -186,7 +195,7 @@ class PostgresSink(Sink):
         return self._columns_of(name, refresh=True)
 
     def _create(self, into: str, sample: pa.RecordBatch) -> None:
-        if into == self.target and not self.options.create:
+        if not self.options.create and not self._columns_of(self.table):
             raise PermanentError(
                 f"{self.context.label}: table {self.options.table} does not exist; create it, or set `create: true`"
             )
@@ -332,13 +341,24 @@ class PostgresSink(Sink):
             if field.type != target:
                 targets[field.name] = (target, None)
         received = batch
-        batch, positions = self._without_nul(batch)
+        batch, positions = self._refuse(batch)
         return cast_batch(batch, targets, self.context, received=received, positions=positions)
 
-    def _without_nul(self, batch: pa.RecordBatch) -> tuple[pa.RecordBatch, np.ndarray]:
-        """PostgreSQL text can't hold a NUL character: such rows are rejected, not cut short.
-        Returns what is left, and where each of its rows was in ``batch``."""
+    def _refuse(self, batch: pa.RecordBatch) -> tuple[pa.RecordBatch, np.ndarray]:
+        """Reject the rows PostgreSQL could not take as they are: a NULL merge key (it matches
+        nothing, and would collapse with other NULL keys), text with a NUL character (it can't be
+        stored, and would not be cut short). Returns what is left, and where each of its rows
+        was in ``batch``."""
         received, positions = batch, np.arange(batch.num_rows)
+        for key in self.options.key or []:
+            if key not in received.schema.names:
+                continue
+            missing = pc.is_null(batch.column(key))
+            if pc.any(missing).as_py():
+                mask = missing.to_numpy(zero_copy_only=False)
+                rows = positions[mask]
+                self.context.reject(received.take(rows), rows.tolist(), "the merge key is NULL", column=key)
+                batch, positions = batch.filter(pc.invert(missing)), positions[~mask]
         for field in received.schema:
             storage = field.type.storage_type if isinstance(field.type, pa.ExtensionType) else field.type
             if not (pa.types.is_string(storage) or pa.types.is_large_string(storage)):
@@ -432,7 +452,8 @@ class PostgresSink(Sink):
         rows = self._run(
             "SELECT array_agg(a.attname::text ORDER BY a.attname) FROM pg_index i "
             "JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey) "
-            "WHERE i.indrelid = %s::regclass AND i.indisunique GROUP BY i.indexrelid",
+            "WHERE i.indrelid = %s::regclass AND i.indisunique AND i.indisvalid AND i.indpred IS NULL "
+            "GROUP BY i.indexrelid",
             [self.target],
         )
         return any(sorted(r[0]) == sorted(key) for r in rows)

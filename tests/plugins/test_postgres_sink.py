@@ -224,3 +224,57 @@ def test_replace_is_atomic_for_a_concurrent_reader(schema):
         stop.set()
         thread.join()
     assert seen == {1_000, 3_000}, f"a reader saw only the old or the new table, never a mix: {seen}"
+
+
+def test_a_null_merge_key_is_rejected_not_collapsed(schema, tmp_path):
+    batch = pa.record_batch({"id": pa.array([1, None, None]), "v": pa.array(["a", "b", "c"])})
+    with pytest.raises(RejectedRows, match="the merge key is NULL"):
+        write({"table": f"{schema}.keyed", "mode": "merge", "key": ["id"]}, batch)
+    collector = ChunkRejects(tmp_path, 0)
+    token = current_rejects.set(collector)
+    try:
+        write({"table": f"{schema}.keyed", "mode": "merge", "key": ["id"]}, batch, run_id="run-2", on_error="skip")
+    finally:
+        current_rejects.reset(token)
+    collector.commit()
+    assert collector.count == 2
+    assert sql(f'SELECT id, v FROM "{schema}".keyed') == [(1, "a")]
+
+
+def test_without_create_replace_refuses_a_missing_table_too(schema):
+    with pytest.raises(PermanentError, match="does not exist; create it, or set `create: true`"):
+        write(
+            {"table": f"{schema}.missing", "create": False, "mode": "replace"}, pa.record_batch({"id": pa.array([1])})
+        )
+
+
+def test_a_user_without_create_privileges_loads_existing_tables(schema):
+    role = f"etl_loader_{uuid.uuid4().hex[:6]}"
+    write({"table": f"{schema}.shared"}, pa.record_batch({"id": pa.array([1])}))  # made by an owner once
+    sql(f'CREATE ROLE "{role}" LOGIN')
+    try:
+        sql(f'GRANT USAGE ON SCHEMA "{schema}", _etl TO "{role}"')
+        sql(f'GRANT SELECT, INSERT ON "{schema}".shared TO "{role}"')
+        sql(f'GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA _etl TO "{role}"')
+        dsn = DSN.replace("root@", f"{role}@")
+        sink = make_stage("sink", {"type": "postgres", "dsn": dsn, "table": f"{schema}.shared"}, run_id="run-2")
+        try:
+            assert sink.write(Chunk(0), iter([pa.record_batch({"id": pa.array([2])})])) == 1
+        finally:
+            sink.close()
+        assert sql(f'SELECT count(*) FROM "{schema}".shared') == [(2,)]
+    finally:
+        sql(f'DROP OWNED BY "{role}"')
+        sql(f'DROP ROLE "{role}"')
+
+
+def test_values_a_column_type_would_change_are_rejected(schema):
+    sql(f'CREATE SCHEMA "{schema}"')
+    sql(f'CREATE TABLE "{schema}".narrow (r real, d date)')
+    table = f"{schema}.narrow"
+    with pytest.raises(RejectedRows, match="would not be kept exactly"):
+        write({"table": table}, pa.record_batch({"r": pa.array([1e300])}))
+    with pytest.raises(RejectedRows, match="would not be kept exactly"):
+        write({"table": table}, pa.record_batch({"d": pa.array([dt.datetime(2026, 1, 1, 5)], pa.timestamp("us"))}))
+    write({"table": table}, pa.record_batch({"r": pa.array([0.5]), "d": pa.array([dt.datetime(2026, 1, 2)])}))
+    assert sql(f"SELECT r, d FROM {table}") == [(0.5, dt.date(2026, 1, 2))]
