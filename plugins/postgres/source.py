@@ -56,64 +56,24 @@ cursor fetched ``batch_size`` rows at a time) and yielded in batches of at most 
 from __future__ import annotations
 
 import datetime as dt
-import math
 import re
 import weakref
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
-from decimal import Decimal, InvalidOperation
 from typing import Any
 
 import pyarrow as pa
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
-from etl import Chunk, PermanentError, Plan, RowCount, Source, did_you_mean, parse_duration
+from etl import Chunk, PermanentError, Plan, RowCount, Source, did_you_mean
 
+from .._chunking import DAY, SliceBy, key_edges, parse_chunk_by, slice_edges
 from .._files import batches_of, schema_from_shared, schema_to_shared
 from ._common import ConnectionOptions, classify, column_plan, connect, qualified, quote, split_table
 from ._params import check_sql, positional
 
 #: Marks an option that holds SQL: `{{ params.X }}` templates are refused there.
 SQL = {"sql": True}
-
-# What the parameter scan skips (literals, quoted identifiers, comments, dollar-quoted text),
-# and what it finds: `$name` (a job parameter) and `$1` (a positional parameter, refused).
-_EVERY = re.compile(r"^\s*(\d+)\s*(days?|hours?|weeks?)\s*$", re.I)
-_DAY, _HOUR = 86_400, 3_600
-
-
-def every_seconds(value: Any) -> int:
-    """The width of a slice in seconds, from ``1 day``, ``7 days``, ``6 hours``, ``1d``, ``12h``."""
-    text = str(value)
-    words = _EVERY.match(text)
-    if words:
-        text = f"{words[1]}{words[2][0].lower()}"
-    try:
-        seconds = parse_duration(text)
-    except ValueError:
-        seconds = -1.0
-    if seconds <= 0 or seconds % _HOUR:
-        raise ValueError(f"{value!r} is not a whole number of days or hours; expected e.g. 1 day, 7 days, 6 hours")
-    return int(seconds)
-
-
-class SliceBy(BaseModel):
-    """``chunk_by`` as a mapping: slices of a date or timestamp column."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    column: str = Field(min_length=1, description="a date, timestamp or timestamptz column")
-    every: str = Field(description="the width of a slice: whole days or hours", examples=["1 day", "6 hours"])
-
-    @field_validator("every", mode="before")
-    @classmethod
-    def _every(cls, value: Any) -> str:
-        every_seconds(value)
-        return str(value)
-
-    @property
-    def seconds(self) -> int:
-        return every_seconds(self.every)
 
 
 class PostgresSourceOptions(ConnectionOptions):
@@ -159,26 +119,7 @@ class PostgresSourceOptions(ConnectionOptions):
     @field_validator("chunk_by", mode="before")
     @classmethod
     def _chunk_by(cls, value: Any) -> Any:
-        if value is None or isinstance(value, SliceBy):
-            return value
-        if isinstance(value, str):
-            if not value.strip():
-                raise ValueError("is empty; expected a column name, or {column: ds, every: 1 day}")
-            return value
-        if isinstance(value, Mapping):
-            try:
-                return SliceBy.model_validate(value)
-            except ValidationError as exc:
-                problems = "; ".join(
-                    f"{'.'.join(map(str, e['loc'])) or 'chunk_by'}: {e['msg'].removeprefix('Value error, ')}"
-                    for e in exc.errors()
-                )
-                shape = any(e["type"] != "value_error" for e in exc.errors())
-                raise ValueError(problems + (" (expected e.g. {column: ds, every: 1 day})" if shape else "")) from None
-        raise ValueError(
-            f"{value!r} is neither a column name nor a mapping; expected e.g. `chunk_by: id` or "
-            "`chunk_by: {column: ds, every: 1 day}`"
-        )
+        return parse_chunk_by(value)
 
     @model_validator(mode="after")
     def _one_of(self) -> PostgresSourceOptions:
@@ -343,17 +284,12 @@ class PostgresSource(Source):
         chunks: list[dict[str, Any]] = []
         if rows:
             try:
-                first, last = Decimal(low), Decimal(high)
-                lo, hi = math.floor(first), math.floor(last)
-            except (InvalidOperation, ValueError, OverflowError):
+                edges = key_edges(low, high, int(rows), chunk_size)
+            except ValueError:
                 raise PermanentError(
                     f"{self.label}: chunk_by column {column!r} holds {low} .. {high}; key ranges need finite "
                     "numbers (filter out NaN and Infinity, or chunk by another column)"
                 ) from None
-            count = max(1, math.ceil(int(rows) / max(1, chunk_size)))
-            width = max(1, math.ceil((hi - lo + 1) / count))
-            bounds = [lo + width * i for i in range(1, count) if lo + width * i <= hi]
-            edges: list[int | None] = [None, *bounds, None]
             chunks = [
                 {"kind": "range", "column": column, "lo": edges[i], "hi": edges[i + 1]} for i in range(len(edges) - 1)
             ]
@@ -367,7 +303,7 @@ class PostgresSource(Source):
                 f"{self.label}: chunk_by column {column!r} is {pg_type or 'not a date'}; slices need a date, "
                 "timestamp or timestamptz column (for numbers, chunk_by: column)"
             )
-        if pg_type == "date" and seconds % _DAY:
+        if pg_type == "date" and seconds % DAY:
             raise PermanentError(f"{self.label}: chunk_by column {column!r} is a date; `every` must be whole days")
         c = quote(column)
         low, high, nulls = self._fetch(
@@ -378,19 +314,7 @@ class PostgresSource(Source):
         )[0]
         chunks: list[dict[str, Any]] = []
         if low is not None:
-            step = dt.timedelta(seconds=seconds)
-            if pg_type == "date":
-                start: dt.date = low
-            elif seconds % _DAY == 0:
-                start = low.replace(hour=0, minute=0, second=0, microsecond=0)
-            else:
-                start = low.replace(minute=0, second=0, microsecond=0)
-            bounds = []
-            edge = start + step
-            while edge <= high:
-                bounds.append(edge.isoformat())
-                edge += step
-            edges: list[str | None] = [None, *bounds, None]
+            edges = slice_edges(low, high, seconds)
             chunks = [
                 {"kind": "slice", "column": column, "type": pg_type, "lo": edges[i], "hi": edges[i + 1]}
                 for i in range(len(edges) - 1)
