@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from etl import parse_duration
 
-__all__ = ["DAY", "HOUR", "SliceBy", "every_seconds", "key_edges", "parse_chunk_by", "slice_edges"]
+__all__ = ["DAY", "HOUR", "SliceBy", "column_label", "every_seconds", "key_edges", "parse_chunk_by", "slice_edges"]
 
 DAY, HOUR = 86_400, 3_600
 _EVERY = re.compile(r"^\s*(\d+)\s*(days?|hours?|weeks?)\s*$", re.I)
@@ -119,3 +119,18 @@ def slice_edges(low: dt.date, high: dt.date, seconds: int) -> list[str | None]:
         bounds.append(edge.isoformat())
         edge += step
     return [None, *bounds, None]
+
+
+def column_label(args: Mapping[str, Any]) -> str:
+    """A chunk of a column's range in words: ``ds [2026-01-01, 2026-01-02)``, ``id < 100``,
+    ``ds IS NULL``."""
+    if args.get("kind") == "null":
+        return f"{args['column']} IS NULL"
+    lo, hi = args.get("lo"), args.get("hi")
+    if lo is None and hi is None:
+        return f"{args['column']} (all)"
+    if lo is None:
+        return f"{args['column']} < {hi}"
+    if hi is None:
+        return f"{args['column']} >= {lo}"
+    return f"{args['column']} [{lo}, {hi})"

@@ -71,3 +71,26 @@ def run_cli(*args: str, env: dict[str, str] | None = None, cwd: Path | None = No
 @pytest.fixture
 def cli():
     return run_cli
+
+
+@pytest.fixture(scope="session")
+def bq_emulator():
+    """A BigQuery emulator (``bqemulator``) for the session, on free ports."""
+    from tests import bq_emulator
+
+    emulator = bq_emulator.start()
+    yield emulator
+    emulator.stop()
+
+
+@pytest.fixture
+def bigquery(bq_emulator, monkeypatch):
+    """The emulator, with the environment pointing our stages (and ``etl`` processes) at it;
+    returns a REST client of its project."""
+    from tests import bq_emulator as emulators
+
+    for name, value in bq_emulator.env.items():
+        monkeypatch.setenv(name, value)
+    client = emulators.client(bq_emulator)
+    yield client
+    client.close()

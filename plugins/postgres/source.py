@@ -67,7 +67,7 @@ from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from etl import Chunk, PermanentError, Plan, RowCount, Source, did_you_mean
 
-from .._chunking import DAY, SliceBy, key_edges, parse_chunk_by, slice_edges
+from .._chunking import DAY, SliceBy, column_label, key_edges, parse_chunk_by, slice_edges
 from .._files import batches_of, schema_from_shared, schema_to_shared
 from ._common import ConnectionOptions, classify, column_plan, connect, qualified, quote, split_table
 from ._params import check_sql, positional
@@ -474,16 +474,7 @@ def _label(args: Mapping[str, Any], table: tuple[str, str]) -> str:
         stop = args.get("stop")
         blocks = f"blocks {args['first']}-{stop - 1}" if stop is not None else f"blocks {args['first']}-"
         return blocks if args["relation"] == list(table) else f"{'.'.join(args['relation'])} {blocks}"
-    if kind == "null":
-        return f"{args['column']} IS NULL"
-    lo, hi = args.get("lo"), args.get("hi")
-    if lo is None and hi is None:
-        return f"{args['column']} (all)"
-    if lo is None:
-        return f"{args['column']} < {hi}"
-    if hi is None:
-        return f"{args['column']} >= {lo}"
-    return f"{args['column']} [{lo}, {hi})"
+    return column_label(args)
 
 
 def _error(exc: BaseException, what: str) -> Exception:

@@ -1,0 +1,753 @@
+"""Source ``bigquery``: a BigQuery table or query, read through the Storage Read API in Arrow.
+
+Options:
+
+* ``table: project.dataset.table`` (or ``dataset.table`` in the job's project), with
+  ``columns`` (all by default) and ``row_filter`` (a condition, as in a WHERE clause). Or
+  ``query:`` in GoogleSQL. Give one of ``table`` and ``query``.
+* ``chunk_by``: a date/timestamp column sliced by ``every`` (``{column: ds, every: 1 day}``) or
+  an integer column split into key ranges (``chunk_by: id``).
+* ``project``, ``location``, ``credentials`` (a service-account key file; Application Default
+  Credentials otherwise), ``api_endpoint`` and ``storage_endpoint`` (for an emulator).
+* ``staging_dataset`` and ``staging_expiration``: where query results are written to be read.
+* ``read_api``: ``storage`` (default; falls back to REST when the Storage API can't be had) or
+  ``rest``.
+
+The job's params are BigQuery named query parameters: ``@start_date`` in ``query`` (or in
+``row_filter``) is the job's ``start_date`` param, typed from its value (a ``date`` param is a
+DATE, an ``integer`` an INT64, ...), never text spliced into the SQL.
+
+How rows are read:
+
+* A ``table`` is read through one Storage Read API session, planned once: each of its read
+  streams is a chunk (BigQuery is asked for rows / ``chunk_size`` streams and may give fewer),
+  read by whichever worker takes it, and all of them see the table as it was when the session
+  was made. ``columns`` and ``row_filter`` go to the session (only those columns, only those
+  rows are read and billed). A stream read that breaks resumes from the row it reached.
+* A ``query`` runs once, into a table of the staging dataset (``CREATE TABLE ... AS SELECT``,
+  which expires after ``staging_expiration``); that table is then read as above. The query's
+  bytes processed and billed are logged. The same run planning twice (the command line
+  counting before the run) reuses the result instead of running the query again.
+* ``chunk_by`` makes each chunk a slice of the column instead: for a ``table`` a read session
+  restricted to the slice (all at the snapshot of the plan); for a ``query`` a query of its own
+  (``SELECT * FROM (query) WHERE ds >= ... AND ds < ...``), written to the staging dataset and
+  read from there. One query finds the column's range and the row count first. Slices start at
+  the first value's day (or hour) and the first and last are open-ended; rows whose column is
+  NULL are one more chunk.
+* Without the Storage Read API (``read_api: rest``, the package missing, or the credentials
+  lacking ``bigquery.readsessions.create``) rows are paged through REST (``tabledata.list``):
+  chunks are row-offset ranges, ``chunk_by`` slices are queries; far slower, and said so in the
+  log.
+
+Counting (for the thresholds and the progress total) is as cheap as BigQuery allows: a table's
+row count from its metadata; a ``row_filter`` costs a ``COUNT(*)`` query; a ``query``'s count
+is its result table's; with ``chunk_by``, the query that finds the column's range counts too.
+
+Types (BigQuery → Arrow): INT64 int64, FLOAT64 float64, NUMERIC decimal128(38, 9) (or the
+declared precision and scale), BIGNUMERIC decimal256(76, 38), BOOL bool, STRING string, BYTES
+binary, DATE date32, TIME time64[us], DATETIME timestamp[us], TIMESTAMP timestamp[us, UTC],
+JSON Arrow's JSON (text), GEOGRAPHY string (WKT), ARRAY list, STRUCT struct, RANGE struct of
+start and end, INTERVAL month_day_nano_interval. Every chunk has the same schema.
+
+Permissions: ``bigquery.jobs.create`` (queries, counts) in the job's project,
+``bigquery.tables.getData`` on what is read, ``bigquery.readsessions.create`` for the Storage
+Read API, and for queries ``bigquery.datasets.create`` (once) and ``bigquery.tables.create``
+in the staging dataset.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import hashlib
+import math
+import re
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any, Literal
+
+import pyarrow as pa
+from loguru import logger
+from pydantic import Field, field_validator, model_validator
+
+from etl import Chunk, PermanentError, Plan, RowCount, Source, did_you_mean
+
+from .._chunking import DAY, SliceBy, column_label, every_seconds, key_edges, parse_chunk_by, slice_edges
+from .._files import batches_of, schema_from_shared, schema_to_shared
+from ._client import (
+    BigQueryOptions,
+    Clients,
+    api_retry,
+    classify,
+    google_errors,
+    param_names,
+    parameters,
+    split_table,
+)
+
+#: The most streams one read session is asked for.
+MAX_STREAMS = 1_000
+_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,1023}$")
+_INTEGERS = {"INTEGER", "INT64"}
+_TIMES = {"DATE", "DATETIME", "TIMESTAMP"}
+
+
+class BigQuerySourceOptions(BigQueryOptions):
+    table: str | None = Field(
+        None,
+        description="a table to read: project.dataset.table, or dataset.table in the job's project",
+        examples=["my-project.forecasts.daily"],
+    )
+    columns: list[str] | None = Field(
+        None, min_length=1, description="with `table`: the columns to read (all by default)", examples=[["id", "ds"]]
+    )
+    row_filter: str | None = Field(
+        None,
+        description="with `table`: a condition the rows must meet (as in a WHERE clause); `@name` is the job's "
+        "param `name`",
+        examples=["environment = 'prod'"],
+        json_schema_extra={"sql": True},
+    )
+    query: str | None = Field(
+        None,
+        description="a GoogleSQL query whose rows are read; `@name` is the job's param `name`, a query parameter",
+        examples=["SELECT * FROM forecasts.daily WHERE ds BETWEEN @start_date AND @end_date"],
+        json_schema_extra={"sql": True},
+    )
+    chunk_by: str | SliceBy | None = Field(
+        None,
+        description="{column, every} for slices of a date or timestamp column, or an integer column to split "
+        "into key ranges; without it, chunks are the Storage Read API's streams",
+        examples=[{"column": "ds", "every": "1 day"}, "id"],
+    )
+    staging_dataset: str = Field(
+        "_etl_staging",
+        description="the dataset (in the job's project) where query results are written to be read; made when "
+        "missing, in the data's location",
+    )
+    staging_expiration: str = Field(
+        "1 day", description="how long a query's result table is kept", examples=["1 day", "6 hours"]
+    )
+    read_api: Literal["storage", "rest"] = Field(
+        "storage",
+        description="storage: the Storage Read API in Arrow (REST when it can't be had); rest: REST pages, slow",
+    )
+
+    @field_validator("table")
+    @classmethod
+    def _table(cls, value: str | None) -> str | None:
+        if value is not None:
+            split_table(value, default_project="-")
+        return value
+
+    @field_validator("chunk_by", mode="before")
+    @classmethod
+    def _chunk_by(cls, value: Any) -> Any:
+        return parse_chunk_by(value)
+
+    @field_validator("staging_dataset")
+    @classmethod
+    def _dataset(cls, value: str) -> str:
+        if not _IDENTIFIER.match(value):
+            raise ValueError(f"{value!r} is not a dataset name; use letters, digits and underscores")
+        return value
+
+    @field_validator("staging_expiration")
+    @classmethod
+    def _expiration(cls, value: str) -> str:
+        every_seconds(value)
+        return value
+
+    @model_validator(mode="after")
+    def _one_of(self) -> BigQuerySourceOptions:
+        if (self.query is None) == (self.table is None):
+            raise ValueError("give `query` or `table`, one of them")
+        if self.query is not None and (self.columns is not None or self.row_filter is not None):
+            raise ValueError("`columns` and `row_filter` go with `table`; with `query`, write them in the query")
+        return self
+
+
+class BigQuerySource(Source):
+    """A BigQuery table or query: Storage Read API streams (or date slices) as chunks, in Arrow."""
+
+    name = "bigquery"
+    Options = BigQuerySourceOptions
+    options: BigQuerySourceOptions
+
+    def __init__(self, options: BigQuerySourceOptions, context) -> None:
+        super().__init__(options, context)
+        self.label = context.label or "source"
+        self.clients = Clients(options)
+        self.log = logger.bind(job=context.job, run=context.run_id)
+        self._stats: tuple[Any, Any, int, int] | None = None
+        self._staged: Any = None
+        self._location: str | None = options.location
+        self._staging_ready = False
+        self._api: str | None = None
+
+    def close(self) -> None:
+        self.clients.close()
+
+    # -- what is read ------------------------------------------------------------------------
+
+    @property
+    def table(self) -> str:
+        """The table as project.dataset.table (the job's project when it names none); "" for a query."""
+        if self.options.table is None:
+            return ""
+        project, dataset, table = split_table(self.options.table or "", self.clients.project)
+        return f"{project}.{dataset}.{table}"
+
+    @property
+    def sql(self) -> str | None:
+        """The query the rows come from, or ``None`` when a table is read directly.
+
+        A ``row_filter`` with parameters makes the table a query: the Storage Read API's row
+        restriction takes no parameters, and parameters are never spliced into SQL text."""
+        if self.options.query is not None:
+            return re.sub(r"[\s;]*$", "", self.options.query.strip())
+        if self.options.row_filter is not None and param_names(self.options.row_filter):
+            return f"SELECT {self._columns()} FROM `{self.table}` WHERE {self.options.row_filter}"
+        return None
+
+    def _columns(self) -> str:
+        return ", ".join(f"`{c}`" for c in self.options.columns) if self.options.columns else "*"
+
+    @property
+    def restriction(self) -> str | None:
+        """The row filter the Storage Read API applies to the table, if any."""
+        return self.options.row_filter if self.sql is None else None
+
+    def _params(self, sql: str) -> list[Any]:
+        try:
+            return parameters(sql, self.context.params)
+        except PermanentError as exc:
+            raise PermanentError(f"{self.label}: {exc}") from None
+
+    # -- BigQuery calls ------------------------------------------------------------------------
+
+    def _get_table(self, name: str, what: str | None = None) -> Any:
+        with google_errors(f"{self.label}: {what or f'reading table {name}'}"):
+            return self.clients.bq.get_table(name, retry=api_retry())
+
+    def _query(self, sql: str, *, what: str, dry_run: bool = False) -> Any:
+        """Run ``sql`` with the job's params as query parameters; returns the finished job."""
+        from google.cloud import bigquery
+
+        config = bigquery.QueryJobConfig(query_parameters=self._params(sql), dry_run=dry_run)
+        with google_errors(f"{self.label}: {what}"):
+            job = self.clients.bq.query(sql, job_config=config, location=self._location, retry=api_retry())
+            if not dry_run:
+                job.result(retry=api_retry())
+        if not dry_run:
+            self._report(job, what)
+        return job
+
+    def _report(self, job: Any, what: str) -> None:
+        processed, billed = job.total_bytes_processed, job.total_bytes_billed
+        if processed is not None:
+            billed_text = f", {_bytes(billed)} billed" if billed is not None else ""
+            self.log.info("BigQuery: {} processed {}{} (job {})", what, _bytes(processed), billed_text, job.job_id)
+
+    def _rows(self, sql: str, what: str) -> list[tuple[Any, ...]]:
+        job = self._query(sql, what=what)
+        with google_errors(f"{self.label}: {what}"):
+            return [tuple(row.values()) for row in job.result(retry=api_retry())]
+
+    def location(self) -> str | None:
+        """Where the data is (the option, or the table's dataset's, or the query's)."""
+        if self._location is None:
+            if self.sql is None:
+                project, dataset, _ = self.table.split(".")
+                with google_errors(f"{self.label}: reading dataset {project}.{dataset}"):
+                    self._location = self.clients.bq.get_dataset(f"{project}.{dataset}", retry=api_retry()).location
+            else:
+                self._location = self._query(self.sql, what="checking the query", dry_run=True).location
+        return self._location
+
+    # -- the staging dataset -------------------------------------------------------------------
+
+    def _staging(self) -> str:
+        from google.cloud import bigquery
+
+        name = f"{self.clients.project}.{self.options.staging_dataset}"
+        if not self._staging_ready:
+            dataset = bigquery.Dataset(name)
+            dataset.location = self.location()
+            dataset.default_table_expiration_ms = every_seconds(self.options.staging_expiration) * 1000
+            dataset.description = "Query results staged by etl for reading; tables expire on their own."
+            with google_errors(f"{self.label}: making the staging dataset {name}"):
+                self.clients.bq.create_dataset(dataset, exists_ok=True, retry=api_retry())
+            self._staging_ready = True
+        return name
+
+    def _materialize(self, sql: str, key: str, what: str) -> Any:
+        """``sql``'s rows in a table of the staging dataset (made once for ``key``); its table."""
+        from google.api_core import exceptions as g
+
+        digest = hashlib.sha256(f"{self.context.run_id}\0{key}\0{sql}".encode()).hexdigest()[:24]
+        name = f"{self._staging()}.etl_{digest}"
+        try:
+            table = self.clients.bq.get_table(name, retry=api_retry())
+            self.log.debug("BigQuery: {} already staged in {}", what, name)
+            return table
+        except g.NotFound:
+            pass
+        except (g.GoogleAPIError, OSError) as exc:
+            raise classify(exc, f"{self.label}: {what}") from None
+        hours = max(1, every_seconds(self.options.staging_expiration) // 3600)
+        ddl = (
+            f"CREATE TABLE `{name}`\n"
+            f"OPTIONS (expiration_timestamp = TIMESTAMP_ADD(CURRENT_TIMESTAMP(), INTERVAL {hours} HOUR)) AS\n{sql}"
+        )
+        try:
+            self._query(ddl, what=what)
+        except PermanentError:
+            # Another attempt at the same chunk may have made it first (a lost lease).
+            try:
+                return self.clients.bq.get_table(name, retry=api_retry())
+            except Exception:
+                pass
+            raise
+        return self._get_table(name, what)
+
+    def _result(self) -> Any:
+        """The query's result table (the query runs the first time only)."""
+        if self._staged is None:
+            assert self.sql is not None
+            self._staged = self._materialize(self.sql, "query", "the query")
+        return self._staged
+
+    # -- count -----------------------------------------------------------------------------------
+
+    def count(self) -> RowCount:
+        if self.options.chunk_by is not None:
+            return RowCount(self._column_stats()[2])
+        if self.sql is not None:
+            return RowCount(int(self._result().num_rows or 0))
+        if self.restriction is not None:
+            rows = self._rows(f"SELECT COUNT(*) FROM `{self.table}` WHERE {self.restriction}", "counting rows")
+            return RowCount(int(rows[0][0]))
+        table = self._get_table(self.table)
+        rows, exact = int(table.num_rows or 0), True
+        buffer = table.streaming_buffer
+        if buffer is not None and buffer.estimated_rows:
+            rows, exact = rows + int(buffer.estimated_rows), False
+        return RowCount(rows, exact=exact)
+
+    def _column_stats(self) -> tuple[Any, Any, int, int]:
+        """The chunk_by column's minimum and maximum, the row count and the NULL count."""
+        if self._stats is None:
+            column = _column_of(self.options.chunk_by)
+            c = f"`{column}`"
+            source = f"({self.sql})" if self.sql is not None else f"`{self.table}`"
+            where = f" WHERE {self.restriction}" if self.restriction is not None else ""
+            sql = f"SELECT MIN({c}), MAX({c}), COUNT(*), COUNTIF({c} IS NULL) FROM {source} AS q{where}"
+            low, high, rows, nulls = self._rows(sql, f"finding the range of {column}")[0]
+            self._stats = (low, high, int(rows), int(nulls))
+        return self._stats
+
+    # -- plan ------------------------------------------------------------------------------------
+
+    def plan(self, chunk_size: int) -> Plan:
+        fields = self._fields()
+        target = arrow_schema(fields, self.label)
+        api = self._choose_api()
+        shared: dict[str, Any] = {
+            **schema_to_shared(target),
+            "fields": [f.to_api_repr() for f in fields],
+            "api": api,
+        }
+        chunk_by = self.options.chunk_by
+        if chunk_by is not None:
+            chunks = self._by_column(fields, chunk_by, chunk_size)
+            if self.sql is None and api == "storage":
+                shared["snapshot"] = dt.datetime.now(dt.UTC).isoformat()
+        else:
+            table, restricted = self.table, True
+            if self.sql is not None:
+                table, restricted = _name(self._result()), False
+            chunks = None
+            if api == "storage":
+                try:
+                    chunks, session = self._streams(table, chunk_size, restricted=restricted)
+                    shared.update(session)
+                except _Denied as exc:
+                    self.log.warning("BigQuery: {}; reading through REST pages, far slower", exc)
+                    api = shared["api"] = "rest"
+            if chunks is None:
+                if restricted and self.restriction is not None:  # REST pages can't filter: a query can
+                    sql = f"SELECT {self._columns()} FROM `{self.table}` WHERE {self.restriction}"
+                    table, restricted = _name(self._materialize(sql, "row_filter", "filtering rows")), False
+                chunks = self._row_ranges(table, chunk_size)
+            shared["table"] = table
+        return Plan(
+            [Chunk(index=i, rows=c.pop("rows", None), args=c, label=_label(c)) for i, c in enumerate(chunks)], shared
+        )
+
+    def _fields(self) -> list[Any]:
+        """The BigQuery schema of the rows read."""
+        if self.sql is not None:
+            if self.options.chunk_by is None:
+                return list(self._result().schema)
+            return list(self._query(self.sql, what="checking the query", dry_run=True).schema)
+        fields = list(self._get_table(self.table).schema)
+        if self.options.columns is None:
+            return fields
+        by_name = {f.name.lower(): f for f in fields}
+        chosen = []
+        for name in self.options.columns:
+            found = by_name.get(name.lower())
+            if found is None:
+                hint = did_you_mean(name, [f.name for f in fields]) or f" (its columns: {', '.join(by_name)})"
+                raise PermanentError(f"{self.label}: table {self.table} has no column {name!r}{hint}")
+            chosen.append(found)
+        return chosen
+
+    def _choose_api(self) -> str:
+        """``storage`` when the Storage Read API can be had, else ``rest`` (said in the log)."""
+        if self._api is None:
+            self._api = "rest"
+            if self.options.read_api == "storage":
+                if self.clients.read_client() is None:
+                    self.log.warning(
+                        "BigQuery: the Storage Read API client (google-cloud-bigquery-storage) is not installed; "
+                        "reading through REST pages, far slower (pip install 'etl-toolkit[bigquery]')"
+                    )
+                else:
+                    self._api = "storage"
+        return self._api
+
+    def _session(self, table: str, *, restriction: str | None, streams: int, snapshot: str | None = None) -> Any:
+        """A Storage Read API session on ``table``: Arrow, the columns read, ``restriction``."""
+        from google.cloud.bigquery_storage_v1 import types
+
+        project, dataset, name = table.split(".")
+        options = types.ReadSession.TableReadOptions(selected_fields=self._selected(table))
+        if restriction:
+            options.row_restriction = restriction
+        session = types.ReadSession(
+            table=f"projects/{project}/datasets/{dataset}/tables/{name}",
+            data_format=types.DataFormat.ARROW,
+            read_options=options,
+        )
+        if snapshot is not None:
+            from google.protobuf import timestamp_pb2
+
+            stamp = timestamp_pb2.Timestamp()
+            stamp.FromDatetime(dt.datetime.fromisoformat(snapshot))
+            session.table_modifiers = types.ReadSession.TableModifiers(snapshot_time=stamp)
+        from google.api_core import exceptions as g
+
+        what = f"{self.label}: opening a Storage Read API session on {table}"
+        try:
+            with google_errors(what):
+                return self.clients.read_client().create_read_session(
+                    parent=f"projects/{self.clients.project}", read_session=session, max_stream_count=streams
+                )
+        except PermanentError as exc:
+            if isinstance(exc.__context__, g.PermissionDenied | g.MethodNotImplemented):
+                raise _Denied(str(exc)) from None
+            raise
+
+    def _selected(self, table: str) -> list[str]:
+        return list(self.options.columns or []) if table == self.table else []
+
+    def _streams(self, table: str, chunk_size: int, restricted: bool) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+        rows = self.count().rows or 0
+        wanted = min(MAX_STREAMS, max(1, math.ceil(rows / max(1, chunk_size))))
+        session = self._session(table, restriction=self.restriction if restricted else None, streams=wanted)
+        names = [s.name for s in session.streams]
+        self.log.info(
+            "BigQuery: read session {} on {}: {} stream(s) for {:,} rows (asked for {})",
+            session.name.rsplit("/", 1)[-1],
+            table,
+            len(names),
+            rows,
+            wanted,
+        )
+        chunks = [{"kind": "stream", "stream": n, "rows": rows if len(names) == 1 else None} for n in names]
+        shared = {
+            "session": session.name,
+            "arrow_schema": base64.b64encode(session.arrow_schema.serialized_schema).decode("ascii"),
+            "expires": session.expire_time.isoformat() if session.expire_time else None,
+        }
+        return chunks, shared
+
+    def _row_ranges(self, table: str, chunk_size: int) -> list[dict[str, Any]]:
+        rows = int(self._get_table(table).num_rows or 0)
+        starts = list(range(0, rows, max(1, chunk_size))) or [0]
+        # The last range is open-ended: rows added since the count are read too.
+        return [
+            {"kind": "rows", "start": s, "stop": starts[i + 1] if i + 1 < len(starts) else None, "rows": None}
+            for i, s in enumerate(starts)
+        ]
+
+    def _by_column(self, fields: Sequence[Any], chunk_by: str | SliceBy, chunk_size: int) -> list[dict[str, Any]]:
+        column = _column_of(chunk_by)
+        field = next((f for f in fields if f.name.lower() == column.lower()), None)
+        if field is None:
+            hint = (
+                did_you_mean(column, [f.name for f in fields]) or f" (the columns: {', '.join(f.name for f in fields)})"
+            )
+            raise PermanentError(f"{self.label}: chunk_by column {column!r} is not among the columns read{hint}")
+        kind = field.field_type.upper()
+        if field.mode == "REPEATED":
+            kind = "ARRAY"
+        low, high, rows, nulls = self._column_stats()
+        chunks: list[dict[str, Any]] = []
+        if isinstance(chunk_by, SliceBy):
+            if kind not in _TIMES:
+                raise PermanentError(
+                    f"{self.label}: chunk_by column {column!r} is {kind}; slices need a DATE, DATETIME or TIMESTAMP "
+                    "column (for integers, chunk_by: column)"
+                )
+            if kind == "DATE" and chunk_by.seconds % DAY:
+                raise PermanentError(f"{self.label}: chunk_by column {column!r} is a DATE; `every` must be whole days")
+            edges = slice_edges(low, high, chunk_by.seconds) if low is not None else [None, None]
+            chunks = [
+                {"kind": "slice", "column": field.name, "type": kind, "lo": edges[i], "hi": edges[i + 1]}
+                for i in range(len(edges) - 1)
+            ]
+        else:
+            if kind not in _INTEGERS:
+                hint = " (for dates, chunk_by: {column: ..., every: 1 day})" if kind in _TIMES else ""
+                raise PermanentError(
+                    f"{self.label}: chunk_by column {column!r} is {kind}; key ranges need an INT64 column{hint}"
+                )
+            if rows - nulls:
+                edges = key_edges(low, high, rows - nulls, chunk_size)
+                chunks = [
+                    {"kind": "range", "column": field.name, "type": kind, "lo": edges[i], "hi": edges[i + 1]}
+                    for i in range(len(edges) - 1)
+                ]
+        if nulls:
+            chunks.append({"kind": "null", "column": field.name, "rows": nulls})
+        if len(chunks) == 1 and chunks[0]["kind"] != "null":
+            chunks[0]["rows"] = rows
+        return chunks
+
+    # -- read ------------------------------------------------------------------------------------
+
+    def read(self, chunk: Chunk, shared: Mapping[str, Any]) -> Iterator[pa.RecordBatch]:
+        target = schema_from_shared(shared)
+        kinds = [str(f.get("type", "")).upper() for f in shared.get("fields", [])]
+        size = max(1, int(self.context.batch_size))
+        kind = chunk.args.get("kind")
+        if kind == "stream":
+            schema = pa.ipc.read_schema(pa.py_buffer(base64.b64decode(shared["arrow_schema"])))
+            batches = self._read_stream(str(chunk.args["stream"]), schema)
+        elif kind == "rows":
+            batches = self._read_rows(str(shared["table"]), chunk.args, size)
+        else:
+            batches = self._read_slice(chunk, shared, size)
+        for batch in batches:
+            for piece in batches_of(batch, size):
+                if piece.num_rows:
+                    yield conform(piece, target, kinds, self.label)
+
+    def _read_stream(self, stream: str, schema: pa.Schema) -> Iterator[pa.RecordBatch]:
+        """A read stream's rows; the client resumes a broken stream from the row it reached."""
+        from google.api_core import exceptions as g
+
+        client = self.clients.read_client()
+        if client is None:
+            raise PermanentError(f"{self.label}: this run reads through the Storage Read API, not installed here")
+        what = f"{self.label}: reading stream {stream.rsplit('/', 1)[-1]}"
+        try:
+            with google_errors(what):
+                for response in client.read_rows(stream):
+                    data = response.arrow_record_batch.serialized_record_batch
+                    if data:
+                        yield pa.ipc.read_record_batch(pa.py_buffer(data), schema)
+        except PermanentError as exc:
+            if isinstance(exc.__context__, g.NotFound | g.FailedPrecondition):
+                raise PermanentError(
+                    f"{exc} (a read session lasts at least 6 hours; a run that waits longer must start again)"
+                ) from None
+            raise
+
+    def _read_rows(self, table: str, args: Mapping[str, Any], size: int) -> Iterator[pa.RecordBatch]:
+        start, stop = int(args["start"]), args.get("stop")
+        with google_errors(f"{self.label}: paging {table} through REST"):
+            selected = self._rest_fields(table)
+            rows = self.clients.bq.list_rows(
+                table,
+                selected_fields=selected,
+                start_index=start,
+                max_results=None if stop is None else int(stop) - start,
+                page_size=size,
+                retry=api_retry(),
+            )
+            yield from rows.to_arrow_iterable(bqstorage_client=None)
+
+    def _rest_fields(self, table: str) -> list[Any] | None:
+        if table != self.table or not self.options.columns:
+            return None
+        return self._fields()
+
+    def _read_slice(self, chunk: Chunk, shared: Mapping[str, Any], size: int) -> Iterator[pa.RecordBatch]:
+        condition = _condition(chunk.args)
+        if shared.get("api") == "rest":
+            source = f"({self.sql})" if self.sql is not None else f"`{self.table}`"
+            extra = f" AND ({self.restriction})" if self.restriction is not None else ""
+            columns = "*" if self.sql is not None else self._columns()
+            job = self._query(f"SELECT {columns} FROM {source} AS q WHERE {condition}{extra}", what=chunk.label)
+            with google_errors(f"{self.label}: paging {chunk.label} through REST"):
+                yield from job.result(page_size=size, retry=api_retry()).to_arrow_iterable(bqstorage_client=None)
+            return
+        if self.sql is None:
+            restriction = f"({condition}) AND ({self.restriction})" if self.restriction is not None else condition
+            session = self._session(self.table, restriction=restriction, streams=1, snapshot=shared.get("snapshot"))
+        else:
+            sql = f"SELECT * FROM ({self.sql}) AS q WHERE {condition}"
+            staged = self._materialize(sql, f"chunk {chunk.index}", chunk.label)
+            session = self._session(_name(staged), restriction=None, streams=1)
+        if not session.streams:
+            return
+        schema = pa.ipc.read_schema(pa.py_buffer(session.arrow_schema.serialized_schema))
+        for stream in session.streams:
+            yield from self._read_stream(stream.name, schema)
+
+
+class _Denied(PermanentError):
+    """The Storage Read API refused a session: no permission, or not offered here."""
+
+
+def _name(table: Any) -> str:
+    ref = table.reference
+    return f"{ref.project}.{ref.dataset_id}.{ref.table_id}"
+
+
+# -- types -----------------------------------------------------------------------------------------
+
+_SIMPLE = {
+    "INTEGER": pa.int64(),
+    "INT64": pa.int64(),
+    "FLOAT": pa.float64(),
+    "FLOAT64": pa.float64(),
+    "BOOLEAN": pa.bool_(),
+    "BOOL": pa.bool_(),
+    "STRING": pa.string(),
+    "BYTES": pa.binary(),
+    "DATE": pa.date32(),
+    "TIME": pa.time64("us"),
+    "DATETIME": pa.timestamp("us"),
+    "TIMESTAMP": pa.timestamp("us", tz="UTC"),
+    "GEOGRAPHY": pa.string(),
+    "INTERVAL": pa.month_day_nano_interval(),
+}
+
+
+def arrow_type(field: Any, label: str = "source") -> pa.DataType:
+    """The Arrow type of a BigQuery column (a ``SchemaField``)."""
+    kind = field.field_type.upper()
+    if kind in _SIMPLE:
+        arrow = _SIMPLE[kind]
+    elif kind == "JSON":
+        arrow = pa.json_(pa.string())
+    elif kind == "NUMERIC":
+        arrow = pa.decimal128(field.precision or 38, field.scale or (0 if field.precision else 9))
+    elif kind == "BIGNUMERIC":
+        precision = field.precision or 76
+        scale = field.scale or (0 if field.precision else 38)
+        arrow = pa.decimal128(precision, scale) if precision <= 38 else pa.decimal256(min(precision, 76), scale)
+    elif kind in ("RECORD", "STRUCT"):
+        arrow = pa.struct([pa.field(f.name, arrow_type(f, label)) for f in field.fields])
+    elif kind == "RANGE":
+        element = getattr(field.range_element_type, "element_type", None) or "DATE"
+        inner = _SIMPLE.get(str(element).upper(), pa.date32())
+        arrow = pa.struct([pa.field("start", inner), pa.field("end", inner)])
+    else:
+        raise PermanentError(f"{label}: column {field.name!r} is of type {kind}, which etl can't read yet")
+    return pa.list_(arrow) if field.mode == "REPEATED" else arrow
+
+
+def arrow_schema(fields: Sequence[Any], label: str = "source") -> pa.Schema:
+    return pa.schema([pa.field(f.name, arrow_type(f, label)) for f in fields])
+
+
+def conform(batch: pa.RecordBatch, target: pa.Schema, kinds: Sequence[str], label: str) -> pa.RecordBatch:
+    """A batch as the API gave it, in the planned schema (the same for every chunk and API)."""
+    arrays = []
+    for i, field in enumerate(target):
+        index = batch.schema.get_field_index(field.name)
+        if index < 0:
+            raise PermanentError(f"{label}: BigQuery sent no column {field.name!r}")
+        column = batch.column(index)
+        if i < len(kinds) and kinds[i] == "GEOGRAPHY" and pa.types.is_binary(column.type):
+            column = _wkb_to_wkt(column, label, field.name)
+        if column.type != field.type:
+            try:
+                column = column.cast(field.type)
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+                raise PermanentError(
+                    f"{label}: column {field.name!r}: {column.type} is not {field.type} ({exc})"
+                ) from None
+        arrays.append(column)
+    return pa.RecordBatch.from_arrays(arrays, schema=target)
+
+
+def _wkb_to_wkt(column: pa.Array, label: str, name: str) -> pa.Array:
+    """GEOGRAPHY as WKT. BigQuery sends WKT; an emulator may send WKB, converted by shapely."""
+    try:
+        import shapely
+    except ImportError:
+        raise PermanentError(
+            f"{label}: column {name!r} (GEOGRAPHY) arrived as WKB; install shapely to read it as WKT"
+        ) from None
+    values = column.to_numpy(zero_copy_only=False)
+    geometries = shapely.from_wkb(values)
+    nulls = column.is_null().to_numpy(zero_copy_only=False)
+    return pa.array(shapely.to_wkt(geometries, rounding_precision=-1), type=pa.string(), mask=nulls)
+
+
+# -- chunks ----------------------------------------------------------------------------------------
+
+
+def _column_of(chunk_by: Any) -> str:
+    return chunk_by.column if isinstance(chunk_by, SliceBy) else str(chunk_by)
+
+
+def _literal(value: Any, kind: str) -> str:
+    """A chunk's bound as GoogleSQL: an integer, or a date/time re-read from ISO 8601 (never user text)."""
+    if kind == "DATE":
+        return f"DATE '{dt.date.fromisoformat(str(value)).isoformat()}'"
+    if kind == "DATETIME":
+        return f"DATETIME '{dt.datetime.fromisoformat(str(value)).replace(tzinfo=None).isoformat(sep=' ')}'"
+    if kind == "TIMESTAMP":
+        stamp = dt.datetime.fromisoformat(str(value))
+        stamp = stamp if stamp.tzinfo else stamp.replace(tzinfo=dt.UTC)
+        return f"TIMESTAMP '{stamp.astimezone(dt.UTC).isoformat(sep=' ')}'"
+    return str(int(value))
+
+
+def _condition(args: Mapping[str, Any]) -> str:
+    column = f"`{args['column']}`"
+    if args["kind"] == "null":
+        return f"{column} IS NULL"
+    kind = str(args.get("type", ""))
+    parts = []
+    if args.get("lo") is not None:
+        parts.append(f"{column} >= {_literal(args['lo'], kind)}")
+    if args.get("hi") is not None:
+        parts.append(f"{column} < {_literal(args['hi'], kind)}")
+    return " AND ".join(parts) if parts else f"{column} IS NOT NULL"
+
+
+def _label(args: Mapping[str, Any]) -> str:
+    kind = args.get("kind")
+    if kind == "stream":
+        return f"stream {str(args['stream']).rsplit('/', 1)[-1]}"
+    if kind == "rows":
+        stop = args.get("stop")
+        return f"rows {args['start']}-{stop - 1}" if stop is not None else f"rows {args['start']}-"
+    return column_label(args)
+
+
+def _bytes(n: int | None) -> str:
+    value = float(n or 0)
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if value < 1024 or unit == "TB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{value:.1f} PB"
