@@ -47,10 +47,15 @@ __all__ = [
 ]  # load_job, state_dir, validate: from etl.jobs
 
 
-def plan(job: Job, *, pm: pluggy.PluginManager | None = None) -> tuple[RunInfo, Plan, list[str]]:
+def plan(
+    job: Job, *, pm: pluggy.PluginManager | None = None, run_id: str | None = None
+) -> tuple[RunInfo, Plan, list[str]]:
     """Count and plan a run without running it (what ``etl run --dry-run`` shows).
 
-    Returns the run's info, its chunk plan, and the warnings the thresholds give.
+    Returns the run's info, its chunk plan, and the warnings the thresholds give. Give the
+    ``run_id`` the run will have when it follows (as ``etl run`` does, counting to choose where
+    the run goes): a source that stages work for a run (a BigQuery query's result) then does it
+    once.
 
     Raises:
         UsageError: the source holds more rows than ``thresholds.max``.
@@ -59,7 +64,7 @@ def plan(job: Job, *, pm: pluggy.PluginManager | None = None) -> tuple[RunInfo, 
     from etl.runner import JobRun, check_thresholds
 
     pm = pm or get_plugin_manager(job_plugins=job.spec.plugins, job_dir=job.directory)
-    work = JobRun(job, pm)
+    work = JobRun(job, pm, run_id=run_id)
     try:
         count = work.count()
         warnings = check_thresholds(job, count)
@@ -123,8 +128,10 @@ def submit(
     params: Mapping[str, Any] | None = None,
     sets: Sequence[str] = (),
     queue: Queue | None = None,
+    run_id: str | None = None,
 ) -> RunRecord:
-    """Queue a run of ``job`` for the workers; returns its record (``.id`` is the run id).
+    """Queue a run of ``job`` for the workers; returns its record (``.id`` is the run id, new
+    unless given).
 
     The job is stored as written, with the parameters and overrides given here, and each
     worker resolves its ``${VAR}`` references from its own environment.
@@ -132,7 +139,7 @@ def submit(
     if not isinstance(job, config.Job):
         job = load_job(job, params=params, sets=sets)
     queue = queue or open_queue()
-    return queue.submit(job, params={k: str(v) for k, v in (params or {}).items()}, sets=list(sets))
+    return queue.submit(job, params={k: str(v) for k, v in (params or {}).items()}, sets=list(sets), run_id=run_id)
 
 
 def get_run(run_id: str, queue: Queue | None = None) -> RunRecord:

@@ -119,14 +119,16 @@ def run(
         _dry_run(job, as_json)
         return
     count = None
+    # One run id from the count to the run: what a source stages while counting (a BigQuery
+    # query's result) is the run's, and is not done twice.
+    run_id = new_run_id()
     if mode is None:
-        info, _, _ = api.plan(job)
+        info, _, _ = api.plan(job, run_id=run_id)
         count = info.rows
         mode = "background" if count is not None and count >= job.spec.thresholds.background else "sync"
     if mode == "background":
-        _run_queued(job, given, sets, wait, as_json, count)
+        _run_queued(job, given, sets, wait, as_json, count, run_id)
         return
-    run_id = new_run_id()
     handler = logsetup.add_run_log(api.state_dir() / "runs" / run_id / "run.log", run_id)
     try:
         result = api.run(job, run_id=run_id)
@@ -139,7 +141,13 @@ def run(
 
 
 def _run_queued(
-    job: Any, params: dict[str, str], sets: Sequence[str], wait: bool, as_json: bool, rows: int | None
+    job: Any,
+    params: dict[str, str],
+    sets: Sequence[str],
+    wait: bool,
+    as_json: bool,
+    rows: int | None,
+    run_id: str | None = None,
 ) -> None:
     from etl.cli_queue import follow
 
@@ -147,7 +155,7 @@ def _run_queued(
     if rows is not None:
         for warning in _threshold_warnings(job, rows):
             click.echo(f"warning: {warning}", err=True)
-    record = api.submit(job, params=params, sets=sets, queue=queue)
+    record = api.submit(job, params=params, sets=sets, queue=queue, run_id=run_id)
     if not queue.embedded:
         if not wait:
             click.echo(json.dumps(record.to_json(), indent=2) if as_json else record.id)
