@@ -399,3 +399,56 @@ def test_a_permission_error_says_so():
     made = _client.classify(error, "source: reading table p.d.t")
     assert isinstance(made, PermanentError) and not isinstance(made, TransientError)
     assert "lack a permission" in str(made)
+
+
+PG_TYPES = {
+    "id": ("bigint", 1),
+    "i": ("bigint", 42),
+    "f": ("double precision", 1.5),
+    "n": ("numeric", Decimal("123.456")),
+    "b": ("boolean", True),
+    "s": ("text", "héllo"),
+    "by": ("bytea", b"\x00\xff"),
+    "d": ("date", dt.date(2026, 1, 31)),
+    "t": ("time without time zone", dt.time(12, 34, 56, 789000)),
+    "dtm": ("timestamp without time zone", dt.datetime(2026, 1, 31, 1, 2, 3, 456789)),
+    "ts": ("timestamp with time zone", dt.datetime(2026, 1, 31, 1, 2, 3, 456789, tzinfo=dt.UTC)),
+    "j": ("jsonb", {"a": 1}),
+    "g": ("text", "POINT (1.5 2.5)"),
+    "arr": ("ARRAY", [1, 2, 3]),
+    "st": ("jsonb", {"x": 7, "y": "y"}),
+}
+
+
+def test_types_arrive_in_postgresql(bigquery, types_table, write):
+    import psycopg
+
+    from tests.contract.cases_postgres import DSN
+
+    table = f"public.bq_types_{uuid.uuid4().hex[:8]}"
+    job = write(
+        "types.yaml",
+        f"""
+        name: bq-types
+        source: {{type: bigquery, project: {PROJECT}, table: "{types_table}"}}
+        sink: {{type: postgres, dsn: "{DSN}", table: {table}}}
+        """,
+    )
+    result = etl.api.run(job)
+    assert result.rows_written == 2
+    with psycopg.connect(DSN, autocommit=True) as con:
+        try:
+            name = table.split(".")[1]
+            columns = dict(
+                con.execute(
+                    "SELECT column_name, data_type FROM information_schema.columns WHERE table_name = %s", [name]
+                ).fetchall()
+            )
+            cur = con.execute(f"SELECT * FROM {table} ORDER BY id")
+            names = [c.name for c in cur.description]
+            first, second = (dict(zip(names, row, strict=True)) for row in cur.fetchall())
+        finally:
+            con.execute(f"DROP TABLE IF EXISTS {table}")
+    assert columns == {k: v[0] for k, v in PG_TYPES.items()}
+    assert first == {k: v[1] for k, v in PG_TYPES.items()}
+    assert second == {**{k: None for k in PG_TYPES}, "id": 2, "arr": []}
