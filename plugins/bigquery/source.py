@@ -67,7 +67,7 @@ from typing import Any, Literal
 
 import pyarrow as pa
 from loguru import logger
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from etl import Chunk, PermanentError, Plan, RowCount, Source, did_you_mean
 
@@ -137,6 +137,24 @@ class BigQuerySourceOptions(BigQueryOptions):
     def _table(cls, value: str | None) -> str | None:
         if value is not None:
             split_table(value, default_project="-")
+        return value
+
+    @field_validator("query", "row_filter")
+    @classmethod
+    def _sql(cls, value: str | None, info: ValidationInfo) -> str | None:
+        """Empty SQL, or an ``@name`` the job declares no param for, is an error at validation."""
+        if value is None:
+            return None
+        if not value.strip():
+            raise ValueError("is empty")
+        declared = (info.context or {}).get("params")
+        if declared is not None:
+            for name in param_names(value):
+                if name not in declared:
+                    hint = did_you_mean(name, declared) or (
+                        f"; the job's params: {', '.join(declared)}" if declared else "; the job declares no params"
+                    )
+                    raise ValueError(f"@{name} is not a parameter of the job{hint}")
         return value
 
     @field_validator("chunk_by", mode="before")

@@ -94,6 +94,27 @@ def test_options_are_checked(options, message):
         BigQuerySourceOptions.model_validate(options)
 
 
+def test_an_undeclared_param_in_the_query_is_a_config_error_naming_the_line(cli, write):
+    job = write(
+        "bad.yaml",
+        """
+        name: bad
+        params:
+          start_date: {type: date}
+        source:
+          type: bigquery
+          query: SELECT * FROM forecasts.daily WHERE ds >= @strat_date
+        sink: {type: parquet, path: out/x}
+        """,
+    )
+    result = cli("validate", str(job))
+    assert result.returncode == 2
+    assert 'bad.yaml:6: source.query: @strat_date is not a parameter of the job; did you mean "start_date"?' in (
+        result.stderr
+    )
+    assert "Traceback" not in result.stderr
+
+
 # -- tables --------------------------------------------------------------------------------------
 
 
