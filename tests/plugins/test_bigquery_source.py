@@ -4,6 +4,7 @@ params as query parameters, types, errors. Against a real BigQuery emulator (``b
 from __future__ import annotations
 
 import datetime as dt
+import json
 import sys
 import uuid
 from decimal import Decimal
@@ -202,6 +203,24 @@ def test_a_query_runs_once_into_the_staging_dataset_and_is_read_from_there(bigqu
     # Another run runs the query again.
     read(options, params=params, run_id="run-q2")
     assert len(list(bigquery.list_tables("_etl_staging"))) == len(staged) + 1
+
+
+@pytest.mark.parametrize("chunk_by", [None, {"column": "ds", "every": "1 day"}])
+def test_a_query_of_no_rows_runs_and_writes_nothing(bigquery, dataset, write, chunk_by):
+    job = write(
+        "empty.yaml",
+        f"""
+        name: empty
+        source:
+          type: bigquery
+          project: {PROJECT}
+          query: SELECT * FROM {dataset}.forecast WHERE id < 0
+          chunk_by: {json.dumps(chunk_by)}
+        sink: {{type: parquet, path: out/empty}}
+        """,
+    )
+    result = etl.api.run(job)
+    assert (result.state, result.rows_read, result.rows_written) == ("completed", 0, 0)
 
 
 def test_a_query_chunked_by_day_is_a_query_per_slice(bigquery, dataset):
