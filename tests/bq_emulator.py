@@ -93,7 +93,9 @@ def start(timeout: float = 60.0) -> Emulator:
         "warning",
     ]
     with log.open("wb") as out:
-        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        process = subprocess.Popen(
+            command, stdout=out, stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=_die_with_parent
+        )
     emulator = Emulator(process, rest, grpc, log)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -104,6 +106,17 @@ def start(timeout: float = 60.0) -> Emulator:
         time.sleep(0.2)
     emulator.stop()
     raise RuntimeError(f"bqemulator did not answer within {timeout:.0f}s:\n{log.read_text()[-3000:]}")
+
+
+def _die_with_parent() -> None:
+    """In the emulator's process: be sent SIGTERM when the process that started it dies (Linux),
+    so that a killed test run leaves no emulator behind."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
 
 
 def _answers(port: int) -> bool:
