@@ -10,10 +10,10 @@ from etl import Sink, Source, hookimpl
 
 @hookimpl
 def etl_register_sources() -> list[type[Source]]:
-    try:
-        from .source import BigQuerySource
-    except ImportError:  # google-cloud-bigquery is not installed, or the source is being written
-        return []
+    # Google's clients are imported when first used: without the `bigquery` extra the stage is
+    # still listed and validated, and a run says what to install.
+    from .source import BigQuerySource
+
     return [BigQuerySource]
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime as dt
 import decimal
 import importlib
+import importlib.util
 import os
 import re
 from collections.abc import Iterator, Mapping
@@ -66,6 +67,8 @@ class Clients:
     """The REST client (jobs, metadata) and, when it can be had, the Storage Read client."""
 
     def __init__(self, options: BigQueryOptions) -> None:
+        if not _installed("google.cloud.bigquery"):
+            raise PermanentError("BigQuery stages need google-cloud-bigquery: pip install 'etl-toolkit[bigquery]'")
         self.options = options
         self._bq: Any = None
         self._read: Any = None
@@ -134,6 +137,13 @@ def api_retry() -> Any:
     from google.cloud import bigquery
 
     return bigquery.DEFAULT_RETRY.with_deadline(API_DEADLINE)
+
+
+def _installed(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:  # a parent package is missing
+        return False
 
 
 # -- errors -------------------------------------------------------------------------------

@@ -492,3 +492,9 @@ def test_types_arrive_in_postgresql(bigquery, types_table, write):
     assert columns == {k: v[0] for k, v in PG_TYPES.items()}
     assert first == {k: v[1] for k, v in PG_TYPES.items()}
     assert second == {**{k: None for k in PG_TYPES}, "id": 2, "arr": []}
+
+
+def test_without_google_cloud_bigquery_a_run_says_what_to_install(monkeypatch):
+    monkeypatch.setattr(_client, "_installed", lambda module: False)
+    with pytest.raises(PermanentError, match=r"pip install 'etl-toolkit\[bigquery\]'"):
+        source({"table": "a.b.c"})
