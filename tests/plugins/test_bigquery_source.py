@@ -129,6 +129,17 @@ def test_a_table_is_read_whole_through_storage_streams(bigquery, dataset):
     assert table.column("forecast").to_pylist()[:3] == [0.5, 1.0, 1.5]
 
 
+def test_a_stream_of_messages_larger_than_grpcs_default_limit_is_read(bigquery, dataset):
+    # The emulator sends about 63,000 rows a message: here some 10 MB, past gRPC's default 4 MB.
+    bigquery.query(
+        f"CREATE TABLE {dataset}.wide AS SELECT x AS id, REPEAT('x', 150) AS pad "
+        "FROM UNNEST(GENERATE_ARRAY(1, 70000)) AS x"
+    ).result()
+    plan, table = read({"table": f"{dataset}.wide"}, chunk_size=100_000)
+    assert len(plan.chunks) == 1
+    assert table.num_rows == 70_000 and table.column("id")[-1].as_py() == 70_000
+
+
 def test_a_tables_count_comes_from_its_metadata(bigquery, dataset):
     count = source({"table": f"{dataset}.forecast"}).count()
     assert (count.rows, count.exact) == (ROWS, True)
