@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 READY := $(VENV)/.ready
 
-.PHONY: demo test lint schema bench bench-background bench-postgres clean
+.PHONY: demo test lint schema bench bench-background bench-postgres bench-bigquery clean
 
 $(READY): pyproject.toml constraints.txt
 	@$(PYTHON) -c 'import sys; sys.exit("Python 3.11 or newer is needed; set PYTHON=python3.11" if sys.version_info < (3, 11) else 0)'
@@ -42,6 +42,11 @@ bench-background: $(READY)
 # (needs PostgreSQL and Redis; 5,000,000 rows by default).
 bench-postgres: $(READY)
 	$(BIN)/python benchmarks/postgres.py
+
+# BigQuery (an emulator) → PostgreSQL against a hand-written Storage Read API + COPY, in process
+# and with 2 workers (needs PostgreSQL and Redis; 5,000,000 rows by default).
+bench-bigquery: $(READY)
+	$(BIN)/python benchmarks/bigquery.py
 
 clean:
 	rm -rf $(VENV) out .etl .pytest_cache .hypothesis *.egg-info
