@@ -162,11 +162,7 @@ class StageContext:
         if self.on_error == "fail" or collector is None:
             value = None
             if column is not None and column in rows.schema.names and rows.num_rows:
-                scalar = rows.column(column)[0]
-                try:
-                    value = _short(scalar.as_py())
-                except (ValueError, OverflowError, ImportError):  # e.g. nanoseconds Python can't hold
-                    value = _short(str(scalar))
+                value = _shown(rows.column(column)[0])
             raise RejectedRows(
                 stage=self.label,
                 count=len(positions),
@@ -176,6 +172,16 @@ class StageContext:
                 value=value,
             )
         collector.reject(rows, positions, stage=self.label, reasons=reasons, column=column)
+
+
+def _shown(scalar: Any) -> str:
+    """An Arrow value for a message, even one Python can't hold (nanoseconds, year 10000)."""
+    for show in (lambda: scalar.as_py(), lambda: str(scalar), lambda: scalar.cast("string").as_py()):
+        try:
+            return _short(show())
+        except Exception:  # OverflowError, ValueError, pyarrow's own: try the next way
+            continue
+    return f"a {scalar.type} value"
 
 
 def _short(value: Any, limit: int = 60) -> str:

@@ -382,3 +382,14 @@ def test_rows_a_sink_rejects_are_counted_with_skip_without_any_transform(pm, clo
         for line in f.read_text().splitlines()
     ]
     assert len(lines) == 500 and all(line["record"]["id"] % 2 for line in lines)
+
+
+def test_a_rejected_value_python_cant_hold_is_still_named():
+    from etl.errors import RejectedRows
+    from etl.stages import StageContext
+
+    batch = pa.record_batch({"at": pa.array([2**62], pa.timestamp("ns")), "d": pa.array([2**50], pa.date64())})
+    context = StageContext(job="j", run_id="r", label="sink")
+    for column, shown in (("at", "2116-02-20 23:53:38.427387904"), ("d", "out of range")):
+        with pytest.raises(RejectedRows, match=shown):
+            context.reject(batch, [0], "too far", column=column)
