@@ -108,6 +108,21 @@ def start(timeout: float = 60.0) -> Emulator:
     raise RuntimeError(f"bqemulator did not answer within {timeout:.0f}s:\n{log.read_text()[-3000:]}")
 
 
+_shared: list[Emulator] = []
+
+
+def shared() -> Emulator:
+    """This process's emulator, started at the first call and stopped when the process exits:
+    the tests' fixtures and the contract cases share one."""
+    if not _shared:
+        import atexit
+
+        emulator = start()
+        atexit.register(emulator.stop)
+        _shared.append(emulator)
+    return _shared[0]
+
+
 def _die_with_parent() -> None:
     """In the emulator's process: be sent SIGTERM when the process that started it dies (Linux),
     so that a killed test run leaves no emulator behind."""

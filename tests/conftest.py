@@ -75,12 +75,11 @@ def cli():
 
 @pytest.fixture(scope="session")
 def bq_emulator():
-    """A BigQuery emulator (``bqemulator``) for the session, on free ports."""
+    """A BigQuery emulator (``bqemulator``) for the session, on free ports (shared with the
+    contract cases; stopped when the session's process exits)."""
     from tests import bq_emulator
 
-    emulator = bq_emulator.start()
-    yield emulator
-    emulator.stop()
+    return bq_emulator.shared()
 
 
 @pytest.fixture

@@ -19,8 +19,6 @@ def etl_register_sources() -> list[type[Source]]:
 
 @hookimpl
 def etl_register_sinks() -> list[type[Sink]]:
-    try:
-        from .sink import BigQuerySink
-    except ImportError:
-        return []
+    from .sink import BigQuerySink
+
     return [BigQuerySink]

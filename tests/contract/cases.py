@@ -1,11 +1,11 @@
-"""Every contract case: the core built-ins' and the file formats'."""
+"""Every contract case: the core built-ins', the file formats', PostgreSQL's and BigQuery's."""
 
 from __future__ import annotations
 
-from tests.contract import cases_core, cases_postgres
+from tests.contract import cases_bigquery, cases_core, cases_postgres
 
-SOURCE_CASES = list(cases_core.SOURCE_CASES) + cases_postgres.SOURCE_CASES
-SINK_CASES = list(cases_core.SINK_CASES) + cases_postgres.SINK_CASES
+SOURCE_CASES = list(cases_core.SOURCE_CASES) + cases_postgres.SOURCE_CASES + cases_bigquery.SOURCE_CASES
+SINK_CASES = list(cases_core.SINK_CASES) + cases_postgres.SINK_CASES + cases_bigquery.SINK_CASES
 
 try:  # the file formats' cases live beside their own tests
     from tests.contract import cases_files
