@@ -24,6 +24,7 @@ from etl.errors import (
     did_you_mean,
 )
 from etl.hookspecs import hookimpl, hookspec
+from etl.incremental import Window
 from etl.runs import ChunkResult, RunInfo, RunResult
 from etl.stages import Chunk, Plan, RowCount, Sink, Source, StageContext, StageOptions, Transform
 from etl.units import parse_duration, parse_type
@@ -57,6 +58,7 @@ __all__ = [
     "Transform",
     "TransientError",
     "UsageError",
+    "Window",
     "__version__",
     "did_you_mean",
     "hookimpl",

@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     from etl.retry import Clock
     from etl.runs import RunInfo, RunResult
     from etl.stages import Plan, RowCount
-    from etl.store import RunRecord, WorkerInfo
+    from etl.store import RunRecord, RunStore, WorkerInfo
 
 __all__ = [
     "cancel",
@@ -37,6 +37,7 @@ __all__ = [
     "list_runs",
     "load_job",
     "open_queue",
+    "open_store",
     "plan",
     "retry",
     "run",
@@ -66,6 +67,8 @@ def plan(
     pm = pm or get_plugin_manager(job_plugins=job.spec.plugins, job_dir=job.directory)
     work = JobRun(job, pm, run_id=run_id)
     try:
+        if job.spec.incremental is not None:
+            work.open_window(open_store().get_mark(job.name))
         count = work.count()
         warnings = check_thresholds(job, count)
         info, chunks = work.plan(count)
@@ -87,10 +90,13 @@ def run(
     run_id: str | None = None,
     clock: Clock | None = None,
     count: RowCount | None = None,
+    window: Mapping[str, Any] | None = None,
 ) -> RunResult:
     """Run a job in this process and return its :class:`~etl.runs.RunResult`.
 
     ``job`` is a :class:`~etl.config.Job` or a job file (loaded with ``params`` and ``sets``).
+    An incremental job reads from its stored mark (or the ``window`` that :func:`plan` fixed)
+    and moves the mark when the run completes.
 
     Raises:
         ConfigErrors: the job is invalid.
@@ -101,7 +107,13 @@ def run(
         job, pm = load(job, text=None, params=params, sets=sets, env=None, pm=pm)
     if pm is None:
         pm = get_plugin_manager(job_plugins=job.spec.plugins, job_dir=job.directory)
-    return run_job(job, pm, run_id=run_id, state_dir=state_dir(), clock=clock, count=count)
+    marks, fixed = None, None
+    if job.spec.incremental is not None:
+        from etl.incremental import Window
+
+        marks = open_store()
+        fixed = Window.from_json(dict(window)) if window is not None else None
+    return run_job(job, pm, run_id=run_id, state_dir=state_dir(), clock=clock, count=count, window=fixed, marks=marks)
 
 
 # -- background runs ------------------------------------------------------------------------
@@ -122,6 +134,13 @@ def open_queue(settings: QueueSettings | None = None) -> Queue:
     return queue
 
 
+def open_store(settings: QueueSettings | None = None) -> RunStore:
+    """The run store alone (where runs and incremental marks are kept), without the queue."""
+    from etl.queue import open_store as _open_store
+
+    return _open_store(settings or queue_settings())
+
+
 def submit(
     job: Job | str | os.PathLike[str],
     *,
@@ -129,6 +148,7 @@ def submit(
     sets: Sequence[str] = (),
     queue: Queue | None = None,
     run_id: str | None = None,
+    window: Mapping[str, Any] | None = None,
 ) -> RunRecord:
     """Queue a run of ``job`` for the workers; returns its record (``.id`` is the run id, new
     unless given).
@@ -139,7 +159,9 @@ def submit(
     if not isinstance(job, config.Job):
         job = load_job(job, params=params, sets=sets)
     queue = queue or open_queue()
-    return queue.submit(job, params={k: str(v) for k, v in (params or {}).items()}, sets=list(sets), run_id=run_id)
+    return queue.submit(
+        job, params={k: str(v) for k, v in (params or {}).items()}, sets=list(sets), run_id=run_id, window=window
+    )
 
 
 def get_run(run_id: str, queue: Queue | None = None) -> RunRecord:

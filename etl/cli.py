@@ -118,20 +118,21 @@ def run(
     if dry_run:
         _dry_run(job, as_json)
         return
-    count = None
+    count, window = None, None
     # One run id from the count to the run: what a source stages while counting (a BigQuery
-    # query's result) is the run's, and is not done twice.
+    # query's result) is the run's, and is not done twice; an incremental run's window, fixed
+    # by the count, is the one it reads.
     run_id = new_run_id()
     if mode is None:
         info, _, _ = api.plan(job, run_id=run_id)
-        count = info.rows
+        count, window = info.rows, info.window
         mode = "background" if count is not None and count >= job.spec.thresholds.background else "sync"
     if mode == "background":
-        _run_queued(job, given, sets, wait, as_json, count, run_id)
+        _run_queued(job, given, sets, wait, as_json, count, run_id, window)
         return
     handler = logsetup.add_run_log(api.state_dir() / "runs" / run_id / "run.log", run_id)
     try:
-        result = api.run(job, run_id=run_id)
+        result = api.run(job, run_id=run_id, window=window)
     finally:
         from loguru import logger
 
@@ -148,6 +149,7 @@ def _run_queued(
     as_json: bool,
     rows: int | None,
     run_id: str | None = None,
+    window: Any = None,
 ) -> None:
     from etl.cli_queue import follow
 
@@ -155,7 +157,7 @@ def _run_queued(
     if rows is not None:
         for warning in _threshold_warnings(job, rows):
             click.echo(f"warning: {warning}", err=True)
-    record = api.submit(job, params=params, sets=sets, queue=queue, run_id=run_id)
+    record = api.submit(job, params=params, sets=sets, queue=queue, run_id=run_id, window=window)
     if not queue.embedded:
         if not wait:
             click.echo(json.dumps(record.to_json(), indent=2) if as_json else record.id)

@@ -37,6 +37,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "Duration",
+    "IncrementalSpec",
     "Job",
     "JobSpec",
     "ParamSpec",
@@ -98,6 +99,31 @@ class RetrySpec(_Model):
     )
 
 
+class IncrementalSpec(_Model):
+    """Read only what is new since the last completed run (see docs/scheduling.md)."""
+
+    cursor: str = Field(
+        min_length=1,
+        description="the column whose values only grow as rows are added or changed (a file source: `mtime`)",
+        examples=["updated_at"],
+    )
+    initial: Any = Field(
+        None, description="where the first run starts (inclusive): a date, a time or a number; none: from the start"
+    )
+    lookback: Duration = Field(
+        0.0,
+        description="read again this far below the mark, for rows that arrive late "
+        "(a duration; for number cursors, a number)",
+    )
+
+    @field_validator("initial")
+    @classmethod
+    def _initial(cls, value: Any) -> Any:
+        from etl.incremental import parse_value
+
+        return None if value is None else parse_value(value)
+
+
 class JobSpec(_Model):
     """The keys of a job file. Stage mappings are validated against their stage's options."""
 
@@ -118,6 +144,14 @@ class JobSpec(_Model):
     thresholds: Thresholds = Field(default_factory=Thresholds)
     retry: RetrySpec = Field(default_factory=RetrySpec)
     schedule: str | None = Field(None, description="cron expression (five fields, or @hourly, @daily, ...)")
+    timezone: str = Field("UTC", description="the time zone the schedule is read in", examples=["Europe/Paris"])
+    overlap: Literal["skip", "queue"] = Field(
+        "skip", description="a scheduled run due while the last one is unfinished: skip it, or queue it behind"
+    )
+    catchup: bool = Field(
+        False, description="after the scheduler was down: fire every missed run (true) or only the latest (false)"
+    )
+    incremental: IncrementalSpec | None = Field(None, description="read only rows new since the last completed run")
     plugins: list[str] = Field(default_factory=list, description="plugin modules or .py files to load")
     on_error: Literal["fail", "skip"] = Field("fail", description="what a rejected row does to the run")
     max_rejects: int | None = Field(None, ge=0, description="with on_error: skip, fail the run beyond this many")
@@ -126,6 +160,14 @@ class JobSpec(_Model):
     @classmethod
     def _cron(cls, value: str | None) -> str | None:
         return None if value is None else parse_cron(value)
+
+    @field_validator("timezone")
+    @classmethod
+    def _timezone(cls, value: str) -> str:
+        from etl.units import parse_timezone
+
+        parse_timezone(value)
+        return value
 
     @field_validator("params")
     @classmethod
@@ -269,6 +311,8 @@ def validate(
     if isinstance(raw_transforms, list):
         transforms = [stage("transform", ("transforms", i), raw) for i, raw in enumerate(raw_transforms)]
 
+    if spec is not None and spec.incremental is not None and stages.get("source") is not None:
+        _check_incremental(doc, registry, stages["source"], spec.incremental.cursor, sets, errors)
     if errors or spec is None:
         raise ConfigErrors(sorted(errors, key=lambda e: (e.file or "", e.line or 0)))
     return Job(
@@ -281,6 +325,23 @@ def validate(
         text=doc.text,
         written=dict(doc.written),
     )
+
+
+def _check_incremental(
+    doc: Document,
+    registry: Registry,
+    source: StageConfig,
+    cursor: str,
+    sets: Mapping[KeyPath, str],
+    errors: list[ConfigError],
+) -> None:
+    try:
+        source.cls.check_cursor(source.options, cursor)
+    except ValueError as exc:
+        able = [n for n in registry.names("source") if getattr(registry.get("source", n).cls, "incremental", False)]
+        which = f" (the sources that can: {', '.join(able)})" if not source.cls.incremental and able else ""
+        path: KeyPath = ("incremental",) if not source.cls.incremental else ("incremental", "cursor")
+        errors.append(_located(doc, path, f"{exc}{which}", sets))
 
 
 def _param_specs(raw: Any) -> dict[str, ParamSpec]:

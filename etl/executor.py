@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from loguru import logger
 
 from etl.errors import ConfigErrors, Interrupted, describe, is_transient
+from etl.incremental import Window
 from etl.jobs import load, state_dir
 from etl.retry import RetryPolicy
 from etl.runner import JobRun, check_thresholds
@@ -32,6 +33,9 @@ if TYPE_CHECKING:
     from etl.queue import Queue
 
 __all__ = ["Executor", "LeaseKeeper"]
+
+#: How often a run queued behind another (``overlap: queue``) looks whether it may start.
+AFTER_POLL_SECONDS = 2.0
 
 
 class LeaseKeeper:
@@ -221,6 +225,12 @@ class Executor:
         run = self.store.get_run(run_id)
         if run is None or run.state != "waiting" or run.planned:
             return
+        if run.after is not None:
+            before = self.store.get_run(run.after)
+            if before is not None and not before.finished:
+                # overlap: queue: this run waits for the one before it to finish.
+                self.queue.send("etl.plan", run.id, delay=AFTER_POLL_SECONDS)
+                return
         with self._using(run) as loaded:
             if loaded is not None:
                 self._plan(run, loaded)
@@ -228,6 +238,11 @@ class Executor:
     def _plan(self, run: RunRecord, loaded: _Loaded) -> None:
         log = self._log(run)
         try:
+            if loaded.job.spec.incremental is not None:
+                if run.window is not None:
+                    loaded.work.set_window(Window.from_json(run.window))
+                else:
+                    loaded.work.open_window(self.store.get_mark(run.job))
             count = loaded.work.count()
             for warning in check_thresholds(loaded.job, count):
                 log.warning(warning)
@@ -242,7 +257,12 @@ class Executor:
                 self._failed(loaded, run.id, exc)
             return
         if not self.store.set_plan(
-            run.id, rows=info.rows, exact=info.rows_exact, chunks=plan.chunks, shared=dict(plan.shared)
+            run.id,
+            rows=info.rows,
+            exact=info.rows_exact,
+            chunks=plan.chunks,
+            shared=dict(plan.shared),
+            window=info.window,
         ):
             return
         total = f"{info.rows:,}" if info.rows is not None else "an unknown number of"

@@ -13,7 +13,7 @@ import hmac
 import json
 import os
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -30,7 +30,7 @@ if TYPE_CHECKING:
 
     from etl.config import Job
 
-__all__ = ["Queue", "open_queue"]
+__all__ = ["Queue", "open_queue", "open_store"]
 
 TASKS = ("etl.plan", "etl.chunk", "etl.finalize", "etl.abort")
 
@@ -59,11 +59,7 @@ class Queue:
 
     def __init__(self, settings: QueueSettings) -> None:
         self.settings = settings
-        if settings.kind == "embedded":
-            kv: Any = SqliteKV(settings.directory / "state.db")
-        else:
-            kv = RedisKV(settings.url, settings.display)
-        self.store = RunStore(kv, prefix=settings.name)
+        self.store = open_store(settings)
         self.huey = _huey(settings)
         self.handlers: dict[str, Callable[..., Any]] = {}
         self._tasks = {name: self.huey.task(name=name, retries=0)(self._dispatcher(name)) for name in TASKS}
@@ -124,6 +120,8 @@ class Queue:
         params: dict[str, str] | None = None,
         sets: list[str] | None = None,
         run_id: str | None = None,
+        window: Mapping[str, Any] | None = None,
+        **fields: Any,
     ) -> RunRecord:
         """Record a run of ``job`` (as written: ``${VAR}`` are resolved by each worker) and send
         its plan message.
@@ -142,6 +140,8 @@ class Queue:
             delay=job.spec.delay,
             attempts=job.spec.retry.attempts,
             submitted_by=f"{socket.gethostname()}:{os.getpid()}",
+            window=dict(window) if window is not None else None,
+            **fields,
         )
         record.signature = self.signature(record)
         busy = self.store.create_run(record, limit=job.spec.concurrency)
@@ -169,6 +169,15 @@ class Queue:
 
     def close(self) -> None:
         self.store.kv.close()
+
+
+def open_store(settings: QueueSettings) -> RunStore:
+    """The run store of the settings (runs, ledgers, workers, marks, schedules), without Huey."""
+    if settings.kind == "embedded":
+        kv: Any = SqliteKV(settings.directory / "state.db")
+    else:
+        kv = RedisKV(settings.url, settings.display)
+    return RunStore(kv, prefix=settings.name)
 
 
 def open_queue(settings: QueueSettings | None = None) -> Queue:

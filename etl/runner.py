@@ -30,6 +30,8 @@ if TYPE_CHECKING:
     import pyarrow as pa
 
     from etl.config import Job, StageConfig
+    from etl.incremental import Window
+    from etl.store import RunStore
 
 __all__ = ["JobRun", "check_thresholds", "run_job"]
 
@@ -89,6 +91,8 @@ class JobRun:
         self._source: Source | None = None
         self._transforms: list[Transform] | None = None
         self._sink: Sink | None = None
+        #: An incremental run's window: set before counting (see :meth:`open_window`).
+        self.window: Window | None = None
 
     # -- stages, made when first needed --------------------------------------------------
 
@@ -101,6 +105,7 @@ class JobRun:
             label=stage.label,
             on_error=self.job.spec.on_error,
             batch_size=min(self.job.spec.chunk_size, MAX_BATCH_ROWS),
+            window=self.window,
         )
 
     def _make(self, stage: StageConfig) -> Any:
@@ -134,13 +139,53 @@ class JobRun:
 
     # -- planning ------------------------------------------------------------------------
 
+    # -- incremental runs ---------------------------------------------------------------------
+
+    def set_window(self, window: Window | None) -> None:
+        """Read only the rows of ``window`` (a window fixed earlier, given back to a worker)."""
+        self.window = window
+        if self._source is not None:
+            self._source.context.window = window
+
+    def open_window(self, mark: Mapping[str, Any] | None) -> Window:
+        """Fix this run's window from the job's stored mark (``None`` before its first good run).
+
+        Raises:
+            PermanentError: the mark or ``initial`` can't be compared with the cursor's values.
+        """
+        from etl.incremental import decode, open_window
+
+        spec = self.job.spec.incremental
+        assert spec is not None
+        value = None
+        if mark is not None:
+            if mark.get("cursor") == spec.cursor:
+                value = decode(mark.get("value"))
+            else:
+                self.log.warning(
+                    "the stored mark follows {!r}, and the job now follows {!r}: starting from initial",
+                    mark.get("cursor"),
+                    spec.cursor,
+                )
+        self.set_window(None)
+        try:
+            window = open_window(spec, value, self.source)
+        except ValueError as exc:
+            raise PermanentError(f"incremental: {exc} (see the mark with: etl state {self.job.name})") from None
+        self.set_window(window)
+        self.log.info("incremental: {}", window.describe())
+        return window
+
     def count(self) -> RowCount:
+        if self.window is not None and self.window.empty:
+            return RowCount(0)
         return self.source.count()
 
     def plan(self, count: RowCount | None = None) -> tuple[RunInfo, Plan]:
         """Count (unless given) and plan the run."""
         count = count or self.count()
-        plan = self.source.plan(self.job.spec.chunk_size)
+        empty = self.window is not None and self.window.empty
+        plan = Plan([]) if empty else self.source.plan(self.job.spec.chunk_size)
         rows = count.rows if count.rows is not None else plan.rows
         info = RunInfo(
             id=self.run_id,
@@ -150,6 +195,7 @@ class JobRun:
             rows_exact=count.exact if count.rows is not None else plan.rows is not None,
             chunks=len(plan.chunks),
             rejects_dir=str(self.rejects_dir),
+            window=self.window.to_json() if self.window is not None else None,
         )
         return info, plan
 
@@ -359,6 +405,8 @@ def run_job(
     clock: Clock | None = None,
     rng: random.Random | None = None,
     count: RowCount | None = None,
+    window: Window | None = None,
+    marks: RunStore | None = None,
 ) -> RunResult:
     """Run every chunk of ``job`` in this process, one after another, retrying as the job says.
 
@@ -366,13 +414,24 @@ def run_job(
     it; a run interrupted with Ctrl-C is aborted (staged data removed) and re-raises. A run
     larger than ``thresholds.max`` is refused with :class:`~etl.errors.UsageError` before it
     starts.
+
+    An incremental job reads the ``window`` given (fixed when the run was counted), or one
+    opened from the mark in ``marks``; the mark moves there when the run completes.
     """
     clock = clock or SystemClock()
     policy = RetryPolicy.from_spec(job.spec.retry)
     work = JobRun(job, pm, run_id=run_id, state_dir=state_dir)
     log = work.log
     result = RunResult(run_id=work.run_id, job=job.name)
+    if job.spec.incremental is not None and marks is None:
+        work.close()
+        raise UsageError(f"{job.file}: an incremental job needs the run store that keeps its mark")
     try:
+        if job.spec.incremental is not None:
+            if window is not None:
+                work.set_window(window)
+            else:
+                work.open_window(marks.get_mark(job.name))  # type: ignore[union-attr]
         count = count or work.count()
         warnings = check_thresholds(job, count)
         info, plan = work.plan(count)
@@ -432,6 +491,15 @@ def run_job(
     except Exception as exc:
         _discard(ahead)
         _fail(work, info, result, exc, None)
+    if work.window is not None:
+        from etl.incremental import shown
+
+        try:
+            marks.advance_mark(job.name, work.window.to_json(), work.run_id)  # type: ignore[union-attr]
+        except Exception as exc:
+            _fail(work, info, result, exc, None)
+        if not work.window.empty:
+            log.info("incremental: the mark of {} is now {}", job.name, shown(work.window.high))
     result.state = "completed"
     result.finished_at = utcnow()
     if result.rows_rejected:

@@ -35,6 +35,7 @@ class RunInfo:
         chunks: the number of chunks planned.
         created_at: when the run was created (UTC).
         rejects_dir: where rejected rows are written, if any are.
+        window: an incremental run's window (:class:`~etl.incremental.Window` as JSON).
     """
 
     id: str
@@ -45,6 +46,7 @@ class RunInfo:
     chunks: int
     created_at: datetime = field(default_factory=utcnow)
     rejects_dir: str | None = None
+    window: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)

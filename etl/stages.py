@@ -23,6 +23,8 @@ from pydantic import BaseModel, ConfigDict
 if TYPE_CHECKING:
     import pyarrow as pa
 
+    from etl.incremental import Window
+
 __all__ = [
     "Chunk",
     "Plan",
@@ -131,6 +133,8 @@ class StageContext:
         label: how errors name this stage, such as ``sink`` or ``transforms[2] (cast)``.
         on_error: the job's ``on_error``: ``fail`` or ``skip``.
         batch_size: the largest record batch a source should yield.
+        window: for a source of an incremental job, the rows this run reads (see
+            :class:`~etl.incremental.Window`): set once the run is planned, before ``count``.
     """
 
     job: str
@@ -140,6 +144,7 @@ class StageContext:
     label: str = ""
     on_error: OnError = "fail"
     batch_size: int = 65_536
+    window: Window | None = None
 
     def reject(
         self,
@@ -211,7 +216,25 @@ class Source(Stage, ABC):
     A source counts its rows, plans chunks for a chunk size, and reads one chunk at a time as
     a stream of record batches. ``read`` must give the same rows for the same chunk every time
     it is called, in any process: that is what makes a retried chunk safe.
+
+    A source that can read incrementally sets ``incremental = True``, gives the highest cursor
+    value it holds with :meth:`cursor_high`, and, when ``context.window`` is set, counts, plans
+    and reads only the rows inside it.
     """
+
+    #: Whether the source can read incrementally (``incremental:`` in a job).
+    incremental: ClassVar[bool] = False
+
+    @classmethod
+    def check_cursor(cls, options: StageOptions, cursor: str) -> None:
+        """Refuse, with a :class:`ValueError` saying why, a cursor this source can't follow."""
+        if not cls.incremental:
+            raise ValueError(f"the {cls.name} source can't read incrementally")
+
+    def cursor_high(self, cursor: str) -> Any:
+        """The highest value of ``cursor`` among the source's rows now (``None`` when it has
+        none): the upper bound of an incremental run, fixed when the run is planned."""
+        raise NotImplementedError(f"the {self.name} source can't read incrementally")
 
     def count(self) -> RowCount:
         """How many rows the run will read; by default, the sum of the plan's chunks."""

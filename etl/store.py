@@ -72,6 +72,13 @@ class RunRecord:
     aborted: bool = False
     submitted_by: str = ""
     signature: str = ""
+    #: An incremental run's window (:class:`~etl.incremental.Window` as JSON), fixed at plan time.
+    window: dict[str, Any] | None = None
+    #: A scheduled run: the slot it was fired for (a Unix time), and the interval it covers.
+    scheduled_for: float | None = None
+    interval: dict[str, str] | None = None
+    #: With ``overlap: queue``, the run this one waits for before it is planned.
+    after: str | None = None
 
     @classmethod
     def from_doc(cls, doc: dict[str, Any]) -> RunRecord:
@@ -276,14 +283,21 @@ class RunStore:
                 busy = [m for m, _ in tx.zrange(unfinished, -FOREVER, FOREVER, limit)]
                 if len(busy) >= limit:
                     return busy
-            self._save_run(tx, run)
-            tx.zadd(self._z("runs"), run.id, run.created_at)
-            tx.zadd(self._z("state:waiting"), run.id, run.created_at)
-            tx.zadd(self._z(f"job:{run.job}"), run.id, run.created_at)
-            tx.zadd(unfinished, run.id, run.created_at)
+            self._insert_run(tx, run)
             return None
 
         return self.kv.atomic(create, [self._run_key(run.id), unfinished])
+
+    def _insert_run(self, tx: Tx, run: RunRecord) -> None:
+        self._save_run(tx, run)
+        tx.zadd(self._z("runs"), run.id, run.created_at)
+        tx.zadd(self._z("state:waiting"), run.id, run.created_at)
+        tx.zadd(self._z(f"job:{run.job}"), run.id, run.created_at)
+        tx.zadd(self._z(f"unfinished:{run.job}"), run.id, run.created_at)
+
+    def unfinished(self, job: str, limit: int = 100) -> list[str]:
+        """The job's waiting and active runs, oldest first."""
+        return [m for m, _ in self.kv.zrange(self._z(f"unfinished:{job}"), -FOREVER, FOREVER, limit)]
 
     def get_run(self, run_id: str) -> RunRecord | None:
         doc = self.kv.get(self._run_key(run_id))
@@ -318,7 +332,14 @@ class RunStore:
         return ChunkRecord.from_doc(doc) if doc else None
 
     def set_plan(
-        self, run_id: str, *, rows: int | None, exact: bool, chunks: Sequence[Chunk], shared: dict[str, Any]
+        self,
+        run_id: str,
+        *,
+        rows: int | None,
+        exact: bool,
+        chunks: Sequence[Chunk],
+        shared: dict[str, Any],
+        window: dict[str, Any] | None = None,
     ) -> bool:
         """Record the plan of a ``waiting`` run and make it ``active``. False if it was not waiting
         (cancelled meanwhile, or planned already by a re-delivered task)."""
@@ -331,6 +352,7 @@ class RunStore:
                 record = ChunkRecord(run_id, chunk.index, chunk.label, chunk.rows, dict(chunk.args))
                 self._save_chunk(tx, record)
             run.rows_total, run.rows_exact, run.shared = rows, exact, dict(shared)
+            run.window = window if window is not None else run.window
             run.chunks_total, run.planned, run.started_at = len(chunks), True, self.clock()
             self._set_state(tx, run, "active")
             self._save_run(tx, run)
@@ -598,7 +620,8 @@ class RunStore:
         return self.kv.atomic(renew, [self._run_key(run_id)])
 
     def finish(self, run_id: str, worker: str | None = None) -> bool:
-        """The run completed: every chunk written and the sink finalized (by ``worker``)."""
+        """The run completed: every chunk written and the sink finalized (by ``worker``). An
+        incremental run's mark moves to its window's upper bound in the same transaction."""
 
         def finish(tx: Tx) -> bool:
             run = self._load_run(tx, run_id)
@@ -609,9 +632,59 @@ class RunStore:
             run.error, run.error_chunk = None, None
             self._set_state(tx, run, "completed")
             self._save_run(tx, run)
+            if run.window is not None:
+                self._advance(tx, run.job, run.window, run.id)
             return True
 
-        return self.kv.atomic(finish, [self._run_key(run_id)])
+        return self.kv.atomic(finish, [self._run_key(run_id), self._mark_key(self._job_of(run_id))])
+
+    def _job_of(self, run_id: str) -> str:
+        run = self.get_run(run_id)
+        return run.job if run is not None else ""
+
+    # -- incremental marks -------------------------------------------------------------------
+
+    def _mark_key(self, job: str) -> str:
+        return f"{self.prefix}:mark:{job}"
+
+    def get_mark(self, job: str) -> dict[str, Any] | None:
+        """The job's high-water mark: ``{"cursor", "value" (typed JSON), "run", "updated_at"}``."""
+        return self.kv.get(self._mark_key(job))
+
+    def _advance(self, tx: Tx, job: str, window: dict[str, Any], run_id: str) -> None:
+        from etl.incremental import decode
+
+        high = decode(window.get("high"))
+        if high is None:
+            return
+        current = tx.get(self._mark_key(job))
+        if current is not None and current.get("cursor") == window["cursor"]:
+            try:
+                if decode(current["value"]) >= high:
+                    return  # a later run moved it further already
+            except TypeError:
+                pass  # the cursor's type changed: the newer run's value wins
+        tx.put(
+            self._mark_key(job),
+            {"cursor": window["cursor"], "value": window["high"], "run": run_id, "updated_at": self.clock()},
+        )
+
+    def advance_mark(self, job: str, window: dict[str, Any], run_id: str) -> None:
+        """Move the mark to a completed in-process run's upper bound (never backwards)."""
+        self.kv.atomic(lambda tx: self._advance(tx, job, window, run_id), [self._mark_key(job)])
+
+    def set_mark(self, job: str, cursor: str | None, value: dict[str, Any] | None) -> None:
+        """Set the mark by hand (``etl state --set``), or remove it (``value=None``: the next
+        run starts from ``initial``)."""
+
+        def put(tx: Tx) -> None:
+            if value is None:
+                tx.delete(self._mark_key(job))
+            else:
+                doc = {"cursor": cursor, "value": value, "run": None, "updated_at": self.clock()}
+                tx.put(self._mark_key(job), doc)
+
+        self.kv.atomic(put, [self._mark_key(job)])
 
     # -- the reaper's queries ------------------------------------------------------------------
 

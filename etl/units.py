@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import pyarrow as pa
 
-__all__ = ["TYPE_NAMES", "format_duration", "parse_cron", "parse_duration", "parse_type"]
+__all__ = ["TYPE_NAMES", "format_duration", "parse_cron", "parse_duration", "parse_timezone", "parse_type"]
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)?\s*$")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800, None: 1}
@@ -188,3 +188,22 @@ def parse_cron(text: str) -> str:
     except CronSimError as exc:
         raise ValueError(f"{text!r} is invalid: {exc}") from None
     return expression
+
+
+def parse_timezone(name: str) -> Any:
+    """The :class:`zoneinfo.ZoneInfo` of an IANA time zone name (``UTC``, ``Europe/Paris``).
+
+    Raises:
+        ValueError: naming a close match, when there is no such zone.
+    """
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
+
+    try:
+        return ZoneInfo(str(name))
+    except (ZoneInfoNotFoundError, ValueError):
+        from etl.errors import did_you_mean
+
+        hint = did_you_mean(str(name), sorted(available_timezones()))
+        raise ValueError(
+            f"{name!r} is not a known time zone{hint}; expected an IANA name such as UTC or Europe/Paris"
+        ) from None

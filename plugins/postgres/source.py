@@ -36,6 +36,11 @@ Chunks:
   foreign table, or a server older than 14 is read as one chunk.
 * ``query`` without ``chunk_by``: one chunk. Add ``chunk_by`` to read it in parallel.
 
+Incremental: with ``incremental: {cursor: updated_at}`` in the job, every statement (the count,
+the plan's queries, each chunk's read) is limited to the run's window, ``updated_at > mark AND
+updated_at <= high``, where ``high`` is ``max(updated_at)`` when the run was planned. The cursor
+is a column of the table or the query's result: a number, date or timestamp.
+
 Types: each column keeps the Arrow type the ADBC driver reads it as (smallint int16, integer
 int32, bigint int64, real float32, double float64, boolean, text/varchar string, bytea binary,
 date date32, time time64[us], timestamp timestamp[us], timestamptz timestamp[us, UTC], arrays
@@ -60,12 +65,13 @@ import re
 import weakref
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
+from decimal import Decimal
 from typing import Any
 
 import pyarrow as pa
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
-from etl import Chunk, PermanentError, Plan, RowCount, Source, did_you_mean
+from etl import Chunk, PermanentError, Plan, RowCount, Source, Window, did_you_mean
 
 from .._chunking import DAY, SliceBy, column_label, key_edges, parse_chunk_by, slice_edges
 from .._files import batches_of, schema_from_shared, schema_to_shared
@@ -147,6 +153,7 @@ class PostgresSource(Source):
     name = "postgres"
     Options = PostgresSourceOptions
     options: PostgresSourceOptions
+    incremental = True
 
     def __init__(self, options: PostgresSourceOptions, context) -> None:
         super().__init__(options, context)
@@ -217,7 +224,11 @@ class PostgresSource(Source):
         return self._fetch(self._select(columns, ["false"]), schema=True)
 
     def _select(self, columns: str, conditions: Sequence[str] = (), relation: str | None = None) -> str:
-        """``SELECT columns`` from the query or table, where the conditions (and ``where``) hold."""
+        """``SELECT columns`` from the query or table, where the conditions (and ``where``, and
+        an incremental run's window) hold."""
+        window = self.context.window
+        if window is not None and not window.empty:
+            conditions = [*conditions, *_window_conditions(window)]
         if self.query is not None:
             sql = f"SELECT {columns} FROM (\n{self.query}\n) AS q"
             found = list(conditions)
@@ -228,6 +239,9 @@ class PostgresSource(Source):
         return sql + (" WHERE " + " AND ".join(found) if found else "")
 
     # -- count and plan ---------------------------------------------------------------------------
+
+    def cursor_high(self, cursor: str) -> Any:
+        return self._fetch(self._select(f"max({quote(cursor)})"))[0][0]
 
     def count(self) -> RowCount:
         rows = self._fetch(self._select("count(*)"))
@@ -440,6 +454,30 @@ def _literal(value: Any, pg_type: str) -> str:
     if pg_type in ("timestamp", "timestamptz"):
         return f"'{dt.datetime.fromisoformat(value).isoformat()}'::{pg_type}"
     return str(int(value))
+
+
+def _window_conditions(window: Window) -> list[str]:
+    """An incremental run's bounds in SQL, its values written from their types (never text
+    taken from a job)."""
+    column = quote(window.cursor)
+    found = [f"{column} <= {_typed(window.high)}"]
+    if window.low is not None:
+        found.append(f"{column} {'>=' if window.low_inclusive else '>'} {_typed(window.low)}")
+    return found
+
+
+def _typed(value: Any) -> str:
+    if isinstance(value, dt.datetime):
+        return f"'{value.isoformat()}'::{'timestamptz' if value.tzinfo is not None else 'timestamp'}"
+    if isinstance(value, dt.date):
+        return f"'{value.isoformat()}'::date"
+    if isinstance(value, bool):
+        raise PermanentError("a boolean column can't be an incremental cursor")
+    if isinstance(value, int):
+        return str(int(value))
+    if isinstance(value, Decimal | float):
+        return f"'{Decimal(str(value))}'::numeric"
+    return "'" + str(value).replace("'", "''") + "'"
 
 
 def _condition(args: Mapping[str, Any]) -> tuple[str | None, str | None]:
