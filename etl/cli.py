@@ -339,9 +339,9 @@ def schema(output: str | None) -> None:
 
 
 def _register() -> None:
-    from etl.cli_queue import COMMANDS
+    from etl import cli_queue, cli_schedule
 
-    for command in COMMANDS:
+    for command in [*cli_queue.COMMANDS, *cli_schedule.COMMANDS]:
         main.add_command(command)
 
 

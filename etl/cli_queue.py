@@ -119,14 +119,16 @@ def _echo_json(data: Any) -> None:
 @click.option(
     "--configs",
     type=click.Path(file_okay=False, exists=True),
-    help="A directory of job files, validated at start (each bad one is reported).",
+    help="A directory of job files whose schedules this worker fires (one worker at a time does).",
 )
 @log_options
 def worker(concurrency: int, configs: str | None, log_format: str, log_level: str) -> None:
     """Run a worker: execute background runs' chunks until SIGTERM or Ctrl-C.
 
     Start as many as you like, on as many machines, against one queue. A worker that stops
-    finishes its chunks in hand (ETL_GRACE_SECONDS, 30 by default) or gives them back.
+    finishes its chunks in hand (ETL_GRACE_SECONDS, 30 by default) or gives them back. With
+    --configs, the scheduled jobs of that directory are fired on their schedules: by one of
+    the workers given the directory at a time, each due run exactly once.
     """
     from etl import logsetup
     from etl.worker import Worker, WorkerOptions
@@ -135,7 +137,7 @@ def worker(concurrency: int, configs: str | None, log_format: str, log_level: st
     if configs:
         _check_configs(configs)
     queue = _open()
-    instance = Worker(queue, WorkerOptions.from_env(concurrency))
+    instance = Worker(queue, WorkerOptions.from_env(concurrency), configs=configs)
     instance.start()
     instance.wait()
 

@@ -276,6 +276,7 @@ def validate(
     *,
     params: Mapping[str, str] | None = None,
     sets: Mapping[KeyPath, str] | None = None,
+    run: Mapping[str, Any] | None = None,
 ) -> Job:
     """Validate a parsed job file (``--set`` overrides already applied) into a :class:`Job`.
 
@@ -295,7 +296,9 @@ def validate(
         errors.extend(_pydantic_errors(exc, doc, (), JobSpec, sets))
 
     specs = spec.params if spec is not None else _param_specs(data.get("params"))
-    values, param_errors = resolve_params(doc, specs, params or {})
+    if run is None and isinstance(data.get("schedule"), str):
+        run = _run_context(data)
+    values, param_errors = resolve_params(doc, specs, params or {}, run)
     errors.extend(param_errors)
     if spec is not None and spec.on_error == "fail" and spec.max_rejects is not None:
         errors.append(
@@ -342,6 +345,18 @@ def _check_incremental(
         which = f" (the sources that can: {', '.join(able)})" if not source.cls.incremental and able else ""
         path: KeyPath = ("incremental",) if not source.cls.incremental else ("incremental", "cursor")
         errors.append(_located(doc, path, f"{exc}{which}", sets))
+
+
+def _run_context(data: Mapping[str, Any]) -> dict[str, Any] | None:
+    """For a run started by hand: the latest interval of the job's schedule that has ended."""
+    import time
+
+    from etl.schedule import run_context
+
+    try:
+        return run_context(parse_cron(data["schedule"]), str(data.get("timezone") or "UTC"), time.time())
+    except ValueError:
+        return None  # the schedule or time zone is wrong, and reported as such
 
 
 def _param_specs(raw: Any) -> dict[str, ParamSpec]:

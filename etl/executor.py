@@ -23,6 +23,7 @@ from etl.jobs import load, state_dir
 from etl.retry import RetryPolicy
 from etl.runner import JobRun, check_thresholds
 from etl.runs import ChunkResult, RunInfo, RunResult
+from etl.schedule import run_context
 from etl.store import ChunkRecord, RunRecord
 from etl.units import format_duration
 
@@ -121,8 +122,16 @@ class Executor:
             if loaded is not None:
                 loaded.busy = True
                 return loaded
+        context = run_context(None, "UTC", 0.0, run.interval) if run.interval is not None else None
         job, pm = load(
-            None, text=run.job_text, params=run.params, sets=run.sets, env=None, pm=None, origin=run.job_file or None
+            None,
+            text=run.job_text,
+            params=run.params,
+            sets=run.sets,
+            env=None,
+            pm=None,
+            origin=run.job_file or None,
+            run=context,
         )
         work = JobRun(job, pm, run_id=run.id, state_dir=state_dir())
         info = RunInfo(

@@ -63,6 +63,7 @@ def load(
     env: Mapping[str, str] | None,
     pm: pluggy.PluginManager | None,
     origin: str | None = None,
+    run: Mapping[str, Any] | None = None,
 ) -> tuple[Job, pluggy.PluginManager]:
     if (source is None) == (text is None):
         raise TypeError("give either a job file or its text")
@@ -86,7 +87,7 @@ def load(
         pm = _manager_for(doc)
     registry = StageRegistry(pm)
     given = {k: v for k, v in (params or {}).items()}
-    return config.validate(doc, registry, params=given, sets=applied), pm
+    return config.validate(doc, registry, params=given, sets=applied, run=run), pm
 
 
 def _manager_for(doc: Document) -> pluggy.PluginManager:

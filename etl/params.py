@@ -59,7 +59,9 @@ def convert_param(kind: ParamType, value: Any) -> Any:
             return text.lower() in _TRUE
         raise ValueError(f"{value!r} is not a boolean; expected true or false")
     if kind == "date":
-        if isinstance(value, dt.date) and not isinstance(value, dt.datetime):
+        if isinstance(value, dt.datetime):
+            return value.date()  # the date where the time is (a run's interval in its time zone)
+        if isinstance(value, dt.date):
             return value
         try:
             return dt.date.fromisoformat(text)
@@ -82,9 +84,16 @@ def _fail() -> float:
 
 
 def resolve_params(
-    doc: Document, specs: Mapping[str, ParamSpec], given: Mapping[str, str]
+    doc: Document,
+    specs: Mapping[str, ParamSpec],
+    given: Mapping[str, str],
+    run: Mapping[str, Any] | None = None,
 ) -> tuple[dict[str, Any], list[ConfigError]]:
-    """Typed parameter values from the job's declarations and the values given at run time."""
+    """Typed parameter values from the job's declarations and the values given at run time.
+
+    A default may be ``{{ run.interval_start }}`` or ``{{ run.interval_end }}``: the interval
+    of the scheduled run (``run``), or of the latest one that has ended.
+    """
     values: dict[str, Any] = {}
     errors: list[ConfigError] = []
     for name in given:
@@ -99,6 +108,10 @@ def resolve_params(
             raw, origin = given[name], f"-p {name}={given[name]}"
         elif spec.default is not None:
             raw, origin = spec.default, None
+            if isinstance(raw, str) and "{{" in raw and "run." in raw:
+                raw = _run_template(doc, (*path, "default"), raw, run, errors)
+                if raw is INVALID:
+                    continue
         elif spec.required:
             errors.append(doc.error(path, f"required parameter; give it with -p {name}=VALUE"))
             continue
@@ -123,6 +136,38 @@ def resolve_params(
 
 
 _TEMPLATE = re.compile(r"\{\{\s*params\.([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")
+_RUN = re.compile(r"\{\{\s*run\.([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")
+RUN_NAMES = ("interval_start", "interval_end")
+
+
+def _run_template(
+    doc: Document, path: KeyPath, raw: str, run: Mapping[str, Any] | None, errors: list[ConfigError]
+) -> Any:
+    """A default with ``{{ run.interval_start }}`` (or ``interval_end``) filled in."""
+    names = _RUN.findall(raw)
+    for name in names:
+        if name not in RUN_NAMES:
+            errors.append(
+                doc.error(
+                    path,
+                    f"{{{{ run.{name} }}}}: no such value{did_you_mean(name, RUN_NAMES)}; expected one of: "
+                    + ", ".join(f"run.{n}" for n in RUN_NAMES),
+                )
+            )
+            return INVALID
+    if run is None:
+        errors.append(
+            doc.error(
+                path,
+                f"{{{{ run.{names[0]} }}}} is the interval of a scheduled run: the job needs a `schedule:` "
+                "(or give the parameter a value with -p)",
+            )
+        )
+        return INVALID
+    whole = _RUN.fullmatch(raw.strip())
+    if whole:
+        return run[whole[1]]
+    return _RUN.sub(lambda m: run[m[1]].isoformat(), raw)
 
 
 INVALID = object()

@@ -129,6 +129,29 @@ class Queue:
         Raises:
             UsageError: the job declares ``concurrency:`` and that many runs are unfinished.
         """
+        record = self.record(job, params=params, sets=sets, run_id=run_id, window=window, **fields)
+        busy = self.store.create_run(record, limit=job.spec.concurrency)
+        if busy is not None:
+            raise UsageError(
+                f"job {job.name} allows {job.spec.concurrency} unfinished run(s) at a time "
+                f"(concurrency: {job.spec.concurrency}) and {', '.join(busy)} is still unfinished; "
+                f"wait for it (etl status {busy[0]} --follow) or cancel it (etl cancel {busy[0]})"
+            )
+        logger.bind(job=job.name, run=record.id).info("queued run {} of {}", record.id, job.name)
+        self.send("etl.plan", record.id)
+        return record
+
+    def record(
+        self,
+        job: Job,
+        *,
+        params: Mapping[str, Any] | None = None,
+        sets: list[str] | None = None,
+        run_id: str | None = None,
+        window: Mapping[str, Any] | None = None,
+        **fields: Any,
+    ) -> RunRecord:
+        """A new run of ``job``, signed, not yet stored."""
         record = RunRecord(
             id=run_id or new_run_id(),
             job=job.name,
@@ -144,15 +167,6 @@ class Queue:
             **fields,
         )
         record.signature = self.signature(record)
-        busy = self.store.create_run(record, limit=job.spec.concurrency)
-        if busy is not None:
-            raise UsageError(
-                f"job {job.name} allows {job.spec.concurrency} unfinished run(s) at a time "
-                f"(concurrency: {job.spec.concurrency}) and {', '.join(busy)} is still unfinished; "
-                f"wait for it (etl status {busy[0]} --follow) or cancel it (etl cancel {busy[0]})"
-            )
-        logger.bind(job=job.name, run=record.id).info("queued run {} of {}", record.id, job.name)
-        self.send("etl.plan", record.id)
         return record
 
     def signature(self, run: RunRecord) -> str:
@@ -160,7 +174,10 @@ class Queue:
         ``ETL_SECRET_KEY``: a run record written into Redis by anyone else does not verify."""
         if not self.settings.secret:
             return ""
-        what = json.dumps([run.id, run.job_text, run.job_file, run.params, run.sets], sort_keys=True)
+        signed: list[Any] = [run.id, run.job_text, run.job_file, run.params, run.sets]
+        if run.interval is not None:  # a scheduled run's interval decides its parameters
+            signed.append(run.interval)
+        what = json.dumps(signed, sort_keys=True)
         return hmac.new(self.settings.secret.encode(), what.encode(), hashlib.sha256).hexdigest()
 
     def verify(self, run: RunRecord) -> bool:

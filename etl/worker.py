@@ -26,6 +26,7 @@ from etl.version import __version__
 
 if TYPE_CHECKING:
     from etl.queue import Queue
+    from etl.scheduler import Scheduler
 
 __all__ = ["Worker", "WorkerOptions"]
 
@@ -44,6 +45,8 @@ class WorkerOptions:
             back to the queue.
         keep_runs: finished runs kept per final state (completed, failed, cancelled); older
             ones are deleted as new ones finish, so that the store does not grow without bound.
+        scheduler_lease: how long the scheduler's lease lasts without renewal: when the worker
+            firing the schedules dies, another takes over within this time.
     """
 
     concurrency: int = 1
@@ -53,6 +56,7 @@ class WorkerOptions:
     lost_after: float = 20.0
     grace: float = 30.0
     keep_runs: int = 1000
+    scheduler_lease: float = 30.0
 
     @classmethod
     def from_env(cls, concurrency: int = 1, env: dict[str, str] | None = None) -> WorkerOptions:
@@ -69,6 +73,7 @@ class WorkerOptions:
             lost_after=seconds("ETL_LOST_AFTER_SECONDS", cls.lost_after),
             grace=seconds("ETL_GRACE_SECONDS", cls.grace),
             keep_runs=int(env.get("ETL_KEEP_RUNS") or cls.keep_runs),
+            scheduler_lease=seconds("ETL_SCHEDULER_LEASE_SECONDS", cls.scheduler_lease),
         )
 
 
@@ -90,7 +95,7 @@ def route_huey_logs(level: int = logging.WARNING) -> None:
 class Worker:
     """One worker process: ``start()`` it, then ``wait()`` or ``stop()``."""
 
-    def __init__(self, queue: Queue, options: WorkerOptions | None = None) -> None:
+    def __init__(self, queue: Queue, options: WorkerOptions | None = None, configs: str | None = None) -> None:
         self.queue = queue
         self.options = options or WorkerOptions()
         self.id = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(2)}"
@@ -110,6 +115,11 @@ class Worker:
         self._threads: list[threading.Thread] = []
         self.consumer: Any = None
         self._run_logs: int | None = None
+        self.scheduler: Scheduler | None = None
+        if configs is not None:
+            from etl.scheduler import Scheduler
+
+            self.scheduler = Scheduler(queue, configs, self.id, lease=self.options.scheduler_lease)
 
     def slots(self) -> int:
         """Chunks all live workers can work on at once: a run's default parallelism."""
@@ -152,6 +162,8 @@ class Worker:
             thread = threading.Thread(target=target, name=name, daemon=True)
             thread.start()
             self._threads.append(thread)
+        if self.scheduler is not None:
+            self.scheduler.start()
         logger.info(
             "worker {} started: {} slot(s), queue {}, lease {}s",
             self.id,
@@ -181,6 +193,8 @@ class Worker:
         """Stop taking messages, let chunks in hand finish within the grace period, give the
         rest back to the queue, and deregister."""
         self._stop.set()
+        if self.scheduler is not None:
+            self.scheduler.stop()
         if self.consumer is not None:
             self.consumer.stop(graceful=True)  # waits up to the grace period for chunks in hand
             released = self.executor.release_all()
