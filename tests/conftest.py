@@ -60,11 +60,19 @@ def clock() -> FakeClock:
     return FakeClock()
 
 
-def run_cli(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    """Run the installed ``etl`` command as a user would."""
+def run_cli(
+    *args: str, env: dict[str, str] | None = None, cwd: Path | None = None, input: str = ""
+) -> subprocess.CompletedProcess[str]:
+    """Run the installed ``etl`` command as a user would (its stdin a pipe holding ``input``)."""
     full_env = {**os.environ, **(env or {})}
     return subprocess.run(
-        [str(ETL), *args], capture_output=True, text=True, env=full_env, cwd=cwd or Path.cwd(), timeout=300
+        [str(ETL), *args],
+        capture_output=True,
+        text=True,
+        env=full_env,
+        cwd=cwd or Path.cwd(),
+        timeout=300,
+        input=input,
     )
 
 

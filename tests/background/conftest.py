@@ -109,14 +109,14 @@ class Workers:
         self.logs: dict[int, Path] = {}
         self._files: list = []
 
-    def start(self, n: int = 1, concurrency: int = 1, **env: str) -> list[subprocess.Popen]:
+    def start(self, n: int = 1, concurrency: int = 1, args: tuple[str, ...] = (), **env: str) -> list[subprocess.Popen]:
         started = []
         for _ in range(n):
             log = self.cwd / f"worker-{len(self.procs)}.log"
             out = open(log, "w")  # noqa: SIM115 - closed in stop()
             self._files.append(out)
             proc = subprocess.Popen(
-                [str(ETL), "worker", "-w", str(concurrency)],
+                [str(ETL), "worker", "-w", str(concurrency), *args],
                 cwd=self.cwd,
                 env={**self.env, **env},
                 stdout=out,
