@@ -134,6 +134,8 @@ class Executor:
             run=context,
         )
         work = JobRun(job, pm, run_id=run.id, state_dir=state_dir())
+        if run.window is not None:  # an incremental run's chunks read inside its planned window
+            work.set_window(Window.from_json(run.window))
         info = RunInfo(
             run.id,
             run.job,
