@@ -200,6 +200,7 @@ def _dry_run(job: Any, as_json: bool) -> None:
             "rows_exact": info.rows_exact,
             "chunks": [{"index": c.index, "rows": c.rows, "label": c.label, "args": dict(c.args)} for c in plan.chunks],
             "background": background,
+            "window": info.window,
             "warnings": warnings,
             "config": job.describe(),
         }
@@ -209,6 +210,10 @@ def _dry_run(job: Any, as_json: bool) -> None:
     exact = "" if info.rows_exact else " (estimate)"
     click.echo(f"job {job.name} ({job.file})")
     click.echo(f"source {job.source.type}: {rows} rows{exact} in {info.chunks} chunks of up to {job.spec.chunk_size:,}")
+    if info.window is not None:
+        from etl.incremental import Window
+
+        click.echo(f"incremental: {Window.from_json(info.window).describe()}")
     click.echo(" → ".join([job.source.label, *(t.label for t in job.transforms), job.sink.label]))
     if background:
         click.echo(f"{rows} rows is at or above thresholds.background ({job.spec.thresholds.background:,})")

@@ -9,6 +9,7 @@ import datetime as dt
 import json
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -87,7 +88,7 @@ def schedule(configs: str, count: int, as_json: bool) -> None:
         )
     leader = store.scheduler()
     scheduler = None
-    if leader is not None and leader["until"] >= now:
+    if leader is not None and leader["until"] >= time.time():  # leases keep real time
         scheduler = {"holder": leader["holder"], "since": _iso(leader["since"]), "until": _iso(leader["until"])}
     if as_json:
         _echo_json({"scheduler": scheduler, "jobs": rows, "invalid": problems})

@@ -187,7 +187,7 @@ class Scheduler:
             interval={"start": start.isoformat(), "end": end.isoformat()},
         )
         outcome, run_id = self.store.fire(record, slot, overlap)
-        log = logger.bind(job=job.name, run=run_id)
+        log = logger.bind(job=job.name, **({"run": run_id} if run_id else {}))
         when = f"{end:%Y-%m-%d %H:%M %Z}"
         if outcome == "fired":
             behind = self.store.get_run(run_id).after if run_id else None  # type: ignore[union-attr]

@@ -8,6 +8,7 @@ fast clock (``ETL_SCHEDULER_CLOCK``), one of them SIGKILLed.
 from __future__ import annotations
 
 import datetime as dt
+import json
 import signal
 import textwrap
 import time
@@ -219,8 +220,6 @@ def test_etl_schedule_lists_jobs_with_their_next_fire_times(configs, cli):
     )
     result = cli("schedule", "--configs", str(configs.directory), "--json", "--count", "2")
     assert result.returncode == 0, result.stderr
-    import json
-
     data = json.loads(result.stdout)
     assert [j["job"] for j in data["jobs"]] == ["nightly"]  # a job without a schedule is not listed
     nightly = data["jobs"][0]
@@ -236,13 +235,15 @@ def test_etl_schedule_lists_jobs_with_their_next_fire_times(configs, cli):
 # -- real workers ----------------------------------------------------------------------------
 
 
-def test_two_workers_fire_each_due_run_once_and_a_killed_scheduler_is_replaced(configs, workers):
+def test_two_workers_fire_each_due_run_once_and_a_killed_scheduler_is_replaced(configs, workers, cli):
     configs("tick")
     # One real second is 20 scheduler seconds: a run every 3 seconds.
     env = {"ETL_SCHEDULER_CLOCK": f"{time.time():.3f},20", "ETL_SCHEDULER_LEASE_SECONDS": "2"}
     procs = workers.start(2, args=("--configs", str(configs.directory)), **env)
     store = queue().store
     leader = wait_for(lambda: store.scheduler(), 15, "a scheduler")
+    listed = json.loads(cli("schedule", "--configs", str(configs.directory), "--json", env=env).stdout)
+    assert listed["scheduler"]["holder"] == leader["holder"]
     wait_for(lambda: len([r for r in runs("tick") if r.state == "completed"]) >= 3, 60, "three completed runs")
     first = next(p for p in procs if f":{p.pid}:" in store.scheduler()["holder"])
     first.send_signal(signal.SIGKILL)
