@@ -1,13 +1,15 @@
 """What the file-format sources share: finding files, schemas, planning byte ranges.
 
-Not a plugin itself (it registers nothing). The text sources (``csv``, ``jsonl``) build on
-:class:`LineSource`, which splits files into byte ranges of whole lines. The sinks' part
-directories are in :mod:`._parts`.
+Not a plugin itself (it registers nothing). Every file source (``csv``, ``jsonl``,
+``parquet``) is a :class:`FileSource`, which finds the files and reads incrementally by their
+modification time; the text sources build on :class:`LineSource`, which splits files into byte
+ranges of whole lines. The sinks' part directories are in :mod:`._parts`.
 """
 
 from __future__ import annotations
 
 import base64
+import datetime as dt
 import glob
 import os
 import warnings
@@ -19,6 +21,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 import pyarrow as pa
+from loguru import logger
 from pydantic import Field, field_validator
 
 from etl import Chunk, PermanentError, Plan, RowCount, Source, StageOptions, parse_type
@@ -27,17 +30,21 @@ from etl import Chunk, PermanentError, Plan, RowCount, Source, StageOptions, par
 SAMPLE_BYTES = 1 << 20
 _BLOCK = 8 << 20
 _GLOB_CHARS = frozenset("*?[")
+#: The cursor of an incremental file source: the files' modification time.
+MTIME = "mtime"
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 
 
 # -- files and names ---------------------------------------------------------------------------
 
 
-def resolve_files(pattern: str, suffixes: tuple[str, ...]) -> list[Path]:
+def resolve_files(pattern: str, suffixes: tuple[str, ...], *, none_ok: bool = False) -> list[Path]:
     """The files that ``pattern`` names, sorted: a file, a glob (``**`` recurses), or a directory.
 
     A directory stands for its files ending in one of ``suffixes`` (not those whose name starts
     with ``.`` or ``_``, such as a sink's temporary files). Relative paths are relative to the
-    working directory.
+    working directory. With ``none_ok``, a directory that exists but holds no such file (or a
+    glob whose leading directory exists) gives no files instead of an error.
 
     Raises:
         PermanentError: nothing matches.
@@ -52,9 +59,25 @@ def resolve_files(pattern: str, suffixes: tuple[str, ...]) -> list[Path]:
     else:
         files = [path] if path.is_file() else []
     if not files:
+        if none_ok and _leading_directory(pattern).is_dir():
+            return []
         what = f"no {'/'.join(suffixes)} file in directory" if path.is_dir() else "no file matches"
         raise PermanentError(f"{what} {pattern!r} (relative paths are relative to {Path.cwd()})")
     return sorted(files, key=str)
+
+
+def _leading_directory(pattern: str) -> Path:
+    """The directory a glob starts from (the pattern itself when it is no glob)."""
+    parts = Path(pattern).parts
+    first_glob = next((i for i, part in enumerate(parts) if _GLOB_CHARS & set(part)), len(parts))
+    return Path(*parts[:first_glob]) if first_glob else Path(".")
+
+
+def modified(path: str | Path) -> dt.datetime:
+    """When a file was last modified, in UTC, to the microsecond: its ``st_mtime_ns`` cut to
+    whole microseconds in integers (never through a float), so that every process, and a value
+    stored as text and read back, compare equal."""
+    return _EPOCH + dt.timedelta(microseconds=os.stat(path).st_mtime_ns // 1000)
 
 
 def display(path: str | Path) -> str:
@@ -290,7 +313,79 @@ class TextFile:
     bytes_per_row: float = 1.0
 
 
-class LineSource(Source):
+class FileSource(Source):
+    """A source of the files its ``path`` option names (a file, a glob or a directory).
+
+    Incremental by modification time: the job's ``incremental: {cursor: mtime}`` reads, in each
+    run, only the files modified since the last completed run (:func:`modified`, in UTC to the
+    microsecond). The run's upper bound is the newest file's time when the run is planned; a
+    file modified after that is left for the next run, and so is a planned file modified again
+    before its chunk is read (with a warning): its chunks read nothing. A file modified again
+    after it was read is read again, whole, by the next run. An existing directory with no file
+    (or a glob in one that matches nothing) is nothing new rather than an error.
+
+    A file moved into place, or copied with its times (``cp -p``, ``rsync -a``), keeps the time
+    it was written with: one at or below the mark is never read, unless the job's ``lookback``
+    reaches back to it.
+    """
+
+    #: File names a directory ``path`` is read for.
+    suffixes: ClassVar[tuple[str, ...]]
+    incremental: ClassVar[bool] = True
+
+    @classmethod
+    def check_cursor(cls, options: StageOptions, cursor: str) -> None:
+        if cursor != MTIME:
+            raise ValueError(
+                f"file sources follow the files' modification time, not a column ({cursor!r}); write `cursor: mtime`"
+            )
+
+    def files(self) -> list[Path]:
+        """The files to read: all that ``path`` names, or, in an incremental run, those
+        modified inside its window (maybe none)."""
+        window = self.context.window
+        if window is None:
+            return resolve_files(self.options.path, self.suffixes)  # type: ignore[attr-defined]
+        if window.empty:
+            return []
+        return [path for path, mtime in self._modified() if window.holds(mtime)]
+
+    def _modified(self) -> list[tuple[Path, dt.datetime]]:
+        """Every file ``path`` names, with its modification time (none in an empty directory)."""
+        found = []
+        for path in resolve_files(self.options.path, self.suffixes, none_ok=True):  # type: ignore[attr-defined]
+            try:
+                found.append((path, modified(path)))
+            except FileNotFoundError:  # removed since it was listed
+                continue
+        return found
+
+    def cursor_high(self, cursor: str) -> dt.datetime | None:
+        """The newest file's modification time (``None`` when there is no file)."""
+        return max((mtime for _, mtime in self._modified()), default=None)
+
+    def unchanged(self, chunk: Chunk) -> bool:
+        """Whether the chunk's file is still inside the run's window: False (with a warning)
+        when it was modified since the run was planned, and is left for the next run."""
+        window = self.context.window
+        if window is None:
+            return True
+        try:
+            mtime = modified(chunk.args["path"])
+        except FileNotFoundError:
+            return True  # reading it says so
+        if window.holds(mtime):
+            return True
+        logger.bind(job=self.context.job, run=self.context.run_id).warning(
+            "{} was modified at {} since the run was planned: {} left for the next run",
+            display(chunk.args["path"]),
+            mtime.isoformat(),
+            chunk.label or f"chunk {chunk.index}",
+        )
+        return False
+
+
+class LineSource(FileSource):
     """A source of line-oriented text files, read in byte ranges of whole lines (Hadoop-style).
 
     Planning samples the first :data:`SAMPLE_BYTES` of each file to infer its types and how
@@ -299,13 +394,8 @@ class LineSource(Source):
     schemas, and parse a range.
     """
 
-    #: File names a directory ``path`` is read for.
-    suffixes: ClassVar[tuple[str, ...]]
     #: The bytes that a blank line, which holds no row, may consist of.
     blank: ClassVar[bytes] = b"\r"
-
-    def files(self) -> list[Path]:
-        return resolve_files(self.options.path, self.suffixes)  # type: ignore[attr-defined]
 
     def first_line(self, path: Path) -> int:
         """The byte offset of the first data line: 0, or after a header line."""
@@ -359,6 +449,8 @@ class LineSource(Source):
         return Plan(chunks, schema_to_shared(schema))
 
     def read(self, chunk: Chunk, shared: Mapping[str, Any]) -> Iterator[pa.RecordBatch]:
+        if not self.unchanged(chunk):
+            return
         schema = schema_from_shared(shared)
         start, end = int(chunk.args["start"]), int(chunk.args["end"])
         with pa.OSFile(chunk.args["path"]) as f:

@@ -24,6 +24,10 @@ With ``newlines_in_values: false`` (the default) a file is split at line ends, s
 value holding a newline would be cut in two. Set ``newlines_in_values: true`` for such files:
 each file is then read whole, as one chunk, and counting parses it.
 
+Incremental: with ``incremental: {cursor: mtime}`` in the job, each run reads only the files
+modified since the last completed run (their modification time, in UTC to the microsecond),
+up to the newest one when the run was planned; see :class:`._files.FileSource`.
+
 **Sink.** ``path`` is a directory; each chunk becomes a part file
 ``part-<run_id>-<chunk>.csv`` in it, with a header line unless ``header: false``. Values are
 quoted where needed; NULL is an empty field. ``mode: append`` adds a run's parts to the

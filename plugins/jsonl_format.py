@@ -18,6 +18,10 @@ A field that first appears after the sample, or a value that doesn't fit its col
 is an error naming the file and where; nothing is dropped or changed silently. Declare such
 columns with ``schema:`` (``{amount: float64, code: string, day: date}``).
 
+Incremental: with ``incremental: {cursor: mtime}`` in the job, each run reads only the files
+modified since the last completed run (their modification time, in UTC to the microsecond),
+up to the newest one when the run was planned; see :class:`._files.FileSource`.
+
 **Sink.** ``path`` is a directory; each chunk becomes a part file
 ``part-<run_id>-<chunk>.jsonl`` in it, written by DuckDB straight from the Arrow batches.
 Dates are ``2026-05-01``; timestamps are ISO 8601 (``2026-05-01T08:30:00.000000Z`` for a

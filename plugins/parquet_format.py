@@ -12,6 +12,10 @@ their data, and each chunk's row count is exact. Reading streams batches of at m
 batch size, without buffering whole column chunks, so memory stays flat however big the
 files are.
 
+Incremental: with ``incremental: {cursor: mtime}`` in the job, each run reads only the files
+modified since the last completed run (their modification time, in UTC to the microsecond),
+up to the newest one when the run was planned; see :class:`._files.FileSource`.
+
 **Sink.** ``path`` is a directory; each chunk becomes a part file
 ``part-<run_id>-<chunk>.parquet`` in it, compressed with ``zstd`` unless ``compression`` says
 otherwise, with row groups of ``row_group_size`` rows. ``mode: append`` adds a run's parts to
@@ -35,10 +39,10 @@ from pydantic import Field, model_validator
 from etl import Chunk, PermanentError, Plan, RowCount, Sink, Source, StageOptions, hookimpl
 
 from ._files import (
+    FileSource,
     absolute,
     chain,
     display,
-    resolve_files,
     same_columns,
     schema_difference,
     schema_from_shared,
@@ -74,12 +78,13 @@ def row_group_chunks(sizes: list[int], chunk_size: int) -> list[tuple[list[int],
     return [(indices, rows) for indices, rows in groups if rows]
 
 
-class ParquetSource(Source):
+class ParquetSource(FileSource):
     """Parquet files (a file, glob or directory), in chunks of whole row groups."""
 
     name = "parquet"
     Options = ParquetOptions
     options: ParquetOptions
+    suffixes = (".parquet", ".pq")
 
     def _open(self, path: str | Path) -> pq.ParquetFile:
         try:
@@ -101,7 +106,7 @@ class ParquetSource(Source):
 
     def count(self) -> RowCount:
         rows = 0
-        for path in resolve_files(self.options.path, (".parquet", ".pq")):
+        for path in self.files():
             with self._open(path) as file:
                 rows += file.metadata.num_rows
         return RowCount(rows, exact=True)
@@ -109,7 +114,7 @@ class ParquetSource(Source):
     def plan(self, chunk_size: int) -> Plan:
         chunks: list[Chunk] = []
         first: tuple[Path, pa.Schema] | None = None
-        for path in resolve_files(self.options.path, (".parquet", ".pq")):
+        for path in self.files():
             with self._open(path) as file:
                 schema = self._schema(file, path)
                 sizes = [file.metadata.row_group(i).num_rows for i in range(file.num_row_groups)]
@@ -136,6 +141,8 @@ class ParquetSource(Source):
 
     def read(self, chunk: Chunk, shared: Mapping[str, Any]) -> Iterator[pa.RecordBatch]:
         path = chunk.args["path"]
+        if not self.unchanged(chunk):
+            return
         with self._open(path) as file:
             if not same_columns(self._schema(file, path), schema_from_shared(shared)):
                 raise PermanentError(f"{display(path)} has changed since the run was planned: its schema differs")

@@ -23,7 +23,16 @@ from pydantic import Field
 
 from etl import PermanentError, StageOptions, TransientError
 
-__all__ = ["BigQueryOptions", "Clients", "api_retry", "classify", "google_errors", "parameters", "split_table"]
+__all__ = [
+    "BigQueryOptions",
+    "Clients",
+    "api_retry",
+    "classify",
+    "decimal_type",
+    "google_errors",
+    "parameters",
+    "split_table",
+]
 
 #: How long one API call (a GET, a job insert, a poll) is retried on 5xx and connection errors
 #: before it fails; Google's default is 10 minutes. A failed call fails the chunk, whose own
@@ -240,12 +249,23 @@ def _bq_type(value: Any) -> str:
     if isinstance(value, float):
         return "FLOAT64"
     if isinstance(value, decimal.Decimal):
-        return "NUMERIC"
+        return decimal_type(value)
     if isinstance(value, dt.datetime):
         return "TIMESTAMP" if value.tzinfo else "DATETIME"
     if isinstance(value, dt.date):
         return "DATE"
     return "STRING"
+
+
+def decimal_type(value: decimal.Decimal) -> str:
+    """``NUMERIC`` for a decimal that it holds exactly (29 digits before the point, 9 after),
+    ``BIGNUMERIC`` for one that it doesn't."""
+    _, digits, exponent = value.as_tuple()
+    if not isinstance(exponent, int):  # NaN, Infinity: neither holds them; BigQuery says so
+        return "NUMERIC"
+    scale = max(0, -exponent)
+    whole = max(0, len(digits) + exponent)
+    return "NUMERIC" if scale <= 9 and whole <= 29 else "BIGNUMERIC"
 
 
 def param_names(sql: str) -> list[str]:

@@ -43,6 +43,21 @@ Counting (for the thresholds and the progress total) is as cheap as BigQuery all
 row count from its metadata; a ``row_filter`` costs a ``COUNT(*)`` query; a ``query``'s count
 is its result table's; with ``chunk_by``, the query that finds the column's range counts too.
 
+Incremental: with ``incremental: {cursor: updated_at}`` in the job, a run reads only the rows
+of its window, ``updated_at > mark AND updated_at <= high`` (``>= initial`` for the first run),
+where ``high`` is ``MAX(updated_at)`` when the run was planned: one query, over the table (with
+``row_filter``) or the query. The cursor is a column of the table (read or not) or of the
+query's result, of type INT64, NUMERIC, BIGNUMERIC, FLOAT64, DATE, DATETIME or TIMESTAMP. For a
+``table``, the bounds join ``row_filter`` in the read session's row restriction, written as
+literals of the cursor's type (a restriction takes no parameters; the values come from
+BigQuery and the run store, never from the job's text), and the count is a ``COUNT(*)`` query
+with them, the table's metadata counting every row. A ``query`` (or a ``row_filter`` with
+params) is wrapped before it is written to the staging dataset, ``SELECT * FROM (query) WHERE
+updated_at > @_etl_low AND updated_at <= @_etl_high``, the bounds bound as typed query
+parameters; its staging table is named after the window too, so that a run planned again with
+another window never reads what was staged for the first. ``chunk_by`` slices, and the query
+that finds their range, cover the window's rows only.
+
 Types (BigQuery → Arrow): INT64 int64, FLOAT64 float64, NUMERIC decimal128(38, 9) (or the
 declared precision and scale), BIGNUMERIC decimal256(76, 38), BOOL bool, STRING string, BYTES
 binary, DATE date32, TIME time64[us], DATETIME timestamp[us], TIMESTAMP timestamp[us, UTC],
@@ -60,16 +75,18 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import hashlib
+import json
 import math
 import re
 from collections.abc import Iterator, Mapping, Sequence
+from decimal import Decimal
 from typing import Any, Literal
 
 import pyarrow as pa
 from loguru import logger
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
-from etl import Chunk, PermanentError, Plan, RowCount, Source, did_you_mean
+from etl import Chunk, PermanentError, Plan, RowCount, Source, StageOptions, Window, did_you_mean
 
 from .._chunking import DAY, SliceBy, column_label, every_seconds, key_edges, parse_chunk_by, slice_edges
 from .._files import batches_of, schema_from_shared, schema_to_shared
@@ -78,6 +95,7 @@ from ._client import (
     Clients,
     api_retry,
     classify,
+    decimal_type,
     google_errors,
     param_names,
     parameters,
@@ -89,6 +107,10 @@ MAX_STREAMS = 1_000
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,1023}$")
 _INTEGERS = {"INTEGER", "INT64"}
 _TIMES = {"DATE", "DATETIME", "TIMESTAMP"}
+#: The types an incremental cursor may have.
+_CURSORS = _INTEGERS | _TIMES | {"NUMERIC", "BIGNUMERIC", "FLOAT", "FLOAT64"}
+#: The query parameters that hold an incremental run's bounds.
+_LOW, _HIGH = "_etl_low", "_etl_high"
 
 
 class BigQuerySourceOptions(BigQueryOptions):
@@ -190,17 +212,30 @@ class BigQuerySource(Source):
     name = "bigquery"
     Options = BigQuerySourceOptions
     options: BigQuerySourceOptions
+    incremental = True
 
     def __init__(self, options: BigQuerySourceOptions, context) -> None:
         super().__init__(options, context)
         self.label = context.label or "source"
         self.clients = Clients(options)
         self.log = logger.bind(job=context.job, run=context.run_id)
-        self._stats: tuple[Any, Any, int, int] | None = None
-        self._staged: Any = None
+        # Keyed by the SQL they come from and the window: a window set later (an incremental
+        # run's, fixed after cursor_high) is never answered from another's.
+        self._stats: dict[tuple[str, str], tuple[Any, Any, int, int]] = {}
+        self._staged: dict[tuple[str, str], Any] = {}
+        self._counts: dict[tuple[str, str], int] = {}
+        self._checked: Any = None
         self._location: str | None = options.location
         self._staging_ready = False
         self._api: str | None = None
+
+    @classmethod
+    def check_cursor(cls, options: StageOptions, cursor: str) -> None:
+        if not _IDENTIFIER.match(cursor):
+            raise ValueError(
+                f"{cursor!r} is not a column name; the cursor is a column of the table or of the query's result "
+                "(letters, digits and underscores)"
+            )
 
     def close(self) -> None:
         self.clients.close()
@@ -216,8 +251,15 @@ class BigQuerySource(Source):
         return f"{project}.{dataset}.{table}"
 
     @property
-    def sql(self) -> str | None:
-        """The query the rows come from, or ``None`` when a table is read directly.
+    def window(self) -> Window | None:
+        """The incremental run's window, when there is one with rows to read."""
+        window = self.context.window
+        return window if window is not None and not window.empty else None
+
+    @property
+    def base_sql(self) -> str | None:
+        """The query the rows come from, whatever the window; ``None`` when a table is read
+        directly.
 
         A ``row_filter`` with parameters makes the table a query: the Storage Read API's row
         restriction takes no parameters, and parameters are never spliced into SQL text."""
@@ -227,17 +269,48 @@ class BigQuerySource(Source):
             return f"SELECT {self._columns()} FROM `{self.table}` WHERE {self.options.row_filter}"
         return None
 
+    @property
+    def sql(self) -> str | None:
+        """The query the rows come from, limited to the incremental run's window (its bounds
+        are the query parameters ``@_etl_low`` and ``@_etl_high``); ``None`` for a table read
+        directly."""
+        base, window = self.base_sql, self.window
+        if base is None or window is None:
+            return base
+        conditions = " AND ".join(_window_conditions(window, literal=False))
+        if self.options.query is not None:
+            return f"SELECT * FROM (\n{base}\n) AS q\nWHERE {conditions}"
+        return f"SELECT {self._columns()} FROM `{self.table}` WHERE ({self.options.row_filter}) AND {conditions}"
+
     def _columns(self) -> str:
         return ", ".join(f"`{c}`" for c in self.options.columns) if self.options.columns else "*"
 
     @property
     def restriction(self) -> str | None:
-        """The row filter the Storage Read API applies to the table, if any."""
-        return self.options.row_filter if self.sql is None else None
+        """The row filter the Storage Read API applies to the table, if any: ``row_filter``, and
+        the window's bounds written as literals (the row restriction takes no parameters)."""
+        if self.base_sql is not None:
+            return None
+        parts = [self.options.row_filter] if self.options.row_filter is not None else []
+        if (window := self.window) is not None:
+            parts += _window_conditions(window, literal=True)
+        if len(parts) <= 1:
+            return parts[0] if parts else None
+        return " AND ".join(f"({p})" for p in parts)
+
+    def _key(self, sql: str) -> tuple[str, str]:
+        """What a result of ``sql`` is cached by: the SQL, and the window its parameters hold."""
+        window = self.window
+        return sql, json.dumps(window.to_json(), sort_keys=True) if window is not None else ""
 
     def _params(self, sql: str) -> list[Any]:
+        values = dict(self.context.params)
+        if (window := self.window) is not None:
+            values[_HIGH] = window.high
+            if window.low is not None:
+                values[_LOW] = window.low
         try:
-            return parameters(sql, self.context.params)
+            return parameters(sql, values)
         except PermanentError as exc:
             raise PermanentError(f"{self.label}: {exc}") from None
 
@@ -271,15 +344,22 @@ class BigQuerySource(Source):
         with google_errors(f"{self.label}: {what}"):
             return [tuple(row.values()) for row in job.result(retry=api_retry())]
 
+    def _check(self) -> Any:
+        """The query checked by a dry run (done once): its schema and location."""
+        if self._checked is None:
+            assert self.base_sql is not None
+            self._checked = self._query(self.base_sql, what="checking the query", dry_run=True)
+        return self._checked
+
     def location(self) -> str | None:
         """Where the data is (the option, or the table's dataset's, or the query's)."""
         if self._location is None:
-            if self.sql is None:
+            if self.base_sql is None:
                 project, dataset, _ = self.table.split(".")
                 with google_errors(f"{self.label}: reading dataset {project}.{dataset}"):
                     self._location = self.clients.bq.get_dataset(f"{project}.{dataset}", retry=api_retry()).location
             else:
-                self._location = self._query(self.sql, what="checking the query", dry_run=True).location
+                self._location = self._check().location
         return self._location
 
     # -- the staging dataset -------------------------------------------------------------------
@@ -302,7 +382,10 @@ class BigQuerySource(Source):
         """``sql``'s rows in a table of the staging dataset (made once for ``key``); its table."""
         from google.api_core import exceptions as g
 
-        digest = hashlib.sha256(f"{self.context.run_id}\0{key}\0{sql}".encode()).hexdigest()[:24]
+        named = f"{self.context.run_id}\0{key}\0{sql}"
+        if self.window is not None:  # the bounds are parameters: their values name the result too
+            named += "\0" + self._key(sql)[1]
+        digest = hashlib.sha256(named.encode()).hexdigest()[:24]
         name = f"{self._staging()}.etl_{digest}"
         try:
             table = self.clients.bq.get_table(name, retry=api_retry())
@@ -329,13 +412,51 @@ class BigQuerySource(Source):
         return self._get_table(name, what)
 
     def _result(self) -> Any:
-        """The query's result table (the query runs the first time only)."""
-        if self._staged is None:
-            assert self.sql is not None
-            self._staged = self._materialize(self.sql, "query", "the query")
-        return self._staged
+        """The query's result table (the query runs the first time only, for each window)."""
+        sql = self.sql
+        assert sql is not None
+        key = self._key(sql)
+        if key not in self._staged:
+            self._staged[key] = self._materialize(sql, "query", "the query")
+        return self._staged[key]
 
     # -- count -----------------------------------------------------------------------------------
+
+    def cursor_high(self, cursor: str) -> Any:
+        """``MAX(cursor)`` over the table (with ``row_filter``) or the query, whatever the window."""
+        field = self._cursor_field(cursor)
+        c = f"`{field.name}`"
+        if self.options.query is not None:
+            sql = f"SELECT MAX({c}) FROM (\n{self.base_sql}\n) AS q"
+        else:
+            where = f" WHERE {self.options.row_filter}" if self.options.row_filter is not None else ""
+            sql = f"SELECT MAX({c}) FROM `{self.table}`{where}"
+        high = self._rows(sql, f"finding the highest {field.name}")[0][0]
+        if isinstance(high, float) and not math.isfinite(high):
+            raise PermanentError(
+                f"{self.label}: the incremental cursor {field.name!r} holds {high}; filter out NaN and infinities "
+                "(in row_filter or the query)"
+            )
+        return high
+
+    def _cursor_field(self, cursor: str) -> Any:
+        """The cursor's column: one of the table's or the query's, of a type that can be a cursor."""
+        if self.options.query is not None:
+            fields, where = list(self._check().schema or []), "the query's result"
+        else:
+            fields, where = list(self._get_table(self.table).schema), f"table {self.table}"
+        field = next((f for f in fields if f.name.lower() == cursor.lower()), None)
+        if field is None:
+            names = [f.name for f in fields]
+            hint = did_you_mean(cursor, names) or f" (its columns: {', '.join(names)})"
+            raise PermanentError(f"{self.label}: the incremental cursor {cursor!r} is not a column of {where}{hint}")
+        kind = "ARRAY" if field.mode == "REPEATED" else field.field_type.upper()
+        if kind not in _CURSORS:
+            raise PermanentError(
+                f"{self.label}: the incremental cursor {field.name!r} is {kind}; a cursor is a number, date or "
+                "timestamp column (INT64, NUMERIC, BIGNUMERIC, FLOAT64, DATE, DATETIME or TIMESTAMP)"
+            )
+        return field
 
     def count(self) -> RowCount:
         if self.options.chunk_by is not None:
@@ -343,8 +464,11 @@ class BigQuerySource(Source):
         if self.sql is not None:
             return RowCount(int(self._result().num_rows or 0))
         if self.restriction is not None:
-            rows = self._rows(f"SELECT COUNT(*) FROM `{self.table}` WHERE {self.restriction}", "counting rows")
-            return RowCount(int(rows[0][0]))
+            sql = f"SELECT COUNT(*) FROM `{self.table}` WHERE {self.restriction}"
+            key = self._key(sql)
+            if key not in self._counts:  # planning counts again: the query runs once
+                self._counts[key] = int(self._rows(sql, "counting rows")[0][0])
+            return RowCount(self._counts[key])
         table = self._get_table(self.table)
         rows, exact = int(table.num_rows or 0), True
         buffer = table.streaming_buffer
@@ -354,15 +478,16 @@ class BigQuerySource(Source):
 
     def _column_stats(self) -> tuple[Any, Any, int, int]:
         """The chunk_by column's minimum and maximum, the row count and the NULL count."""
-        if self._stats is None:
-            column = _column_of(self.options.chunk_by)
-            c = f"`{column}`"
-            source = f"({self.sql})" if self.sql is not None else f"`{self.table}`"
-            where = f" WHERE {self.restriction}" if self.restriction is not None else ""
-            sql = f"SELECT MIN({c}), MAX({c}), COUNT(*), COUNTIF({c} IS NULL) FROM {source} AS q{where}"
+        column = _column_of(self.options.chunk_by)
+        c = f"`{column}`"
+        source = f"(\n{self.sql}\n)" if self.sql is not None else f"`{self.table}`"
+        where = f" WHERE {self.restriction}" if self.restriction is not None else ""
+        sql = f"SELECT MIN({c}), MAX({c}), COUNT(*), COUNTIF({c} IS NULL) FROM {source} AS q{where}"
+        key = self._key(sql)
+        if key not in self._stats:
             low, high, rows, nulls = self._rows(sql, f"finding the range of {column}")[0]
-            self._stats = (low, high, int(rows), int(nulls))
-        return self._stats
+            self._stats[key] = (low, high, int(rows), int(nulls))
+        return self._stats[key]
 
     # -- plan ------------------------------------------------------------------------------------
 
@@ -407,7 +532,7 @@ class BigQuerySource(Source):
         if self.sql is not None:
             if self.options.chunk_by is None:
                 return list(self._result().schema)
-            return list(self._query(self.sql, what="checking the query", dry_run=True).schema)
+            return list(self._check().schema)
         fields = list(self._get_table(self.table).schema)
         if self.options.columns is None:
             return fields
@@ -606,7 +731,7 @@ class BigQuerySource(Source):
     def _read_slice(self, chunk: Chunk, shared: Mapping[str, Any], size: int) -> Iterator[pa.RecordBatch]:
         condition = _condition(chunk.args)
         if shared.get("api") == "rest":
-            source = f"({self.sql})" if self.sql is not None else f"`{self.table}`"
+            source = f"(\n{self.sql}\n)" if self.sql is not None else f"`{self.table}`"
             extra = f" AND ({self.restriction})" if self.restriction is not None else ""
             columns = "*" if self.sql is not None else self._columns()
             job = self._query(f"SELECT {columns} FROM {source} AS q WHERE {condition}{extra}", what=chunk.label)
@@ -617,7 +742,7 @@ class BigQuerySource(Source):
             restriction = f"({condition}) AND ({self.restriction})" if self.restriction is not None else condition
             session = self._session(self.table, restriction=restriction, streams=1, snapshot=shared.get("snapshot"))
         else:
-            sql = f"SELECT * FROM ({self.sql}) AS q WHERE {condition}"
+            sql = f"SELECT * FROM (\n{self.sql}\n) AS q WHERE {condition}"
             staged = self._materialize(sql, f"chunk {chunk.index}", chunk.label)
             session = self._session(_name(staged), restriction=None, streams=1)
         if not session.streams:
@@ -737,6 +862,39 @@ def _literal(value: Any, kind: str) -> str:
         stamp = stamp if stamp.tzinfo else stamp.replace(tzinfo=dt.UTC)
         return f"TIMESTAMP '{stamp.astimezone(dt.UTC).isoformat(sep=' ')}'"
     return str(int(value))
+
+
+def _window_conditions(window: Window, *, literal: bool) -> list[str]:
+    """An incremental run's bounds on its cursor: as query parameters (``@_etl_low``,
+    ``@_etl_high``, bound typed), or, for the Storage Read API's row restriction, which takes
+    none, as literals written from the values' types (never text taken from a job)."""
+    column = f"`{window.cursor}`"
+    high = _typed(window.high) if literal else f"@{_HIGH}"
+    found = [f"{column} <= {high}"]
+    if window.low is not None:
+        low = _typed(window.low) if literal else f"@{_LOW}"
+        found.append(f"{column} {'>=' if window.low_inclusive else '>'} {low}")
+    return found
+
+
+def _typed(value: Any) -> str:
+    """A cursor value as a GoogleSQL literal of its type: TIMESTAMP (a datetime with a zone),
+    DATETIME, DATE, INT64, NUMERIC or BIGNUMERIC, FLOAT64."""
+    if isinstance(value, dt.datetime):
+        if value.tzinfo is None:
+            return f"DATETIME '{value.isoformat(sep=' ')}'"
+        return f"TIMESTAMP '{value.astimezone(dt.UTC).isoformat(sep=' ')}'"
+    if isinstance(value, dt.date):
+        return f"DATE '{value.isoformat()}'"
+    if isinstance(value, bool):
+        raise PermanentError("a BOOL column can't be an incremental cursor")
+    if isinstance(value, int):
+        return str(int(value))
+    if isinstance(value, Decimal) and value.is_finite():
+        return f"{decimal_type(value)} '{value:f}'"
+    if isinstance(value, float) and math.isfinite(value):
+        return repr(value)
+    raise PermanentError(f"{value!r} can't bound an incremental cursor; a cursor is a number, date or timestamp")
 
 
 def _condition(args: Mapping[str, Any]) -> str:
