@@ -187,6 +187,8 @@ def status(run_id: str, follow_: bool, as_json: bool) -> None:
         if not follow_:
             click.echo(f"run {run.id} of {run.job}")
             click.echo(render(run, chunks))
+            if run.state == "waiting" and run.after is not None:
+                click.echo(f"queued behind run {run.after} (overlap: queue): planned once it has finished")
         if run.error:
             where = f" (chunk {run.error_chunk})" if run.error_chunk is not None else ""
             click.echo(f"last error{where}: {run.error}")

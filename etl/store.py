@@ -116,7 +116,7 @@ class RunRecord:
     def to_json(self, now: float | None = None) -> dict[str, Any]:
         """The run for ``--json`` output: ISO 8601 UTC times and derived figures; not the job text."""
         data = {k: v for k, v in self.to_doc().items() if k not in ("job_text", "shared")}
-        for key in ("created_at", "started_at", "finished_at", "finalize_until"):
+        for key in ("created_at", "started_at", "finished_at", "finalize_until", "scheduled_for"):
             data[key] = _iso(data[key])
         data["seconds"] = round(self.seconds(now), 3)
         data["rows_per_second"] = round(self.rows_per_second(now), 1)

@@ -165,7 +165,7 @@ def test_missed_slots_fire_once_or_every_one_as_catchup_says(configs, catchup, c
 
 
 @pytest.mark.parametrize("overlap", ["skip", "queue"])
-def test_a_run_due_while_the_last_is_unfinished_is_skipped_or_queued(configs, overlap, caplog_lines):
+def test_a_run_due_while_the_last_is_unfinished_is_skipped_or_queued(configs, overlap, caplog_lines, cli):
     configs("tick", extra=f"overlap: {overlap}\n")
     clock = Clock()
     s = scheduler(configs, clock=clock)
@@ -181,6 +181,9 @@ def test_a_run_due_while_the_last_is_unfinished_is_skipped_or_queued(configs, ov
     else:
         assert second.outcome == "fired"
         assert run_record(second.run).after == first.run
+        shown = cli("status", second.run)
+        assert f"queued behind run {first.run} (overlap: queue)" in shown.stdout
+        assert json.loads(cli("status", second.run, "--json").stdout)["scheduled_for"] == "2026-11-28T10:02:00Z"
     clock.advance(60)  # a skipped slot is not fired later
     s.tick()
     assert minute(2) not in [r.scheduled_for for r in runs("tick")] or overlap == "queue"
