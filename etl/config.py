@@ -191,6 +191,8 @@ class Registry(Protocol):
 
     def names(self, kind: Kind) -> list[str]: ...
 
+    def job_keys(self) -> dict[str, Any]: ...
+
 
 @dataclass(frozen=True)
 class StageConfig:
@@ -228,6 +230,8 @@ class Job:
         text: the job as written, ``${VAR}`` references and all: what a run record keeps, so
             that no resolved secret is stored.
         written: the as-written text of values that held ``${VAR}`` references, by key path.
+        extras: the values of the top-level keys that plugins registered
+            (``etl_register_job_keys``), validated, by key.
     """
 
     spec: JobSpec
@@ -238,6 +242,7 @@ class Job:
     file: str
     text: str
     written: Mapping[KeyPath, str] = field(default_factory=dict)
+    extras: Mapping[str, Any] = field(default_factory=dict)
 
     @property
     def name(self) -> str:
@@ -254,6 +259,8 @@ class Job:
     def describe(self) -> dict[str, Any]:
         """The job's settings, defaults filled in, with secrets masked."""
         data = self.spec.model_dump(mode="json")
+        for key, value in self.extras.items():
+            data[key] = TypeAdapter(Any).dump_python(value, mode="json")
         for stage in self.stages():
             options = stage.options.model_dump(mode="json")
             dumped = {"type": stage.type, **options}
@@ -289,11 +296,13 @@ def validate(
     if not isinstance(data, dict):
         raise ConfigErrors([*errors, doc.error((), "a job file is a mapping of keys such as name, source and sink")])
 
+    plugin_keys = registry.job_keys()
+    extras = _extras(doc, plugin_keys, sets, errors)
     spec: JobSpec | None = None
     try:
-        spec = JobSpec.model_validate(data)
+        spec = JobSpec.model_validate({k: v for k, v in data.items() if k not in plugin_keys})
     except ValidationError as exc:
-        errors.extend(_pydantic_errors(exc, doc, (), JobSpec, sets))
+        errors.extend(_pydantic_errors(exc, doc, (), JobSpec, sets, list(plugin_keys)))
 
     specs = spec.params if spec is not None else _param_specs(data.get("params"))
     if run is None and isinstance(data.get("schedule"), str):
@@ -327,7 +336,26 @@ def validate(
         file=doc.file,
         text=doc.text,
         written=dict(doc.written),
+        extras=extras,
     )
+
+
+def _extras(
+    doc: Document, keys: Mapping[str, Any], sets: Mapping[KeyPath, str], errors: list[ConfigError]
+) -> dict[str, Any]:
+    """The values of the job keys that plugins registered, each validated by its type."""
+    from pydantic import create_model
+
+    found: dict[str, Any] = {}
+    for key, kind in keys.items():
+        if key not in doc.data:
+            continue
+        model = create_model(f"JobKey_{key}", __base__=_Model, **{key: (kind, ...)})
+        try:
+            found[key] = getattr(model.model_validate({key: doc.data[key]}), key)
+        except ValidationError as exc:
+            errors.extend(_pydantic_errors(exc, doc, (), model, sets))
+    return found
 
 
 def _check_incremental(
@@ -437,7 +465,12 @@ def _located(
 
 
 def _pydantic_errors(
-    exc: ValidationError, doc: Document, prefix: KeyPath, model: type[BaseModel], sets: Mapping[KeyPath, str]
+    exc: ValidationError,
+    doc: Document,
+    prefix: KeyPath,
+    model: type[BaseModel],
+    sets: Mapping[KeyPath, str],
+    more_keys: list[str] | None = None,
 ) -> list[ConfigError]:
     located: dict[tuple[Any, ...], list[str]] = {}
     first: dict[tuple[Any, ...], ConfigError] = {}
@@ -450,6 +483,8 @@ def _pydantic_errors(
         if kind == "extra_forbidden":
             parent_model = _model_at(model, loc[:-1])
             allowed = list(parent_model.model_fields) if parent_model else []
+            if len(loc) == 1 and more_keys:  # a top-level key: plugins' keys are valid too
+                allowed += more_keys
             valid = f" (valid keys: {', '.join(allowed)})" if allowed else ""
             message = f"unknown key{did_you_mean(str(loc[-1]), allowed)}{valid}"
         elif kind == "missing":

@@ -19,7 +19,7 @@ in step.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pluggy
 
@@ -65,6 +65,19 @@ def etl_register_sinks() -> list[type[Sink]]:
 
     Returns:
         The :class:`~etl.stages.Sink` subclasses this plugin supplies.
+    """
+
+
+@hookspec
+def etl_register_job_keys() -> dict[str, Any]:
+    """Register top-level keys of job files that this plugin reads (such as ``notify:``).
+
+    Returns:
+        ``{key: type}``: each key's value in a job file is validated by its type (a pydantic
+        model, or a type such as ``list[Model]``), reported like any other key when it is
+        wrong, described in the JSON Schema, and handed to the lifecycle hooks as
+        ``job.extras[key]`` (absent when the job doesn't set it). A key may not be one of the
+        job's own, nor registered by two plugins.
     """
 
 

@@ -191,6 +191,24 @@ class StageRegistry:
                 version = versions.get(impl.plugin_name) or getattr(impl.plugin, "__version__", None)
                 for cls in impl.function() or []:
                     self._add(StageType(kind, getattr(cls, "name", "?"), cls, impl.plugin_name, version))
+        self._job_keys: dict[str, tuple[Any, str]] = {}
+        for impl in pm.hook.etl_register_job_keys.get_hookimpls():
+            for key, kind in (impl.function() or {}).items():
+                self._add_job_key(str(key), kind, impl.plugin_name)
+
+    def _add_job_key(self, key: str, kind: Any, plugin: str) -> None:
+        from etl.config import JobSpec
+
+        if key in JobSpec.model_fields:
+            raise PluginError(f"plugin {plugin!r} registers the job key {key!r}, which is one of the job's own")
+        taken = self._job_keys.get(key)
+        if taken is not None and taken[0] is not kind:
+            raise PluginError(f"job key {key!r} is registered twice: by {taken[1]!r} and by {plugin!r}")
+        self._job_keys[key] = (kind, plugin)
+
+    def job_keys(self) -> dict[str, Any]:
+        """The top-level job keys that plugins registered, with the type that validates each."""
+        return {key: kind for key, (kind, _) in sorted(self._job_keys.items())}
 
     def _add(self, stage: StageType) -> None:
         base = _BASES[stage.kind]

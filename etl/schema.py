@@ -50,6 +50,7 @@ def job_schema(registry: StageRegistry) -> dict[str, Any]:
         source=(source, Field(description=fields["source"].description)),
         transforms=(list[transform], Field(default_factory=list, description=fields["transforms"].description)),
         sink=(sink, Field(description=fields["sink"].description)),
+        **{key: (kind | None, Field(None)) for key, kind in registry.job_keys().items()},
     )
     schema = model.model_json_schema(mode="validation")
     _allow_references(schema)

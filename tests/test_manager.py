@@ -147,3 +147,69 @@ def test_two_packages_with_one_entry_point_name_are_refused(tmp_path, monkeypatc
     monkeypatch.syspath_prepend(str(tmp_path / "site"))
     with pytest.raises(PluginError, match=r"two installed packages register the plugin 'csv'"):
         get_plugin_manager()
+
+
+KEYS_PLUGIN = """
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict
+
+import etl
+
+
+class Ping(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    url: str
+    when: list[Literal["completed", "failed"]] = ["completed", "failed"]
+
+
+@etl.hookimpl
+def etl_register_job_keys():
+    return {"ping": list[Ping]}
+"""
+
+
+def keyed_job(write, ping: str) -> str:
+    write("keys.py", KEYS_PLUGIN)
+    return str(
+        write(
+            "job.yaml",
+            f"""
+            name: keyed
+            plugins: [keys.py]
+            source: {{type: generate, rows: 1}}
+            sink: {{type: jsonl, path: out}}
+            {ping}
+            """,
+        )
+    )
+
+
+def test_a_plugin_registers_a_job_key_that_is_validated_and_given_to_its_hooks(write):
+    job = etl.load_job(keyed_job(write, "ping: [{url: 'http://example.test/hook', when: [failed]}]"))
+    [ping] = job.extras["ping"]
+    assert (ping.url, ping.when) == ("http://example.test/hook", ["failed"])
+    assert job.describe()["ping"] == [{"url": "http://example.test/hook", "when": ["failed"]}]
+    assert "ping" not in etl.load_job(keyed_job(write, "")).extras
+
+
+def test_a_bad_value_of_a_plugins_job_key_is_a_config_error_at_its_line(write):
+    with pytest.raises(etl.ConfigErrors) as info:
+        etl.load_job(keyed_job(write, "ping: [{url: x, when: [sometimes]}]"))
+    assert "job.yaml:5" in str(info.value) and "ping[0].when[0]" in str(info.value) and "'sometimes'" in str(info.value)
+    with pytest.raises(etl.ConfigErrors, match='unknown key; did you mean "ping"'):
+        etl.load_job(keyed_job(write, "pingg: []"))
+
+
+def test_the_json_schema_describes_plugins_job_keys(write):
+    from etl.schema import job_schema
+
+    write("keys.py", KEYS_PLUGIN)
+    schema = job_schema(StageRegistry(get_plugin_manager(job_plugins=["keys.py"])))
+    assert "ping" in schema["properties"] and "Ping" in schema["$defs"]
+
+
+def test_a_plugin_may_not_register_one_of_the_jobs_own_keys(write):
+    write("bad.py", "import etl\n\n@etl.hookimpl\ndef etl_register_job_keys():\n    return {'schedule': str}\n")
+    with pytest.raises(PluginError, match="registers the job key 'schedule', which is one of the job's own"):
+        StageRegistry(get_plugin_manager(job_plugins=["bad.py"]))
