@@ -344,9 +344,9 @@ def schema(output: str | None) -> None:
 
 
 def _register() -> None:
-    from etl import cli_queue, cli_schedule
+    from etl import cli_queue, cli_schedule, cli_web
 
-    for command in [*cli_queue.COMMANDS, *cli_schedule.COMMANDS]:
+    for command in [*cli_queue.COMMANDS, *cli_schedule.COMMANDS, *cli_web.COMMANDS]:
         main.add_command(command)
 
 

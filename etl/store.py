@@ -147,6 +147,8 @@ class ChunkRecord:
     seconds: float = 0.0
     error: str | None = None
     errors: list[str] = field(default_factory=list)
+    #: When the chunk was done (a Unix time): the dashboard's throughput per minute.
+    finished_at: float | None = None
 
     @classmethod
     def from_doc(cls, doc: dict[str, Any]) -> ChunkRecord:
@@ -164,6 +166,7 @@ class ChunkRecord:
         data["lease_until"] = _iso(self.lease_until)
         data["queued_at"] = _iso(self.queued_at)
         data["not_before"] = _iso(self.not_before)
+        data["finished_at"] = _iso(self.finished_at)
         return data
 
 
@@ -320,6 +323,14 @@ class RunStore:
 
     def count_runs(self, state: str) -> int:
         return self.kv.zcard(self._z(f"state:{state}"))
+
+    def finished_since(self, since: float, limit: int = 500) -> list[RunRecord]:
+        """Runs that finished (in any final state) at or after ``since``."""
+        ids: list[str] = []
+        for state in FINISHED:
+            ids += [m for m, _ in self.kv.zrange(self._z(f"finished:{state}"), since, FOREVER, limit)]
+        docs = self.kv.get_many([self._run_key(i) for i in ids[:limit]])
+        return [RunRecord.from_doc(d) for d in docs if d]
 
     def get_chunks(self, run_id: str, chunks_total: int | None = None) -> list[ChunkRecord]:
         run = self.get_run(run_id) if chunks_total is None else None
@@ -516,6 +527,7 @@ class RunStore:
             chunk.state, chunk.worker, chunk.lease_until, chunk.error = "done", None, None, None
             chunk.rows_read, chunk.rows_written = result.rows_read, result.rows_written
             chunk.rows_rejected, chunk.seconds = result.rows_rejected, result.seconds
+            chunk.finished_at = self.clock()
             self._save_chunk(tx, chunk)
             run.rows_read += result.rows_read
             run.rows_written += result.rows_written

@@ -1,0 +1,63 @@
+"""``etl dashboard``: the web dashboard and progress API."""
+
+from __future__ import annotations
+
+import os
+
+import click
+
+from etl import api
+
+__all__ = ["COMMANDS"]
+
+_LOOPBACK = {"127.0.0.1", "localhost", "::1"}
+
+
+@click.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind; 0.0.0.0 for every interface.")
+@click.option("--port", type=click.IntRange(0, 65535), default=8088, show_default=True)
+@click.option("--read-only", is_flag=True, help="Serve views only: no retry, cancel or clean.")
+@click.option(
+    "--configs",
+    type=click.Path(file_okay=False),
+    default=lambda: os.environ.get("ETL_CONFIGS") or ("configs" if os.path.isdir("configs") else None),
+    help="Job files whose schedules to show [default: $ETL_CONFIGS, else ./configs if it exists].",
+)
+@click.option(
+    "--cors-origin",
+    "cors_origins",
+    multiple=True,
+    metavar="ORIGIN",
+    help="Let pages of this origin (https://app.example.com) read the API and event streams (repeatable).",
+)
+def dashboard(host: str, port: int, read_only: bool, configs: str | None, cors_origins: tuple[str, ...]) -> None:
+    """Serve the dashboard and the progress API until Ctrl-C.
+
+    Views are open to whoever reaches the address; retry, cancel and clean need the token in
+    ETL_DASHBOARD_TOKEN (without it, there are no actions).
+    """
+    import uvicorn
+
+    from etl.web.app import DashboardSettings, create_app
+
+    token = os.environ.get("ETL_DASHBOARD_TOKEN") or None
+    queue = api.open_queue()
+    settings = DashboardSettings(token=token, read_only=read_only, configs=configs, cors_origins=tuple(cors_origins))
+    app = create_app(queue, settings)
+    reach = (
+        "loopback only: --host 0.0.0.0 serves every interface"
+        if host in _LOOPBACK
+        else f"every client that reaches {host}: put it behind TLS and a firewall"
+    )
+    click.echo(f"etl dashboard on http://{'[' + host + ']' if ':' in host else host}:{port} ({reach})", err=True)
+    if read_only:
+        click.echo("read-only: views only", err=True)
+    elif token is None:
+        click.echo("no ETL_DASHBOARD_TOKEN: views only (set it to allow retry, cancel and clean)", err=True)
+    else:
+        click.echo("actions need the token in ETL_DASHBOARD_TOKEN", err=True)
+    click.echo(f"queue {queue.settings.display}", err=True)
+    uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
+
+
+COMMANDS = [dashboard]

@@ -1,0 +1,1 @@
+"""The dashboard and the progress API: a small ASGI app over the run store (``etl dashboard``)."""

@@ -1,0 +1,296 @@
+"""The dashboard end to end: a real `etl dashboard` process, real workers, real Redis, and a real
+headless Chromium (Debian's, driven by Playwright). Screenshots land in the test's directory, and
+in docs/images with ETL_UPDATE_SCREENSHOTS=1."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.background.conftest import ETL, free_port, queue, run_record, submit, wait_finished, wait_for
+
+TOKEN = "s3cret-token-for-tests"
+CHROMIUM = os.environ.get("ETL_TEST_CHROMIUM", "/usr/bin/chromium")
+DOCS_IMAGES = Path(__file__).resolve().parents[2] / "docs" / "images"
+
+
+class Dashboard:
+    def __init__(self, url: str, proc: subprocess.Popen, log: Path) -> None:
+        self.url = url
+        self.proc = proc
+        self.log = log
+
+    def get(self, path: str, **kwargs) -> httpx.Response:
+        return httpx.get(self.url + path, timeout=10, **kwargs)
+
+    def post(self, path: str, **kwargs) -> httpx.Response:
+        return httpx.post(self.url + path, timeout=10, **kwargs)
+
+
+@pytest.fixture
+def start_dashboard(queue_env, tmp_path):
+    procs: list[subprocess.Popen] = []
+    files: list = []
+
+    def start(*args: str, token: str | None = TOKEN) -> Dashboard:
+        port = free_port()
+        env = {**os.environ, **queue_env}
+        env.pop("ETL_DASHBOARD_TOKEN", None)
+        if token:
+            env["ETL_DASHBOARD_TOKEN"] = token
+        log = tmp_path / f"dashboard-{port}.log"
+        out = log.open("w")
+        files.append(out)
+        proc = subprocess.Popen(
+            [str(ETL), "dashboard", "--port", str(port), *args], env=env, stdout=out, stderr=subprocess.STDOUT
+        )
+        procs.append(proc)
+        board = Dashboard(f"http://127.0.0.1:{port}", proc, log)
+
+        def up() -> bool:
+            try:
+                return board.get("/healthz").status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        wait_for(up, 20, "the dashboard to answer")
+        return board
+
+    yield start
+    for proc in procs:
+        proc.terminate()
+        proc.wait(10)
+    for out in files:
+        out.close()
+
+
+@pytest.fixture
+def dashboard(start_dashboard):
+    return start_dashboard()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not Path(CHROMIUM).exists():
+        pytest.fail(
+            f"the dashboard tests need Chromium at {CHROMIUM} (Debian's `chromium` package; .ci/run installs it)"
+        )
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        instance = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox"])
+        yield instance
+        instance.close()
+
+
+@pytest.fixture
+def page(browser):
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    page = context.new_page()
+    yield page
+    context.close()
+
+
+def screenshot(page, tmp_path: Path, name: str) -> None:
+    path = tmp_path / f"{name}.png"
+    page.screenshot(path=str(path), full_page=True)
+    if os.environ.get("ETL_UPDATE_SCREENSHOTS"):
+        DOCS_IMAGES.mkdir(parents=True, exist_ok=True)
+        shutil.copy(path, DOCS_IMAGES / f"{name}.png")
+
+
+def sign_in(page, dashboard: Dashboard, token: str = TOKEN, next_path: str = "/") -> None:
+    page.goto(f"{dashboard.url}/login?next={next_path}")
+    page.fill("input[name=token]", token)
+    with page.expect_navigation():
+        page.click("button[type=submit]")
+
+
+def slow_job(job_file, rows: int = 4000, chunk: int = 200, seconds: float = 0.25, name: str = "slow"):
+    return job_file(rows, chunk, transforms=f"[{{type: sleepy, seconds: {seconds}}}]", name=name)
+
+
+# -- in the browser ----------------------------------------------------------------------------
+
+
+def test_a_runs_progress_advances_on_its_page_without_reloading(dashboard, page, workers, job_file, cli, tmp_path):
+    run_id = submit(cli, slow_job(job_file))
+    workers.start(1, concurrency=2)
+    page.goto(f"{dashboard.url}/runs/{run_id}")
+    page.evaluate("window.loadedOnce = true")  # gone if the page reloads
+    page.wait_for_function("document.getElementById('state').textContent === 'active'", timeout=30_000)
+
+    def rows() -> int:
+        return int(page.inner_text("#rows").replace(",", ""))
+
+    first = rows()
+    page.wait_for_function(f"parseInt(document.getElementById('rows').textContent.replace(/,/g, '')) > {first}")
+    assert rows() > first
+    assert page.evaluate("window.loadedOnce") is True
+    done_cells = page.locator("#grid .chunk-done").count()
+    assert done_cells >= 1 and page.locator("#grid .cell").count() == 20
+    assert page.inner_text("#rate") != "0"
+    page.wait_for_function("!document.getElementById('log').hidden")  # the run's log lines, as they come
+    assert "planned slow" in page.inner_text("#log")
+    screenshot(page, tmp_path, "dashboard-run")
+    page.goto(dashboard.url + "/")
+    assert page.locator(f'tr[data-run="{run_id}"]').count() == 1
+    page.wait_for_function("document.querySelector('[data-count=\"active\"]').textContent === '1'")
+    assert "slow" in page.inner_text("#runs") and page.locator("#workers tbody tr").count() == 1
+    screenshot(page, tmp_path, "dashboard-runs")
+    wait_finished(run_id)
+
+
+def test_retry_and_cancel_work_from_the_run_page(dashboard, page, workers, job_file, cli, tmp_path):
+    marker = tmp_path / "fail.marker"
+    marker.write_text("fail")
+    failing = job_file(
+        400,
+        100,
+        transforms=f'[{{type: fail_while, marker: "{marker}", on_id: 250}}]',
+        name="flaky",
+    )
+    failed_id = submit(cli, failing)
+    workers.start(1, concurrency=2)
+    assert wait_finished(failed_id).state == "failed"
+
+    page.goto(f"{dashboard.url}/runs/{failed_id}")
+    assert page.locator("#retry").count() == 0  # not signed in: no buttons
+    assert "the upstream service is down" in page.inner_text("#chunk-table")
+    assert page.inner_text("#run-error").startswith("chunk 2:")
+    sign_in(page, dashboard, next_path=f"/runs/{failed_id}")
+    assert page.url.endswith(f"/runs/{failed_id}")
+    screenshot(page, tmp_path, "dashboard-failed")
+    marker.unlink()
+    with page.expect_navigation():
+        page.click("#retry")
+    page.wait_for_function("document.getElementById('state').textContent === 'completed'", timeout=60_000)
+    assert run_record(failed_id).state == "completed"
+
+    slow_id = submit(cli, slow_job(job_file, rows=20_000, name="long"))
+    page.goto(f"{dashboard.url}/runs/{slow_id}")
+    page.wait_for_function("document.getElementById('state').textContent === 'active'", timeout=30_000)
+    with page.expect_navigation():
+        page.click("#cancel")
+    page.wait_for_function("document.getElementById('state').textContent === 'cancelled'", timeout=30_000)
+    assert wait_finished(slow_id).state == "cancelled"
+
+
+def test_the_token_is_enforced(dashboard, page, job_file, cli):
+    run_id = submit(cli, job_file(10, 10, name="idle"))  # no worker: it stays waiting
+    sign_in(page, dashboard, token="not-the-token")
+    assert page.inner_text("#error") == "That is not the dashboard's token."
+    assert not [c for c in page.context.cookies() if c["name"] == "etl_session"]
+    # The API wants the token as a bearer token.
+    assert dashboard.post(f"/api/runs/{run_id}/cancel").status_code == 401
+    assert dashboard.post(f"/api/runs/{run_id}/cancel", headers={"Authorization": "Bearer nope"}).status_code == 401
+    # A form post needs a signed-in session, and that session's CSRF token.
+    assert dashboard.post(f"/runs/{run_id}/cancel", data={"csrf": "x"}).status_code == 401
+    sign_in(page, dashboard, next_path=f"/runs/{run_id}")
+    cookie = next(c for c in page.context.cookies() if c["name"] == "etl_session")
+    assert cookie["httpOnly"] and cookie["sameSite"] == "Strict"
+    jar = {"etl_session": cookie["value"]}
+    forged = dashboard.post(f"/runs/{run_id}/cancel", data={"csrf": "forged"}, cookies=jar)
+    assert forged.status_code == 403 and "CSRF" in forged.text
+    elsewhere = dashboard.post(f"/runs/{run_id}/cancel", data={}, cookies=jar, headers={"Origin": "https://evil.test"})
+    assert elsewhere.status_code == 403
+    assert run_record(run_id).state == "waiting"  # none of that changed anything
+    ok = dashboard.post(f"/api/runs/{run_id}/cancel", headers={"Authorization": f"Bearer {TOKEN}"})
+    assert ok.status_code == 200 and ok.json()["state"] == "cancelled"
+
+
+def test_read_only_mode_has_no_actions(start_dashboard, page, job_file, cli, workers, tmp_path):
+    board = start_dashboard("--read-only")
+    run_id = submit(cli, job_file(10, 10, name="ro"))
+    page.goto(f"{board.url}/runs/{run_id}")
+    assert page.locator("#actions button, #actions a").count() == 0
+    assert "read-only" in page.inner_text("header")
+    page.goto(f"{board.url}/")
+    assert page.locator("#clean").count() == 0
+    assert board.post(f"/api/runs/{run_id}/cancel", headers={"Authorization": f"Bearer {TOKEN}"}).status_code == 403
+    assert board.post("/login", data={"token": TOKEN}).status_code == 403
+    assert "read-only: views only" in board.log.read_text() and "loopback only" in board.log.read_text()
+    screenshot(page, tmp_path, "dashboard-read-only")
+    workers.start(1)
+    assert wait_finished(run_id).state == "completed"
+
+
+def test_a_warning_shows_when_runs_wait_and_no_worker_is_alive(dashboard, page, job_file, cli):
+    submit(cli, job_file(10, 10, name="nobody"))
+    page.goto(dashboard.url + "/")
+    assert "no worker is alive" in page.inner_text("#stalled")
+
+
+# -- the API for applications ------------------------------------------------------------------
+
+
+def test_the_event_stream_of_a_run_reports_progress_then_its_end(dashboard, workers, job_file, cli):
+    run_id = submit(cli, slow_job(job_file, rows=1200, chunk=200, seconds=0.1, name="sse"))
+    workers.start(1)
+    events: list[tuple[str, dict]] = []
+    with httpx.stream("GET", f"{dashboard.url}/api/runs/{run_id}/events", timeout=60) as response:
+        assert response.headers["content-type"].startswith("text/event-stream")
+        name = None
+        for line in response.iter_lines():
+            if line.startswith("event: "):
+                name = line[7:]
+            elif line.startswith("data: "):
+                events.append((name, json.loads(line[6:])))
+                if name == "end":
+                    break
+    progress = [data for name, data in events if name == "progress"]
+    assert events[-1] == ("end", {"run": run_id, "state": "completed"})
+    fractions = [p["fraction"] for p in progress]
+    assert fractions == sorted(fractions) and fractions[-1] == 1.0 and len(set(fractions)) >= 3
+    assert progress[-1]["rows_written"] == 1200 and len(progress[-1]["chunks"]) == 6
+
+
+def test_the_stream_of_all_runs_and_the_json_api(dashboard, workers, job_file, cli):
+    with httpx.stream("GET", f"{dashboard.url}/api/events", timeout=60) as response:
+        lines = response.iter_lines()
+        assert next(lines) == "event: summary"
+        run_id = submit(cli, job_file(300, 100, name="all"))
+        workers.start(1)
+        seen = []
+        name = None
+        for line in lines:
+            if line.startswith("event: "):
+                name = line[7:]
+            elif line.startswith("data: ") and name == "progress":
+                data = json.loads(line[6:])
+                seen.append(data["state"])
+                if data["id"] == run_id and data["state"] == "completed":
+                    break
+    assert "completed" in seen
+    runs = dashboard.get("/api/runs", params={"job": "all"}).json()
+    assert [r["id"] for r in runs] == [run_id] and runs[0]["rows_written"] == 300
+    one = dashboard.get(f"/api/runs/{run_id}").json()
+    assert one["fraction"] == 1.0 and [c["state"] for c in one["chunks"]] == ["done"] * 3
+    assert dashboard.get("/api/summary").json()["counts"]["completed"] >= 1
+    assert dashboard.get("/api/runs/nope").status_code == 404
+    assert dashboard.get("/api/runs", params={"state": "bogus"}).status_code == 400
+    assert sum(p["rows"] for p in dashboard.get("/api/throughput").json()) >= 300
+    assert len(dashboard.get("/api/workers").json()) == 1
+
+
+def test_the_openapi_schema_describes_every_api_route(dashboard):
+    from starlette.routing import Route
+
+    from etl.web.app import create_app
+
+    schema = dashboard.get("/api/openapi.json").json()
+    assert schema["openapi"].startswith("3.1")
+    app = create_app(queue())
+    api_paths = {
+        r.path for r in app.routes if isinstance(r, Route) and r.path.startswith("/api/") and "openapi" not in r.path
+    }
+    assert api_paths == set(schema["paths"])
+    for path, item in schema["paths"].items():
+        for operation in item.values():
+            assert operation["responses"], path
