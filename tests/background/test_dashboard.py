@@ -294,3 +294,38 @@ def test_the_openapi_schema_describes_every_api_route(dashboard):
     for path, item in schema["paths"].items():
         for operation in item.values():
             assert operation["responses"], path
+
+
+def test_runs_are_paginated_and_filtered_and_clean_works_from_the_page(start_dashboard, page, job_file, tmp_path):
+    from etl import api
+
+    configs = tmp_path / "configs"
+    configs.mkdir()
+    (configs / "nightly.yaml").write_text(
+        'name: nightly\nschedule: "30 2 * * *"\ntimezone: Europe/Paris\n'
+        "source: {type: generate, rows: 1}\nsink: {type: jsonl, path: out}\n"
+    )
+    board = start_dashboard("--configs", str(configs))
+    many, other = job_file(10, 10, name="many"), job_file(10, 10, name="other")
+    ids = [api.submit(many, queue=queue()).id for _ in range(27)]
+    api.submit(other, queue=queue())
+    page.goto(board.url + "/?job=many")
+    assert page.locator("#runs tbody tr").count() == 25
+    assert page.locator(f'tr[data-run="{ids[-1]}"]').count() == 1  # newest first
+    page.click("#older")
+    assert page.locator("#runs tbody tr").count() == 2 and page.locator("#older").count() == 0
+    page.goto(board.url + "/?state=waiting&job=other")
+    assert page.locator("#runs tbody tr").count() == 1
+    assert page.inner_text("#counts [data-count=waiting]") == "28"
+    assert "nightly" in page.inner_text("#schedule") and "30 2 * * * (Europe/Paris)" in page.inner_text("#schedule")
+    assert board.get("/?state=bogus").status_code == 400
+
+    for run_id in ids[:3]:
+        api.cancel(run_id, queue())
+    sign_in(page, board)
+    page.select_option("#clean select[name=state]", "cancelled")
+    page.fill("#clean input[name=older_than]", "0s")
+    with page.expect_navigation():
+        page.click("#clean button")
+    assert all(queue().store.get_run(i) is None for i in ids[:3])
+    assert page.inner_text("#counts [data-count=cancelled]") == "0"
