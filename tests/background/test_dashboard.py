@@ -221,10 +221,15 @@ def test_read_only_mode_has_no_actions(start_dashboard, page, job_file, cli, wor
     assert wait_finished(run_id).state == "completed"
 
 
-def test_a_warning_shows_when_runs_wait_and_no_worker_is_alive(dashboard, page, job_file, cli):
-    submit(cli, job_file(10, 10, name="nobody"))
+def test_a_warning_shows_when_runs_wait_and_no_worker_is_alive(dashboard, page, job_file, cli, workers):
     page.goto(dashboard.url + "/")
+    assert not page.is_visible("#stalled")
+    run_id = submit(cli, job_file(10, 10, name="nobody"))
+    page.wait_for_selector("#stalled", state="visible")  # without reloading
     assert "no worker is alive" in page.inner_text("#stalled")
+    workers.start(1)
+    wait_finished(run_id)
+    page.wait_for_selector("#stalled", state="hidden")
 
 
 # -- the API for applications ------------------------------------------------------------------

@@ -91,6 +91,7 @@
         if (el) el.textContent = n;
       }
       text("workers-count", summary.workers);
+      document.getElementById("stalled").hidden = !summary.stalled;
     });
     events.addEventListener("progress", (e) => {
       const run = JSON.parse(e.data);
