@@ -29,6 +29,9 @@ def log_options(command: Any) -> Any:
 
 
 if TYPE_CHECKING:
+    from wsgiref.simple_server import WSGIServer
+
+    from etl.metrics import WorkerMetrics
     from etl.queue import Queue
     from etl.store import ChunkRecord, RunRecord
 
@@ -121,14 +124,33 @@ def _echo_json(data: Any) -> None:
     type=click.Path(file_okay=False, exists=True),
     help="A directory of job files whose schedules this worker fires (one worker at a time does).",
 )
+@click.option(
+    "--metrics-port",
+    type=click.IntRange(0, 65535),
+    help="Serve Prometheus metrics on this port, at /metrics (0: any free port).",
+)
+@click.option(
+    "--metrics-host",
+    default="127.0.0.1",
+    show_default=True,
+    help="The address the metrics server listens on (0.0.0.0 or :: for every interface).",
+)
 @log_options
-def worker(concurrency: int, configs: str | None, log_format: str, log_level: str) -> None:
+def worker(
+    concurrency: int,
+    configs: str | None,
+    metrics_port: int | None,
+    metrics_host: str,
+    log_format: str,
+    log_level: str,
+) -> None:
     """Run a worker: execute background runs' chunks until SIGTERM or Ctrl-C.
 
     Start as many as you like, on as many machines, against one queue. A worker that stops
     finishes its chunks in hand (ETL_GRACE_SECONDS, 30 by default) or gives them back. With
     --configs, the scheduled jobs of that directory are fired on their schedules: by one of
-    the workers given the directory at a time, each due run exactly once.
+    the workers given the directory at a time, each due run exactly once. With
+    --metrics-port, Prometheus metrics are served on that port (docs/operations.md#metrics).
     """
     from etl import logsetup
     from etl.worker import Worker, WorkerOptions
@@ -137,9 +159,41 @@ def worker(concurrency: int, configs: str | None, log_format: str, log_level: st
     if configs:
         _check_configs(configs)
     queue = _open()
-    instance = Worker(queue, WorkerOptions.from_env(concurrency), configs=configs)
-    instance.start()
-    instance.wait()
+    options = WorkerOptions.from_env(concurrency)
+    metrics: WorkerMetrics | None = None
+    server: WSGIServer | None = None
+    if metrics_port is not None:
+        from etl.metrics import WorkerMetrics
+
+        metrics = WorkerMetrics()
+        server = _serve_metrics(queue, metrics, metrics_host, metrics_port, options.heartbeat * 3)
+    instance = Worker(queue, options, configs=configs, metrics=metrics)
+    try:
+        instance.start()
+        instance.wait()
+    finally:
+        if server is not None:
+            server.shutdown()
+
+
+def _serve_metrics(queue: Queue, metrics: WorkerMetrics, host: str, port: int, worker_ttl: float) -> WSGIServer:
+    """Start ``prometheus_client``'s HTTP server (a daemon thread) over this process's counters
+    and the store's gauges; a port that can't be had is a usage error (exit 2)."""
+    from loguru import logger
+    from prometheus_client import start_http_server
+
+    from etl import metrics as metrics_module
+    from etl.errors import UsageError
+
+    registry = metrics_module.registry(queue.store, metrics, worker_ttl=worker_ttl)
+    try:
+        server, _thread = start_http_server(port, addr=host, registry=registry)
+    except OSError as exc:
+        raise UsageError(f"--metrics-port {port}: cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
+    bound = server.server_port
+    shown = f"[{host}]" if ":" in host else host
+    logger.info("metrics at http://{}:{}/metrics", shown, bound)
+    return server
 
 
 def _check_configs(directory: str) -> None:

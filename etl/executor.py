@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     import pluggy
 
     from etl.config import Job
+    from etl.metrics import WorkerMetrics
     from etl.queue import Queue
 
 __all__ = ["Executor", "LeaseKeeper"]
@@ -94,6 +95,7 @@ class Executor:
         lease: float = 15.0,
         slots: Callable[[], int] | None = None,
         keep_runs: int = 1000,
+        metrics: WorkerMetrics | None = None,
     ):
         self.queue = queue
         self.store = queue.store
@@ -101,6 +103,8 @@ class Executor:
         self.lease = lease
         self.slots = slots or (lambda: 1)
         self.keep_runs = keep_runs
+        #: This process's Prometheus counters (``etl worker --metrics-port``), or None.
+        self.metrics = metrics
         self._loaded: dict[tuple[int, str], _Loaded] = {}
         self._finished: set[str] = set()
         self._cache_lock = threading.Lock()
@@ -193,7 +197,7 @@ class Executor:
                 "it was not submitted with the same key, or was written into the store by someone else"
             )
             self._log(run).error(reason)
-            self.store.fail_run(run.id, reason)
+            self._fail_unloaded(run, reason)
             return None
         try:
             return self._load(run)
@@ -202,8 +206,13 @@ class Executor:
         except Exception as exc:
             reason = f"loading the job failed on worker {self.worker_id}: {describe(exc)}"
         self._log(run).error(reason)
-        self.store.fail_run(run.id, reason)
+        self._fail_unloaded(run, reason)
         return None
+
+    def _fail_unloaded(self, run: RunRecord, reason: str) -> None:
+        """Fail a run whose job did not load here (no plugin hears of it: none is loaded)."""
+        if self.store.fail_run(run.id, reason) and self.metrics is not None:
+            self.metrics.run_finished(run.job, "failed")
 
     # -- dispatch --------------------------------------------------------------------------
 
@@ -226,6 +235,8 @@ class Executor:
         run = self.store.get_run(run_id)
         if run is None or run.state != "failed" or run.error_chunk != chunk:
             return
+        if self.metrics is not None:
+            self.metrics.run_finished(run.job, "failed")
         self._observe(loaded, "etl_on_job_error", job=loaded.job, run=loaded.info, error=error, result=_result(run))
         self._forget(run_id)
         self._retain()
@@ -323,6 +334,8 @@ class Executor:
                 record.attempts,
             )
             return
+        if self.metrics is not None:
+            self.metrics.chunk_done(run.job, outcome)
         self._observe(
             loaded, "etl_after_chunk_run", job=loaded.job, run=loaded.info, chunk=record.descriptor(), result=outcome
         )
@@ -367,6 +380,8 @@ class Executor:
             if will_retry:
                 delay = policy.delay(attempt)
                 if self.store.retry_later(run.id, index, token, message, delay):
+                    if self.metrics is not None:
+                        self.metrics.chunk_retry(run.job)
                     self.queue.send("etl.chunk", run.id, index, delay=delay)
                     log.warning(
                         "chunk {} attempt {}/{} failed: {}; retrying in {}",
@@ -379,6 +394,8 @@ class Executor:
                 return None
             why = "" if transient else " (permanent: not retried)"
             if self.store.fail_chunk(run.id, index, token, message):
+                if self.metrics is not None:
+                    self.metrics.chunk_failed(run.job)
                 log.error("chunk {} failed after {} attempt(s){}: {}; the run failed", index, attempt, why, message)
                 self._failed(loaded, run.id, exc, index)
             return None
@@ -418,6 +435,8 @@ class Executor:
             return
         if not self.store.finish(run.id, self.worker_id):
             return
+        if self.metrics is not None:
+            self.metrics.run_finished(run.job, "completed")
         done = self.store.get_run(run.id) or run
         log.info(
             "completed: {:,} rows written in {} ({:,.0f} rows/s){}",

@@ -25,6 +25,7 @@ from etl.store import WorkerInfo
 from etl.version import __version__
 
 if TYPE_CHECKING:
+    from etl.metrics import WorkerMetrics
     from etl.queue import Queue
     from etl.scheduler import Scheduler
 
@@ -95,7 +96,13 @@ def route_huey_logs(level: int = logging.WARNING) -> None:
 class Worker:
     """One worker process: ``start()`` it, then ``wait()`` or ``stop()``."""
 
-    def __init__(self, queue: Queue, options: WorkerOptions | None = None, configs: str | None = None) -> None:
+    def __init__(
+        self,
+        queue: Queue,
+        options: WorkerOptions | None = None,
+        configs: str | None = None,
+        metrics: WorkerMetrics | None = None,
+    ) -> None:
         self.queue = queue
         self.options = options or WorkerOptions()
         self.id = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(2)}"
@@ -108,7 +115,12 @@ class Worker:
             version=__version__,
         )
         self.executor = Executor(
-            queue, self.id, lease=self.options.lease, slots=self.slots, keep_runs=self.options.keep_runs
+            queue,
+            self.id,
+            lease=self.options.lease,
+            slots=self.slots,
+            keep_runs=self.options.keep_runs,
+            metrics=metrics,
         )
         queue.bind(self.executor.handlers())
         self._stop = threading.Event()
@@ -236,7 +248,7 @@ class Worker:
 
     def reap(self) -> None:
         """One pass of the reaper (safe in any number of workers at once)."""
-        store, send = self.queue.store, self.queue.send
+        store, send, metrics = self.queue.store, self.queue.send, self.executor.metrics
         for run_id, index in store.expired_leases():
             run = store.get_run(run_id)
             if run is None:
@@ -246,8 +258,13 @@ class Worker:
             if outcome == "requeued":
                 log.warning("chunk {}: its worker stopped renewing the lease; queued again", index)
                 send("etl.chunk", run_id, index)
+                if metrics is not None:
+                    metrics.chunk_retry(run.job)
             elif outcome == "failed":
                 log.error("chunk {}: its workers died on it {} times; the run failed", index, run.attempts)
+                if metrics is not None:
+                    metrics.chunk_failed(run.job)
+                    metrics.run_finished(run.job, "failed")
         transit: set | None = None
         for run_id, index in store.waiting_chunks(self.options.lost_after):
             transit = self.queue.in_transit() if transit is None else transit

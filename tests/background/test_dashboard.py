@@ -282,6 +282,12 @@ def test_the_stream_of_all_runs_and_the_json_api(dashboard, workers, job_file, c
     assert dashboard.get("/api/runs", params={"state": "bogus"}).status_code == 400
     assert sum(p["rows"] for p in dashboard.get("/api/throughput").json()) >= 300
     assert len(dashboard.get("/api/workers").json()) == 1
+    from prometheus_client.parser import text_string_to_metric_families
+
+    scraped = {f.name: f for f in text_string_to_metric_families(dashboard.get("/metrics").text)}
+    completed = [s.value for s in scraped["etl_runs"].samples if s.labels == {"state": "completed"}]
+    assert completed == [queue().store.count_runs("completed")] and completed[0] >= 1
+    assert scraped["etl_workers_live"].samples[0].value == 1
 
 
 def test_the_openapi_schema_describes_every_api_route(dashboard):
