@@ -864,6 +864,23 @@ class RunStore:
 
         self.kv.atomic(touch, [key])
 
+    def park(self, run_id: str, index: int) -> bool:
+        """A queued (or retrying) chunk of a run that has failed or was cancelled goes back to
+        ``pending``: nothing will run it unless the run is retried, so it stops looking like a
+        chunk whose message was lost."""
+        key = self._chunk_key(run_id, index)
+
+        def park(tx: Tx) -> bool:
+            run = self._load_run(tx, run_id)
+            chunk = self._load_chunk(tx, run_id, index)
+            if run is None or chunk is None or not run.finished or chunk.state not in ("queued", "retrying"):
+                return False
+            chunk.state, chunk.queued_at, chunk.not_before = "pending", None, None
+            self._save_chunk(tx, chunk)
+            return True
+
+        return self.kv.atomic(park, [self._run_key(run_id), key])
+
     def expired_finalizers(self, limit: int = 50) -> list[str]:
         return [m for m, _ in self.kv.zrange(self._z("finalize"), -FOREVER, self.clock(), limit)]
 

@@ -267,6 +267,8 @@ class Worker:
                     metrics.run_finished(run.job, "failed")
         transit: set | None = None
         for run_id, index in store.waiting_chunks(self.options.lost_after):
+            if store.park(run_id, index):
+                continue  # its run has failed or was cancelled: nothing is lost
             transit = self.queue.in_transit() if transit is None else transit
             if ("etl.chunk", (run_id, index)) not in transit:
                 store.touch(run_id, index)

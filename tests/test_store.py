@@ -1219,3 +1219,18 @@ def test_eight_workers_share_one_run(store):
     assert sum(c.rows_read for c in records) == run.rows_read
     assert store.claim_finalize(rid, "w0", 30)
     assert store.finish(rid, "w0")
+
+
+@pytest.mark.parametrize("how", ["fail", "cancel"])
+def test_the_queued_chunks_of_a_stopped_run_are_parked_not_resent(store, fake_clock, how):
+    rid = planned(store, 3)
+    assert store.dispatch(rid, 2) == [0, 1]
+    fake_clock.advance(60)
+    assert sorted(store.waiting_chunks(30)) == [(rid, 0), (rid, 1)]
+    assert not store.park(rid, 0)  # the run is still active: a waiting chunk may have lost its message
+    store.fail_run(rid, "boom") if how == "fail" else store.cancel(rid)
+    assert store.park(rid, 0) and store.park(rid, 1)
+    assert store.waiting_chunks(0) == []
+    assert [c.state for c in store.get_chunks(rid)] == ["pending"] * 3
+    if how == "fail":
+        assert store.retry_failed(rid) == [0, 1, 2]  # a retry runs them all again
