@@ -8,7 +8,7 @@ Importing it loads no queue, database or cloud client.
 from loguru import logger
 
 from etl.api import load_job, plan, run, validate
-from etl.config import Job, StageConfig
+from etl.config import Duration, Job, StageConfig
 from etl.errors import (
     ConfigError,
     ConfigErrors,
@@ -38,6 +38,7 @@ __all__ = [
     "ChunkResult",
     "ConfigError",
     "ConfigErrors",
+    "Duration",
     "EtlError",
     "Interrupted",
     "Job",

@@ -1,0 +1,652 @@
+"""Notifications when a run completes or fails: signed webhooks, Slack, email.
+
+A job lists its targets under the top-level ``notify:`` key (registered through
+``etl_register_job_keys``); the lifecycle hooks ``etl_after_job_run`` and ``etl_on_job_error``
+send each target a summary of the run. See ``docs/notifications.md``.
+
+Sending never fails the run. Each target is sent from a short-lived daemon thread, so a slow
+endpoint holds up neither the run nor a worker's slot; each delivery has a time budget that
+bounds its attempts and the waits between them. Before the process exits, an ``atexit`` hook
+waits for the deliveries still in flight, each up to the end of its budget, so that an
+``etl run`` in process delivers before it returns to the shell. Embedding programs that end
+with ``os._exit`` call :func:`flush` first.
+"""
+
+from __future__ import annotations
+
+import atexit
+import hashlib
+import hmac
+import json
+import socket
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from email.utils import parseaddr
+from typing import TYPE_CHECKING, Annotated, Any, Literal
+from urllib.parse import urlsplit
+
+from loguru import logger
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    ValidatorFunctionWrapHandler,
+    WrapValidator,
+    field_validator,
+    model_validator,
+)
+
+from etl import Duration, __version__, did_you_mean, hookimpl
+
+if TYPE_CHECKING:
+    from etl import Job, RunInfo, RunResult
+
+__all__ = ["EmailTarget", "SlackTarget", "Target", "WebhookTarget", "flush", "signature"]
+
+Event = Literal["completed", "failed"]
+EVENTS: tuple[Event, ...] = ("completed", "failed")
+SIGNATURE_HEADER = "X-Etl-Signature"
+TIMESTAMP_HEADER = "X-Etl-Timestamp"
+
+# -- What a job writes under notify: --------------------------------------------------------
+
+
+class _Target(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    type: str = Field(description="webhook, slack or email")
+    when: list[Event] = Field(
+        default_factory=lambda: list(EVENTS), min_length=1, description="the outcomes to notify: completed, failed"
+    )
+    timeout: Duration = Field(10.0, description="the longest one attempt may take")
+    retries: int = Field(
+        2, ge=0, le=10, description="attempts after the first when one fails for a reason that may pass"
+    )
+    backoff: Duration = Field(1.0, description="the wait before the first retry; each further wait doubles")
+    budget: Duration = Field(30.0, description="the most time spent on one notification, attempts and waits included")
+
+    @field_validator("timeout", "budget")
+    @classmethod
+    def _positive(cls, value: float) -> float:
+        if value <= 0:
+            raise ValueError("must be more than 0")
+        return value
+
+    def describe(self) -> str:
+        """The target in log lines: never a secret (a webhook URL's path often is one)."""
+        raise NotImplementedError
+
+    def send(self, message: Message, timeout: float) -> None:
+        """Deliver ``message`` once, within ``timeout`` seconds.
+
+        Raises:
+            _Transient: worth another attempt (a connection refused, a timeout, a 5xx).
+            Exception: anything else is not retried.
+        """
+        raise NotImplementedError
+
+
+def _http_url(value: str) -> str:
+    value = value.strip()
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"{_redacted(value)!r} is not an http(s) URL; expected e.g. https://hooks.example.com/etl")
+    try:
+        parts.port  # noqa: B018 (raises ValueError for a port out of range)
+    except ValueError:
+        raise ValueError("the URL's port is not a number from 0 to 65535") from None
+    return value
+
+
+def _redacted(url: str) -> str:
+    """``scheme://host[:port]``: what a log line may show of a URL."""
+    try:
+        parts = urlsplit(url)
+        port = f":{parts.port}" if parts.port else ""
+        return f"{parts.scheme}://{parts.hostname}{port}" if parts.hostname else "<url>"
+    except ValueError:
+        return "<url>"
+
+
+HttpUrl = Annotated[str, AfterValidator(_http_url)]
+
+
+class WebhookTarget(_Target):
+    """POST the run summary as JSON, signed with HMAC-SHA256 when a secret is set."""
+
+    type: Literal["webhook"]
+    url: HttpUrl = Field(description="the URL to POST to", examples=["https://hooks.example.com/etl"])
+    secret: SecretStr | None = Field(
+        None, description="sign each request with HMAC-SHA256 of this key (write it as ${VAR})"
+    )
+    headers: dict[str, str] = Field(
+        default_factory=dict, description="more request headers (not X-Etl-*, which etl sets)"
+    )
+
+    @field_validator("headers")
+    @classmethod
+    def _not_ours(cls, value: dict[str, str]) -> dict[str, str]:
+        reserved = [name for name in value if name.lower().startswith("x-etl-")]
+        if reserved:
+            raise ValueError(f"{', '.join(reserved)}: X-Etl-* headers are set by etl; use another name")
+        return value
+
+    def describe(self) -> str:
+        return f"webhook {_redacted(self.url)}"
+
+    def send(self, message: Message, timeout: float) -> None:
+        body = message.body
+        mine = {name.lower() for name in self.headers}
+        headers = {
+            **{k: v for k, v in _default_headers().items() if k.lower() not in mine},
+            **self.headers,
+            "X-Etl-Event": message.event,
+            "X-Etl-Delivery": message.delivery,
+        }
+        if self.secret is not None:
+            timestamp = str(int(time.time()))
+            headers[TIMESTAMP_HEADER] = timestamp
+            headers[SIGNATURE_HEADER] = signature(self.secret.get_secret_value(), timestamp, body)
+        _post(self.url, body, headers, timeout)
+
+
+class SlackTarget(_Target):
+    """A Slack incoming webhook (or a Slack-compatible one: Mattermost, Rocket.Chat, ...)."""
+
+    type: Literal["slack"]
+    url: HttpUrl = Field(
+        description="the incoming webhook's URL, a credential: write it as ${VAR}",
+        examples=["${SLACK_WEBHOOK_URL}"],
+    )
+    blocks: bool = Field(False, description="add Block Kit blocks with the figures (Slack itself only)")
+
+    def describe(self) -> str:
+        return f"slack {_redacted(self.url)}"
+
+    def send(self, message: Message, timeout: float) -> None:
+        payload: dict[str, Any] = {"text": _slack_escape(message.text)}
+        if self.blocks:
+            payload["blocks"] = _slack_blocks(message)
+        _post(self.url, json.dumps(payload).encode(), _default_headers(), timeout)
+
+
+def _default_headers() -> dict[str, str]:
+    return {"Content-Type": "application/json", "User-Agent": f"etl-toolkit/{__version__}"}
+
+
+def _address(value: str) -> str:
+    if "@" not in parseaddr(value)[1]:
+        raise ValueError(f"{value!r} is not an email address; expected e.g. etl@example.com or 'ETL <etl@example.com>'")
+    return value
+
+
+Address = Annotated[str, AfterValidator(_address)]
+
+
+class EmailTarget(_Target):
+    """An email through an SMTP server."""
+
+    type: Literal["email"]
+    host: str = Field(min_length=1, description="the SMTP server", examples=["smtp.example.com"])
+    port: int | None = Field(None, ge=1, le=65535, description="default 465 with ssl, 587 with starttls, else 25")
+    username: str | None = Field(None, description="log in as this user")
+    password: SecretStr | None = Field(None, description="and this password (write it as ${VAR})")
+    starttls: bool = Field(True, description="upgrade the connection with STARTTLS (fail if the server can't)")
+    ssl: bool = Field(False, description="connect over TLS from the start (port 465)")
+    sender: Address = Field(description="the From: address", examples=["etl@example.com"])
+    to: list[Address] = Field(min_length=1, description="the recipients")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> EmailTarget:
+        if self.ssl and self.starttls and "starttls" in self.model_fields_set:
+            raise ValueError("set ssl: true or starttls: true, not both")
+        if (self.username is None) != (self.password is None):
+            raise ValueError("set both username and password, or neither")
+        return self
+
+    @property
+    def effective_port(self) -> int:
+        if self.port is not None:
+            return self.port
+        return 465 if self.ssl else 587 if self.starttls else 25
+
+    def describe(self) -> str:
+        return f"email via {self.host}:{self.effective_port} to {len(self.to)} recipient(s)"
+
+    def send(self, message: Message, timeout: float) -> None:
+        import smtplib
+        import ssl
+        from email.message import EmailMessage
+        from email.utils import formatdate, make_msgid
+
+        mail = EmailMessage()
+        mail["Subject"] = message.subject
+        mail["From"] = self.sender
+        mail["To"] = ", ".join(self.to)
+        mail["Date"] = formatdate(localtime=False, usegmt=True)
+        mail["Message-ID"] = make_msgid(idstring=message.delivery, domain=message.payload["host"] or None)
+        mail["X-Etl-Event"] = message.event
+        mail.set_content(message.plain)
+
+        context = ssl.create_default_context()
+        client: smtplib.SMTP | None = None
+        try:
+            if self.ssl:
+                client = smtplib.SMTP_SSL(self.host, self.effective_port, timeout=timeout, context=context)
+            else:
+                client = smtplib.SMTP(self.host, self.effective_port, timeout=timeout)
+            if self.starttls and not self.ssl:
+                client.starttls(context=context)
+            if self.username is not None and self.password is not None:
+                client.login(self.username, self.password.get_secret_value())
+            client.send_message(mail)
+        except Exception as exc:
+            if client is not None:
+                client.close()
+            mapped = _smtp_error(exc)
+            if mapped is exc:
+                raise
+            raise mapped from exc
+        _quit(client)
+
+
+def _smtp_error(exc: Exception) -> Exception:
+    """An SMTP failure as :class:`_Transient` (4xx, connection trouble) or :class:`_Permanent`."""
+    import smtplib
+    import ssl
+
+    if isinstance(exc, smtplib.SMTPRecipientsRefused):
+        refused = ", ".join(f"{who} ({code})" for who, (code, _) in exc.recipients.items())
+        transient = all(400 <= code < 500 for code, _ in exc.recipients.values())
+        return (_Transient if transient else _Permanent)(f"recipients refused: {refused}")
+    if isinstance(exc, smtplib.SMTPResponseException):
+        error = exc.smtp_error.decode(errors="replace") if isinstance(exc.smtp_error, bytes) else str(exc.smtp_error)
+        return (_Transient if 400 <= exc.smtp_code < 500 else _Permanent)(f"SMTP {exc.smtp_code} {error}".strip())
+    if isinstance(exc, smtplib.SMTPNotSupportedError):
+        return _Permanent(f"{exc} (set starttls: false, or ssl: true, if the server offers no STARTTLS)")
+    if isinstance(exc, smtplib.SMTPServerDisconnected):
+        return _Transient(_one_line(exc))
+    if isinstance(exc, smtplib.SMTPException | ssl.SSLCertVerificationError):
+        return _Permanent(_one_line(exc))
+    if isinstance(exc, TimeoutError):
+        return _Transient(f"no answer in time ({_one_line(exc)})")
+    if isinstance(exc, OSError):
+        return _Transient(_one_line(exc))
+    return exc
+
+
+def _quit(client: Any) -> None:
+    """Say goodbye; a message sent stays sent whatever QUIT answers."""
+    try:
+        client.quit()
+    except Exception:
+        client.close()
+
+
+TYPES = {"webhook": WebhookTarget, "slack": SlackTarget, "email": EmailTarget}
+
+
+def _validate_target(value: Any, handler: ValidatorFunctionWrapHandler) -> Any:
+    """Validate a target by its ``type:``, with errors located at its own keys.
+
+    Pydantic's discriminated union would put the tag in each error's location (``notify[0].
+    webhook.url``) and name no choices for a wrong tag; this says which types exist, and which
+    keys the chosen type has.
+    """
+    if not isinstance(value, dict):
+        return handler(value)
+    kind = value.get("type")
+    if kind is None:
+        raise ValueError(f"missing `type:`; expected one of: {', '.join(TYPES)}")
+    model = TYPES.get(kind) if isinstance(kind, str) else None
+    if model is None:
+        raise ValueError(f"type {kind!r} is not one of: {', '.join(TYPES)}{did_you_mean(str(kind), TYPES)}")
+    try:
+        return model.model_validate(value)
+    except ValidationError as exc:
+        raise _named_keys(exc, model) from None
+
+
+def _named_keys(exc: ValidationError, model: type[BaseModel]) -> ValidationError:
+    """``exc`` with each unknown key's error listing the keys of ``model``."""
+    valid = list(model.model_fields)
+    kind = next(name for name, cls in TYPES.items() if cls is model)
+    errors: list[Any] = []
+    for item in exc.errors(include_url=False):
+        if item["type"] == "extra_forbidden" and len(item["loc"]) == 1:
+            key = str(item["loc"][0])
+            hint = f"unknown key{did_you_mean(key, valid)} (valid keys with type {kind}: {', '.join(valid)})"
+            if key == "True":  # YAML 1.1 reads a bare `on` as true (and the job loader keeps it as "True")
+                hint = "`on:` is read by YAML as true; write `when:`, such as `when: [failed]`"
+            ctx = {"error": ValueError(hint)}
+            item = {"type": "value_error", "loc": item["loc"], "input": item["input"], "ctx": ctx}
+        errors.append(item)
+    return ValidationError.from_exception_data(exc.title, errors)
+
+
+Target = Annotated[
+    WebhookTarget | SlackTarget | EmailTarget, Field(discriminator="type"), WrapValidator(_validate_target)
+]
+
+
+# -- The message ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Message:
+    """One run's summary, in the forms the targets send."""
+
+    event: str  # run.completed or run.failed
+    delivery: str  # one id per notification, the same across its retries
+    payload: dict[str, Any]
+    body: bytes  # the JSON body of a webhook
+    text: str  # one line for chat
+    subject: str
+    plain: str  # an email's body
+
+
+def summarize(job: Job, run: RunInfo, result: RunResult, error: BaseException | None) -> Message:
+    """The summary of a finished run (``error`` set when it failed)."""
+    figures = result.to_json()
+    state: Event = "failed" if error is not None or result.state == "failed" else "completed"
+    payload: dict[str, Any] = {
+        "event": f"run.{state}",
+        "job": job.name,
+        "run_id": run.id,
+        "state": state,
+        "host": _hostname(),
+        "started_at": figures["started_at"],
+        "finished_at": figures["finished_at"],
+        "seconds": figures["seconds"],
+        "rows_total": result.rows_total,
+        "rows_read": result.rows_read,
+        "rows_written": result.rows_written,
+        "rows_rejected": result.rows_rejected,
+        "rows_per_second": figures["rows_per_second"],
+        "chunks_total": result.chunks_total,
+        "chunks_done": result.chunks_done,
+        "retries": result.retries,
+        "error": result.error if state == "failed" else None,
+        "error_type": type(error).__name__ if error is not None else None,
+        "error_chunk": result.error_chunk,
+        "etl_version": __version__,
+    }
+    if state == "failed" and payload["error"] is None and error is not None:
+        payload["error"] = str(error) or type(error).__name__
+    took = _duration(result.seconds)
+    where = f" on {payload['host']}" if payload["host"] else ""
+    if state == "completed":
+        rejected = f", {result.rows_rejected:,} rejected" if result.rows_rejected else ""
+        text = (
+            f"✅ {job.name} completed: {result.rows_written:,} rows written{rejected} in {took} "
+            f"({result.rows_per_second:,.0f} rows/s) · run {run.id}{where}"
+        )
+        subject = f"etl: {job.name} completed ({result.rows_written:,} rows)"
+    else:
+        at = f" at chunk {result.error_chunk}" if result.error_chunk is not None else ""
+        text = (
+            f"❌ {job.name} failed{at} after {took}: {payload['error']} · "
+            f"{result.rows_written:,} rows written · run {run.id}{where}"
+        )
+        subject = f"etl: {job.name} FAILED{at}"
+    lines = [f"{key}: {'' if value is None else value}" for key, value in payload.items() if key != "event"]
+    plain = f"{text}\n\n" + "\n".join(lines) + "\n"
+    body = json.dumps(payload, ensure_ascii=False).encode()
+    return Message(f"run.{state}", str(uuid.uuid4()), payload, body, text, subject, plain)
+
+
+def signature(secret: str, timestamp: str, body: bytes) -> str:
+    """``sha256=<hex>``: HMAC-SHA256, keyed with ``secret``, of ``<timestamp>.<body>``."""
+    signed = timestamp.encode() + b"." + body
+    return "sha256=" + hmac.new(secret.encode(), signed, hashlib.sha256).hexdigest()
+
+
+def _slack_escape(text: str) -> str:
+    """Text as Slack reads it: ``&``, ``<`` and ``>`` are its markup."""
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def _slack_blocks(message: Message) -> list[dict[str, Any]]:
+    p = message.payload
+    fields = [
+        ("Job", p["job"]),
+        ("State", p["state"]),
+        ("Rows written", f"{p['rows_written']:,}"),
+        ("Rows rejected", f"{p['rows_rejected']:,}"),
+        ("Duration", _duration(p["seconds"])),
+        ("Host", p["host"] or "?"),
+    ]
+    blocks: list[dict[str, Any]] = [
+        {"type": "section", "text": {"type": "mrkdwn", "text": _slack_escape(message.text)}},
+        {"type": "section", "fields": [{"type": "mrkdwn", "text": f"*{k}*\n{_slack_escape(v)}"} for k, v in fields]},
+    ]
+    if p["error"]:
+        error = _slack_escape(p["error"][:2900])
+        blocks.append({"type": "section", "text": {"type": "mrkdwn", "text": f"```{error}```"}})
+    blocks.append({"type": "context", "elements": [{"type": "mrkdwn", "text": f"run {p['run_id']}"}]})
+    return blocks
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
+
+
+def _hostname() -> str:
+    try:
+        return socket.gethostname()
+    except OSError:
+        return ""
+
+
+# -- Sending --------------------------------------------------------------------------------
+
+
+class _Transient(Exception):
+    """A failure that may pass: try again after the backoff."""
+
+    def __init__(self, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class _Permanent(Exception):
+    """A failure that another attempt would repeat (a 4xx, a refused login)."""
+
+
+def _post(url: str, body: bytes, headers: dict[str, str], timeout: float) -> None:
+    import httpx
+
+    try:
+        with httpx.Client(timeout=timeout, follow_redirects=False) as client:
+            response = client.post(url, content=body, headers=headers)
+    except httpx.TimeoutException as exc:
+        raise _Transient(f"no answer within {timeout:g}s ({type(exc).__name__})") from exc
+    except httpx.TransportError as exc:
+        detail = f"{type(exc).__name__}: {exc}".replace(url, _redacted(url))
+        raise (_Permanent if _bad_certificate(exc) else _Transient)(detail) from exc
+    except Exception as exc:  # such as httpx.InvalidURL, whose message may quote the URL
+        raise _Permanent(f"{type(exc).__name__}: {exc}".replace(url, _redacted(url))) from exc
+    if response.is_success:
+        return
+    detail = f"HTTP {response.status_code} {response.reason_phrase}"
+    snippet = response.text.strip()[:200]
+    if snippet:
+        detail += f": {snippet}"
+    if response.status_code in (408, 425, 429) or response.status_code >= 500:
+        raise _Transient(detail, _retry_after(response.headers.get("Retry-After")))
+    raise _Permanent(detail)
+
+
+def _bad_certificate(exc: BaseException) -> bool:
+    """Whether a TLS certificate did not verify (another attempt would fail the same way)."""
+    import ssl
+
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, ssl.SSLCertVerificationError):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+def _retry_after(value: str | None) -> float | None:
+    """Seconds from a ``Retry-After`` header given in seconds (the date form is ignored)."""
+    try:
+        return max(float(value), 0.0) if value is not None else None
+    except ValueError:
+        return None
+
+
+@dataclass(eq=False)
+class _Delivery:
+    thread: threading.Thread
+    deadline: float  # time.monotonic() by which it has given up
+
+
+_pending: set[_Delivery] = set()
+_lock = threading.Lock()
+_atexit_registered = False
+#: How long past its budget a delivery's thread is waited for (one attempt's socket calls may
+#: overrun a little).
+_GRACE = 1.0
+
+
+def deliver(target: _Target, message: Message, log: Any = logger) -> bool:
+    """Send ``message`` to ``target``, retrying within its budget. Never raises.
+
+    Returns:
+        Whether it was delivered.
+    """
+    deadline = time.monotonic() + target.budget
+    attempts = target.retries + 1
+    name = target.describe()
+    for attempt in range(1, attempts + 1):
+        remaining = deadline - time.monotonic()
+        try:
+            target.send(message, timeout=min(target.timeout, remaining))
+        except _Transient as exc:
+            delay = exc.retry_after if exc.retry_after is not None else target.backoff * 2 ** (attempt - 1)
+            if attempt == attempts:
+                log.error("notification to {} failed after {} attempt(s): {}", name, attempt, exc)
+                return False
+            if time.monotonic() + delay >= deadline:
+                log.error(
+                    "notification to {} failed: {}; giving up (a retry would end past its budget of {:g}s)",
+                    name,
+                    exc,
+                    target.budget,
+                )
+                return False
+            log.warning(
+                "notification to {} failed (attempt {}/{}): {}; retrying in {:g}s", name, attempt, attempts, exc, delay
+            )
+            time.sleep(delay)
+        except Exception as exc:
+            log.error("notification to {} failed: {}", name, exc if isinstance(exc, _Permanent) else _one_line(exc))
+            return False
+        else:
+            log.info("notified {} ({})", name, message.event)
+            return True
+    return False  # pragma: no cover (the loop returns)
+
+
+def _one_line(error: BaseException) -> str:
+    return f"{type(error).__name__}: {error}"
+
+
+def _start(target: _Target, message: Message, log: Any) -> None:
+    global _atexit_registered
+
+    def work() -> None:
+        try:
+            deliver(target, message, log)
+        except Exception as exc:  # a bug here must not surface as a thread's traceback
+            log.opt(exception=exc).error("notification to {} failed: {}", target.describe(), _one_line(exc))
+        finally:
+            with _lock:
+                _pending.discard(delivery)
+
+    thread = threading.Thread(target=work, name=f"etl-notify-{target.type}", daemon=True)
+    delivery = _Delivery(thread, time.monotonic() + target.budget + _GRACE)
+    with _lock:
+        if not _atexit_registered:
+            atexit.register(_flush_at_exit)
+            _atexit_registered = True
+        _pending.add(delivery)
+    thread.start()
+
+
+def flush(timeout: float | None = None) -> bool:
+    """Wait for the notifications in flight: each up to the end of its budget (and a second),
+    all of them up to ``timeout`` seconds (no limit but their budgets when ``None``).
+
+    Returns:
+        Whether every one has finished: sent, or given up and logged as such.
+    """
+    limit = None if timeout is None else time.monotonic() + timeout
+    abandoned = False
+    while True:
+        with _lock:
+            waiting = sorted(_pending, key=lambda d: d.deadline)
+        if not waiting:
+            return not abandoned
+        delivery = waiting[0]
+        until = delivery.deadline if limit is None else min(delivery.deadline, limit)
+        delivery.thread.join(max(until - time.monotonic(), 0.0))
+        if delivery.thread.is_alive():
+            if limit is not None and time.monotonic() >= limit:
+                return False
+            with _lock:  # stuck past its budget (a DNS lookup that hangs): wait no more for it
+                _pending.discard(delivery)
+            abandoned = True
+
+
+def _flush_at_exit() -> None:
+    with _lock:
+        count = len(_pending)
+    if not count:
+        return
+    logger.info("waiting for {} notification(s) to be sent", count)
+    if not flush():
+        logger.warning("exiting with notification(s) still unsent")
+
+
+# -- Hooks ----------------------------------------------------------------------------------
+
+
+@hookimpl
+def etl_register_job_keys() -> dict[str, Any]:
+    return {"notify": list[Target]}
+
+
+@hookimpl
+def etl_after_job_run(job: Job, run: RunInfo, result: RunResult) -> None:
+    _notify(job, run, result, None)
+
+
+@hookimpl
+def etl_on_job_error(job: Job, run: RunInfo, error: BaseException, result: RunResult) -> None:
+    _notify(job, run, result, error)
+
+
+def _notify(job: Job, run: RunInfo, result: RunResult, error: BaseException | None) -> None:
+    log = logger.bind(job=job.name, run=run.id)
+    try:
+        state: Event = "failed" if error is not None else "completed"
+        targets = [t for t in job.extras.get("notify") or () if state in t.when]
+        if not targets:
+            return
+        summary = summarize(job, run, result, error)
+        for target in targets:
+            _start(target, summary, log)
+    except Exception as exc:  # a notification never fails a run
+        log.opt(exception=exc).error("notifications not sent: {}", _one_line(exc))
