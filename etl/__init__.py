@@ -30,8 +30,10 @@ from etl.stages import Chunk, Plan, RowCount, Sink, Source, StageContext, StageO
 from etl.units import parse_duration, parse_type
 from etl.version import __version__
 
-# A library stays quiet until the application that embeds it opts in: logger.enable("etl").
+# A library stays quiet until the application that embeds it opts in: logger.enable("etl"),
+# and logger.enable("etl_plugins") for the built-in stages' and plugins' own lines.
 logger.disable("etl")
+logger.disable("etl_plugins")
 
 __all__ = [
     "Chunk",

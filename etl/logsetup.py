@@ -58,6 +58,7 @@ def configure(level: str = "INFO", fmt: LogFormat = "text", stream: TextIO | Non
     stream = stream or sys.stderr
     logger.remove()
     logger.enable("etl")
+    logger.enable("etl_plugins")
     if fmt == "json":
         logger.add(_json_sink(stream), level=level, format="{message}", backtrace=False, diagnose=False)
     else:

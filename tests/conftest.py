@@ -25,6 +25,7 @@ def _isolated(tmp_path, monkeypatch):
 
     logger.remove()  # a test that configured logging leaves none behind
     logger.disable("etl")
+    logger.disable("etl_plugins")
 
 
 @pytest.fixture

@@ -147,6 +147,7 @@ def smtp():
 def logs():
     """The log lines of the test (the plugin logs through loguru like any library)."""
     lines: list[str] = []
+    logger.enable("etl_plugins")  # a library's lines, which an application opts in to
     logger.add(lambda message: lines.append(message.record["message"]), level="DEBUG", format="{message}")
     return lines
 
