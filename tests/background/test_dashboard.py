@@ -340,3 +340,38 @@ def test_runs_are_paginated_and_filtered_and_clean_works_from_the_page(start_das
         page.click("#clean button")
     assert all(queue().store.get_run(i) is None for i in ids[:3])
     assert page.inner_text("#counts [data-count=cancelled]") == "0"
+
+
+def test_the_docs_progress_widget_works_from_another_origin(start_dashboard, page, workers, job_file, cli, tmp_path):
+    """The copy-paste widget of docs/dashboard.md, served by another site (CORS)."""
+    import re
+    import threading
+    from functools import partial
+    from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+
+    docs = (Path(__file__).resolve().parents[2] / "docs" / "dashboard.md").read_text()
+    widget = re.search(r"```html\n(.*?)```", docs, re.S)[1]
+    app_port = free_port()
+    board = start_dashboard("--cors-origin", f"http://127.0.0.1:{app_port}")
+    run_id = submit(cli, slow_job(job_file, rows=1000, chunk=100, seconds=0.2, name="widget"))
+    html = widget.replace("http://127.0.0.1:8088", board.url).replace("20261128-203300-4f1a2b", run_id)
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "index.html").write_text(f"<!doctype html><html><body>{html}</body></html>")
+    handler = partial(SimpleHTTPRequestHandler, directory=str(site))
+    server = ThreadingHTTPServer(("127.0.0.1", app_port), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        page.goto(f"http://127.0.0.1:{app_port}/index.html")
+        workers.start(1)
+        page.wait_for_function("document.getElementById('sync-bar').value > 0", timeout=30_000)
+        page.wait_for_function("document.getElementById('sync-text').textContent === 'Sync completed'", timeout=60_000)
+        assert page.evaluate("document.getElementById('sync-bar').value") == 1
+    finally:
+        server.shutdown()
+        server.server_close()
+    # Without --cors-origin, another site's page can't read the stream.
+    assert (
+        "access-control-allow-origin"
+        not in start_dashboard().get(f"/api/runs/{run_id}", headers={"Origin": f"http://127.0.0.1:{app_port}"}).headers
+    )
