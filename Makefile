@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 READY := $(VENV)/.ready
 
-.PHONY: demo test lint schema bench bench-background bench-postgres bench-bigquery clean
+.PHONY: demo test lint schema bench bench-background bench-postgres bench-bigquery bench-dashboard clean
 
 $(READY): pyproject.toml constraints.txt
 	@$(PYTHON) -c 'import sys; sys.exit("Python 3.11 or newer is needed; set PYTHON=python3.11" if sys.version_info < (3, 11) else 0)'
@@ -47,6 +47,10 @@ bench-postgres: $(READY)
 # and with 2 workers (needs PostgreSQL and Redis; 5,000,000 rows by default).
 bench-bigquery: $(READY)
 	$(BIN)/python benchmarks/bigquery.py
+
+# What 1, 10 and 100 watchers of a run's event stream cost Redis (needs Redis).
+bench-dashboard: $(READY)
+	$(BIN)/python benchmarks/dashboard.py
 
 clean:
 	rm -rf $(VENV) out .etl .pytest_cache .hypothesis *.egg-info

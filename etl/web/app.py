@@ -7,8 +7,9 @@ it as ``Authorization: Bearer TOKEN``; a browser signs in with it once and gets 
 token configured, or with ``read_only``, there are no actions at all.
 
 Progress is pushed as server-sent events: ``/api/runs/{id}/events`` for one run,
-``/api/events`` for all of them. The store is polled (every half second) by the stream, so a
-browser holds no connection to Redis and any number of dashboards can watch.
+``/api/events`` for all of them. Each stream is polled from the store once every half second
+whatever the number of its subscribers (:class:`_Feed`), so a browser holds no connection to
+Redis and any number of pages can watch.
 """
 
 from __future__ import annotations
@@ -130,6 +131,7 @@ class _Dashboard:
         self.templates.env.globals.update(format_duration=format_duration, states=STATES)
         self.templates.env.filters["when"] = _when
         self._throughput: tuple[float, list[dict[str, Any]]] | None = None
+        self._feeds: dict[str, _Feed] = {}
 
     # -- helpers -----------------------------------------------------------------------------
 
@@ -446,58 +448,120 @@ class _Dashboard:
 
     async def api_run_events(self, request: Request) -> Response:
         run = await self._run(request.path_params["run_id"])
-        return _sse(self._run_events(request, run.id))
+        return _sse(self._run_events(run.id))
 
-    async def _run_events(self, request: Request, run_id: str) -> AsyncIterator[str]:
-        last, beat = None, time.monotonic()
-        while not await request.is_disconnected():
-            run = await self.call(self.store.get_run, run_id)
-            if run is None:
+    def _feed(self, key: str, poll: Callable[[], Any]) -> _Feed:
+        feed = self._feeds.get(key)
+        if feed is None:
+            feed = self._feeds[key] = _Feed(poll, self.settings.poll, lambda: self._feeds.pop(key, None))
+        return feed
+
+    def _run_snapshot(self, run_id: str) -> dict[str, Any] | None:
+        run = self.store.get_run(run_id)
+        return None if run is None else _progress(run, self.store.get_chunks(run.id, run.chunks_total))
+
+    async def _run_events(self, run_id: str) -> AsyncIterator[str]:
+        feed = self._feed(f"run:{run_id}", lambda: self._run_snapshot(run_id))
+        async for data in feed.subscribe():
+            if data is _KEEP_ALIVE:
+                yield ": keep-alive\n\n"
+            elif data is None:
                 yield _event("gone", {"run": run_id})
                 return
-            chunks = await self.call(self.store.get_chunks, run.id, run.chunks_total)
-            data = _progress(run, chunks)
-            text = json.dumps(data, sort_keys=True)
-            if text != last:
+            else:
                 yield _event("progress", data)
-                last, beat = text, time.monotonic()
-            if run.finished:
-                yield _event("end", {"run": run_id, "state": run.state})
-                return
-            if time.monotonic() - beat > HEARTBEAT_SECONDS:
-                yield ": keep-alive\n\n"
-                beat = time.monotonic()
-            await asyncio.sleep(self.settings.poll)
+                if data["state"] in ("completed", "failed", "cancelled"):
+                    yield _event("end", {"run": run_id, "state": data["state"]})
+                    return
 
     async def api_events(self, request: Request) -> Response:
-        return _sse(self._all_events(request))
+        return _sse(self._all_events())
 
-    async def _all_events(self, request: Request) -> AsyncIterator[str]:
-        seen: dict[str, str] = {}
-        summary_last, beat = None, time.monotonic()
-        started = time.time()
-        while not await request.is_disconnected():
-            summary = await self.call(self.summary)
-            text = json.dumps(summary, sort_keys=True)
-            if text != summary_last:
-                yield _event("summary", summary)
-                summary_last, beat = text, time.monotonic()
-            runs = await self.call(self._watched, started)
-            for run in runs:
-                data = _progress(run)
-                text = json.dumps(data, sort_keys=True)
-                if seen.get(run.id) != text:
-                    yield _event("progress", data)
-                    seen[run.id], beat = text, time.monotonic()
-            if time.monotonic() - beat > HEARTBEAT_SECONDS:
-                yield ": keep-alive\n\n"
-                beat = time.monotonic()
-            await asyncio.sleep(self.settings.poll)
-
-    def _watched(self, since: float) -> list[RunRecord]:
-        """Runs that are waiting or active, or finished since the stream began."""
+    def _all_snapshot(self) -> dict[str, Any]:
+        """The counts, and the progress of every run waiting, active, or finished in the last
+        minute (so that a stream sees a run's last change)."""
         found = [*self.store.list_runs(state="waiting", limit=200), *self.store.active_runs(limit=200)]
-        return found + self.store.finished_since(since - 1, limit=200)
+        found += self.store.finished_since(time.time() - 60, limit=200)
+        return {"summary": self.summary(), "runs": {r.id: _progress(r) for r in found}}
+
+    async def _all_events(self) -> AsyncIterator[str]:
+        feed = self._feed("all", self._all_snapshot)
+        summary_last: Any = None
+        seen: dict[str, Any] = {}
+        async for data in feed.subscribe():
+            if data is _KEEP_ALIVE:
+                yield ": keep-alive\n\n"
+                continue
+            if data["summary"] != summary_last:
+                summary_last = data["summary"]
+                yield _event("summary", summary_last)
+            for run_id, progress in data["runs"].items():
+                if seen.get(run_id) != progress:
+                    seen[run_id] = progress
+                    yield _event("progress", progress)
+            seen = {k: v for k, v in seen.items() if k in data["runs"]}
+
+
+_KEEP_ALIVE = object()
+
+
+class _Feed:
+    """One poll of the store every ``interval`` seconds for every subscriber of one stream (a
+    run's progress, or all runs'), however many browsers and applications watch it: the store
+    sees the same reads for one watcher or a thousand. It stops polling when the last one goes."""
+
+    def __init__(self, poll: Callable[[], Any], interval: float, gone: Callable[[], Any]) -> None:
+        self.poll = poll
+        self.interval = interval
+        self.gone = gone
+        self.value: Any = None
+        self.version = 0
+        self.subscribers = 0
+        self.changed = asyncio.Event()
+        self.task: asyncio.Task[None] | None = None
+
+    async def _run(self) -> None:
+        last = None
+        try:
+            while self.subscribers:
+                try:
+                    value = await to_thread.run_sync(self.poll)
+                except Exception as exc:  # Redis away: keep the streams open, try again
+                    from loguru import logger
+
+                    logger.warning("dashboard: reading the run store failed: {}", exc)
+                    await asyncio.sleep(self.interval)
+                    continue
+                text = json.dumps(value, sort_keys=True, default=str)
+                if text != last:
+                    last, self.value, self.version = text, value, self.version + 1
+                    changed, self.changed = self.changed, asyncio.Event()
+                    changed.set()
+                await asyncio.sleep(self.interval)
+        finally:
+            self.task = None
+
+    async def subscribe(self) -> AsyncIterator[Any]:
+        """The stream's values as they change, its current one first; ``_KEEP_ALIVE`` after a
+        quiet spell."""
+        self.subscribers += 1
+        if self.task is None:
+            self.task = asyncio.create_task(self._run())
+        seen = 0
+        try:
+            while True:
+                if self.version != seen:
+                    seen = self.version
+                    yield self.value
+                    continue
+                try:
+                    await asyncio.wait_for(self.changed.wait(), HEARTBEAT_SECONDS)
+                except TimeoutError:
+                    yield _KEEP_ALIVE
+        finally:
+            self.subscribers -= 1
+            if not self.subscribers:
+                self.gone()
 
 
 def _sse(events: AsyncIterator[str]) -> StreamingResponse:
