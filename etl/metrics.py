@@ -48,7 +48,6 @@ CHUNK_BUCKETS = (0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800
 WORKER_TTL = 15.0
 #: At most this many waiting chunks are read per scrape (keep queue backlogs in the thousands).
 WAITING_LIMIT = 100_000
-_FOREVER = float("inf")
 
 
 class StoreCollector(Collector):
@@ -97,7 +96,7 @@ class StoreCollector(Collector):
             value=sum(w.concurrency for w in live),
         )
 
-        queued, retrying, running = _chunks_in_flight(store)
+        queued, retrying, running = store.chunks_in_flight(WAITING_LIMIT)
         yield GaugeMetricFamily(
             "etl_queue_depth", "Chunks of active runs waiting for a free worker slot.", value=queued
         )
@@ -109,29 +108,6 @@ class StoreCollector(Collector):
         for state, count in (("queued", queued), ("retrying", retrying), ("running", running)):
             flight.add_metric([state], count)
         yield flight
-
-
-def _chunks_in_flight(store: RunStore) -> tuple[int, int, int]:
-    """Chunks queued (due) and retrying (in their backoff) of active runs, and chunks running.
-
-    Read from the store's indexes rather than from chunk records (one sorted set each): the
-    waiting index still holds the queued chunks of runs that failed or were cancelled until
-    retention deletes them, so its members are filtered by the active runs. Running chunks
-    (the leases) are not: each occupies a slot, whatever its run's state. (The store's index
-    keys are its own business; a ``RunStore.count_chunks()`` would be their proper home.)
-    """
-    kv, now = store.kv, store.clock()
-    active = {m for m, _ in kv.zrange(store._z("state:active"), -_FOREVER, _FOREVER, WAITING_LIMIT)}
-    queued = retrying = 0
-    for member, score in kv.zrange(store._z("waiting"), -_FOREVER, _FOREVER, WAITING_LIMIT):
-        if member.rsplit("|", 1)[0] in active:
-            # A queued chunk's score is when it was queued; a retrying one's, when it is due.
-            if score <= now:
-                queued += 1
-            else:
-                retrying += 1
-    running = kv.zcard(store._z("leases"))
-    return queued, retrying, running
 
 
 class WorkerMetrics(Collector):

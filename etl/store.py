@@ -881,6 +881,21 @@ class RunStore:
 
         return self.kv.atomic(park, [self._run_key(run_id), key])
 
+    def chunks_in_flight(self, limit: int = 100_000) -> tuple[int, int, int]:
+        """Chunks queued (due now) and retrying (in their backoff) of active runs, and chunks
+        running (leased, whatever their run's state): read from the indexes, not the records."""
+        now = self.clock()
+        active = {m for m, _ in self.kv.zrange(self._z("state:active"), -FOREVER, FOREVER, limit)}
+        queued = retrying = 0
+        for member, score in self.kv.zrange(self._z("waiting"), -FOREVER, FOREVER, limit):
+            if self._split(member)[0] in active:
+                # A queued chunk's score is when it was queued; a retrying one's, when it is due.
+                if score <= now:
+                    queued += 1
+                else:
+                    retrying += 1
+        return queued, retrying, self.kv.zcard(self._z("leases"))
+
     def expired_finalizers(self, limit: int = 50) -> list[str]:
         return [m for m, _ in self.kv.zrange(self._z("finalize"), -FOREVER, self.clock(), limit)]
 
