@@ -205,7 +205,11 @@ def open_window(spec: IncrementalSpec, mark: Any, source: Any) -> Window:
         low, inclusive = parse_value(spec.initial), True
     else:
         low, inclusive = None, False
-    high = source.cursor_high(spec.cursor)
+    # Only rows above the mark can raise it: the source need not look below (partitions,
+    # index ranges). With none above, a lookback still reads the rows just below the mark.
+    high = source.cursor_high(spec.cursor, above=mark)
+    if high is None and mark is not None and spec.lookback:
+        high = mark
     if high is None:
         return Window(spec.cursor, low, inclusive, None)
     low = coerce(low, high)

@@ -231,9 +231,13 @@ class Source(Stage, ABC):
         if not cls.incremental:
             raise ValueError(f"the {cls.name} source can't read incrementally")
 
-    def cursor_high(self, cursor: str) -> Any:
+    def cursor_high(self, cursor: str, above: Any = None) -> Any:
         """The highest value of ``cursor`` among the source's rows now (``None`` when it has
-        none): the upper bound of an incremental run, fixed when the run is planned."""
+        none): the upper bound of an incremental run, fixed when the run is planned.
+
+        ``above`` is the job's mark (a value this source gave before, of the same type), or
+        ``None`` on a first run: a source should only look at rows whose cursor is above it
+        (an index range, the newest partitions) and say ``None`` when there is none."""
         raise NotImplementedError(f"the {self.name} source can't read incrementally")
 
     def count(self) -> RowCount:

@@ -360,9 +360,11 @@ class FileSource(Source):
                 continue
         return found
 
-    def cursor_high(self, cursor: str) -> dt.datetime | None:
-        """The newest file's modification time (``None`` when there is no file)."""
-        return max((mtime for _, mtime in self._modified()), default=None)
+    def cursor_high(self, cursor: str, above: Any = None) -> dt.datetime | None:
+        """The newest file's modification time (``None`` when there is no file, or none
+        modified after ``above``)."""
+        newest = max((mtime for _, mtime in self._modified()), default=None)
+        return None if newest is None or (above is not None and newest <= above) else newest
 
     def unchanged(self, chunk: Chunk) -> bool:
         """Whether the chunk's file is still inside the run's window: False (with a warning)

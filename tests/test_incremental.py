@@ -262,3 +262,19 @@ def test_initial_starts_the_first_run_and_etl_state_shows_resets_and_sets_the_ma
     assert api.run(job).rows_written == 4  # from initial again
     bad = cli("state", "inc", "--set", "soon", "--yes")
     assert bad.returncode == 2 and "is not a cursor value" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_the_upper_bound_is_looked_for_above_the_mark_only(tables):
+    from tests.plugins.test_postgres_source import source
+
+    src, _ = tables
+    add_rows(src, 3, at="'2026-05-01T00:00:00Z'")
+    add_rows(src, 2, at="'2026-07-01T00:00:00Z'")
+    stage = source({"table": src})
+    try:
+        july, may = dt.datetime(2026, 7, 1, tzinfo=UTC), dt.datetime(2026, 5, 1, tzinfo=UTC)
+        assert stage.cursor_high("updated_at") == july
+        assert stage.cursor_high("updated_at", above=may) == july
+        assert stage.cursor_high("updated_at", above=july) is None  # nothing new: no scan below the mark
+    finally:
+        stage.close()

@@ -422,14 +422,20 @@ class BigQuerySource(Source):
 
     # -- count -----------------------------------------------------------------------------------
 
-    def cursor_high(self, cursor: str) -> Any:
-        """``MAX(cursor)`` over the table (with ``row_filter``) or the query, whatever the window."""
+    def cursor_high(self, cursor: str, above: Any = None) -> Any:
+        """``MAX(cursor)`` over the table (with ``row_filter``) or the query, above the mark
+        when there is one (so that a table partitioned on the cursor is read only where it
+        could have grown), whatever the window."""
         field = self._cursor_field(cursor)
         c = f"`{field.name}`"
+        conditions = [f"{c} > {_typed(above)}"] if above is not None else []
         if self.options.query is not None:
-            sql = f"SELECT MAX({c}) FROM (\n{self.base_sql}\n) AS q"
+            where = f" WHERE {conditions[0]}" if conditions else ""
+            sql = f"SELECT MAX({c}) FROM (\n{self.base_sql}\n) AS q{where}"
         else:
-            where = f" WHERE {self.options.row_filter}" if self.options.row_filter is not None else ""
+            if self.options.row_filter is not None:
+                conditions.insert(0, f"({self.options.row_filter})")
+            where = f" WHERE {' AND '.join(conditions)}" if conditions else ""
             sql = f"SELECT MAX({c}) FROM `{self.table}`{where}"
         high = self._rows(sql, f"finding the highest {field.name}")[0][0]
         if isinstance(high, float) and not math.isfinite(high):

@@ -240,8 +240,9 @@ class PostgresSource(Source):
 
     # -- count and plan ---------------------------------------------------------------------------
 
-    def cursor_high(self, cursor: str) -> Any:
-        return self._fetch(self._select(f"max({quote(cursor)})"))[0][0]
+    def cursor_high(self, cursor: str, above: Any = None) -> Any:
+        conditions = [f"{quote(cursor)} > {_typed(above)}"] if above is not None else []
+        return self._fetch(self._select(f"max({quote(cursor)})", conditions))[0][0]
 
     def count(self) -> RowCount:
         rows = self._fetch(self._select("count(*)"))
