@@ -18,6 +18,7 @@ import asyncio
 import hashlib
 import hmac
 import json
+import secrets
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -50,6 +51,7 @@ PAGE_SIZE = 25
 POLL_SECONDS = 0.5
 HEARTBEAT_SECONDS = 15.0
 LOG_LINES = 200
+SESSION_SECONDS = 12 * 3600
 
 
 @dataclass(frozen=True)
@@ -169,8 +171,13 @@ class _Dashboard:
         cookie = request.cookies.get("etl_session", "")
         if not token or "." not in cookie:
             return None
-        nonce, signature = cookie.split(".", 1)
-        return nonce if hmac.compare_digest(signature, _sign(token, f"session:{nonce}")) else None
+        session, _, signature = cookie.rpartition(".")
+        if not hmac.compare_digest(signature, _sign(token, f"session:{session}")):
+            return None
+        issued, _, _ = session.partition("-")
+        if not issued.isdigit() or time.time() - int(issued) > SESSION_SECONDS:
+            return None  # signed in too long ago: sign in again
+        return session
 
     def _bearer(self, request: Request) -> bool:
         token = self.settings.token
@@ -211,15 +218,18 @@ class _Dashboard:
         given = str(form.get("token", ""))
         if not hmac.compare_digest(given, self.settings.token or ""):
             return self.render(request, "login.html", status=401, message="That is not the dashboard's token.")
-        nonce = hashlib.sha256(f"{time.time_ns()}:{id(request)}".encode()).hexdigest()[:32]
-        response = RedirectResponse(str(form.get("next") or "/"), status_code=303)
+        session = f"{int(time.time())}-{secrets.token_hex(16)}"
+        target = str(form.get("next") or "/")
+        if not target.startswith("/") or target.startswith(("//", "/\\")):
+            target = "/"  # only a page of this dashboard: never a redirect to another site
+        response = RedirectResponse(target, status_code=303)
         response.set_cookie(
             "etl_session",
-            f"{nonce}.{_sign(self.settings.token or '', f'session:{nonce}')}",
+            f"{session}.{_sign(self.settings.token or '', f'session:{session}')}",
             httponly=True,
             samesite="strict",
             secure=request.url.scheme == "https",
-            max_age=12 * 3600,
+            max_age=SESSION_SECONDS,
         )
         return response
 

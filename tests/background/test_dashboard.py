@@ -201,6 +201,11 @@ def test_the_token_is_enforced(dashboard, page, job_file, cli):
     elsewhere = dashboard.post(f"/runs/{run_id}/cancel", data={}, cookies=jar, headers={"Origin": "https://evil.test"})
     assert elsewhere.status_code == 403
     assert run_record(run_id).state == "waiting"  # none of that changed anything
+    # Signing in never sends the browser on to another site.
+    for elsewhere in ("https://evil.test/x", "//evil.test/x", "/\\evil.test"):
+        signed = dashboard.post("/login", data={"token": TOKEN, "next": elsewhere})
+        assert signed.status_code == 303 and signed.headers["location"] == "/"
+    assert dashboard.post("/login", data={"token": TOKEN, "next": "/runs/x"}).headers["location"] == "/runs/x"
     ok = dashboard.post(f"/api/runs/{run_id}/cancel", headers={"Authorization": f"Bearer {TOKEN}"})
     assert ok.status_code == 200 and ok.json()["state"] == "cancelled"
 
