@@ -186,7 +186,7 @@ class Scheduler:
             scheduled_for=slot,
             interval={"start": start.isoformat(), "end": end.isoformat()},
         )
-        outcome, run_id = self.store.fire(record, slot, overlap)
+        outcome, run_id = self.store.fire(record, slot, overlap, job.spec.concurrency)
         log = logger.bind(job=job.name, **({"run": run_id} if run_id else {}))
         when = f"{end:%Y-%m-%d %H:%M %Z}"
         if outcome == "fired":
@@ -200,7 +200,8 @@ class Scheduler:
             )
             self.queue.send("etl.plan", run_id)
         elif outcome == "skipped":
-            log.warning("scheduler: skipped {} at {}: run {} is unfinished (overlap: skip)", job.name, when, run_id)
+            why = "overlap: skip" if overlap == "skip" else f"concurrency: {job.spec.concurrency}"
+            log.warning("scheduler: skipped {} at {}: run {} is unfinished ({})", job.name, when, run_id, why)
         elif outcome == "paused":
             log.info("scheduler: {} is paused; passed over {}", job.name, when)
         return Fired(job.name, slot, outcome, run_id)

@@ -767,7 +767,7 @@ class RunStore:
 
         return self.kv.atomic(pause, [key])
 
-    def fire(self, run: RunRecord, slot: float, overlap: str) -> tuple[str, str | None]:
+    def fire(self, run: RunRecord, slot: float, overlap: str, limit: int | None = None) -> tuple[str, str | None]:
         """Fire ``run`` for its job's ``slot``, once: in one transaction, the slot is recorded as
         handled and the run created (``waiting``). Returns what happened and the run concerned:
 
@@ -775,7 +775,8 @@ class RunStore:
         * ``("done", None)``: the slot was handled already (by this or another scheduler);
         * ``("paused", None)``: the job is paused; the slot is passed over;
         * ``("skipped", unfinished run id)``: ``overlap="skip"`` and a run of the job is
-          unfinished; with ``overlap="queue"`` the new run waits for it instead (``after``).
+          unfinished, or ``limit`` (the job's ``concurrency``) runs are; with
+          ``overlap="queue"`` the new run waits for the last one instead (``after``).
         """
         key = self._schedule_key(run.job)
         unfinished = self._z(f"unfinished:{run.job}")
@@ -791,7 +792,7 @@ class RunStore:
                 tx.put(key, doc)
                 return "paused", None
             busy = [m for m, _ in tx.zrange(unfinished, -FOREVER, FOREVER, 1000)]
-            if busy and overlap == "skip":
+            if busy and (overlap == "skip" or (limit is not None and len(busy) >= limit)):
                 tx.put(key, doc)
                 return "skipped", busy[-1]
             run.after = busy[-1] if busy else None

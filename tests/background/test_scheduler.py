@@ -279,3 +279,17 @@ def test_a_queued_run_starts_once_the_one_before_it_has_finished(configs, worker
     assert done_first.state == done_second.state == "completed"
     assert done_second.started_at >= done_first.finished_at
     assert done_second.params == {} and done_second.interval["end"] == "2026-11-28T10:02:00+00:00"
+
+
+def test_a_queued_fire_beyond_the_jobs_concurrency_is_skipped(configs, caplog_lines):
+    configs("tick", extra="overlap: queue\nconcurrency: 2\n")
+    clock = Clock()
+    s = scheduler(configs, clock=clock)
+    s.tick()
+    outcomes = []
+    for _ in range(3):
+        clock.advance(60)
+        outcomes += [f.outcome for f in s.tick()]
+    assert outcomes == ["fired", "fired", "skipped"]  # nothing runs them: two stay unfinished
+    assert len(runs("tick")) == 2
+    assert "(concurrency: 2)" in caplog_lines()
