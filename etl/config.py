@@ -545,35 +545,38 @@ def _describe(item: Mapping[str, Any], doc: Document, path: KeyPath) -> str:
 
 
 def _model_at(model: type[BaseModel], loc: KeyPath) -> type[BaseModel] | None:
-    """The model that validates the mapping at ``loc`` (relative to ``model``)."""
-    current: Any = model
+    """The model that validates the mapping at ``loc`` (relative to ``model``): the first of
+    :func:`_models_at`."""
+    found = _models_at(model, loc)
+    return found[0] if found else None
+
+
+def _models_at(model: type[BaseModel], loc: KeyPath) -> list[type[BaseModel]]:
+    """The models that may validate the mapping at ``loc``: more than one where the value is a
+    union of models (the targets of a plugin's job key, say)."""
+    current: list[Any] = [model]
     skip_key = False
     for part in loc:
         if skip_key or isinstance(part, int):
             skip_key = False
             continue
-        fields = getattr(current, "model_fields", None)
-        if not fields or part not in fields:
-            return None
-        annotation = fields[part].annotation
-        skip_key = typing.get_origin(annotation) is dict  # the next part is a key of the dict
-        current = _model_in(annotation)
-    return current if isinstance(current, type) and issubclass(current, BaseModel) else None
+        annotations = [m.model_fields[part].annotation for m in current if part in getattr(m, "model_fields", {})]
+        if not annotations:
+            return []
+        skip_key = typing.get_origin(annotations[0]) is dict  # the next part is a key of the dict
+        current = [found for annotation in annotations for found in _models_in(annotation)]
+    return [m for m in current if isinstance(m, type) and issubclass(m, BaseModel)]
 
 
-def _model_in(annotation: Any) -> Any:
+def _models_in(annotation: Any) -> list[Any]:
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return annotation
-    for arg in getattr(annotation, "__args__", ()):
-        found = _model_in(arg)
-        if found is not None:
-            return found
-    return None
+        return [annotation]
+    return [found for arg in getattr(annotation, "__args__", ()) for found in _models_in(arg)]
 
 
 def _expected(model: type[BaseModel], loc: KeyPath) -> str:
-    parent = _model_at(model, loc[:-1])
-    info = parent.model_fields.get(str(loc[-1])) if parent else None
+    infos = [m.model_fields[str(loc[-1])] for m in _models_at(model, loc[:-1]) if str(loc[-1]) in m.model_fields]
+    info = infos[0] if infos else None
     if info is None:
         return ""
     text = f"; expected {info.description}" if info.description else ""

@@ -532,6 +532,7 @@ BAD_TARGETS = [
         6,
         'notify[0].hots: unknown key; did you mean "host"? (valid keys with type email: type, when,',
     ),
+    ("- {type: email, sender: a@b.c, to: [x@y.z]}", 6, "notify[0].host: missing; expected the SMTP server"),
     ("- {type: email, host: h, sender: nope, to: [x@y.z]}", 6, "notify[0].sender: 'nope' is not an email address"),
     ("- {type: email, host: h, sender: a@b.c, to: []}", 6, "notify[0].to: list should have at least 1 item"),
     (
