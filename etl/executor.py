@@ -125,7 +125,10 @@ class Executor:
             loaded = self._loaded.get(key)
             if loaded is not None:
                 loaded.busy = True
-                return loaded
+        if loaded is not None:
+            if run.window is not None:  # the planned window, even if this thread opened another
+                loaded.work.set_window(Window.from_json(run.window))
+            return loaded
         context = run_context(None, "UTC", 0.0, run.interval) if run.interval is not None else None
         job, pm = load(
             None,
