@@ -85,5 +85,26 @@ def across_processes(chunk: Chunk, plan: Plan) -> tuple[Chunk, dict[str, Any]]:
     return Chunk(**data["chunk"]), data["shared"]
 
 
+def read_all(options: dict[str, Any], chunk_size: int = 1_000, **context: Any) -> tuple[Plan, pa.Table]:
+    """A source's plan, and every chunk's rows: planned by one stage, each chunk read by another
+    after a trip through JSON (as in a worker)."""
+    from etl_plugins._files import schema_from_shared
+
+    planner = make_stage("source", options, **context)
+    try:
+        plan = planner.plan(chunk_size)
+    finally:
+        planner.close()
+    reader = make_stage("source", options, **context)
+    try:
+        batches = []
+        for chunk in plan.chunks:
+            moved, shared = across_processes(chunk, plan)
+            batches += list(reader.read(moved, shared))
+    finally:
+        reader.close()
+    return plan, pa.Table.from_batches(batches, schema=schema_from_shared(plan.shared))
+
+
 def sort_by_id(table: pa.Table) -> pa.Table:
     return table.sort_by("id")

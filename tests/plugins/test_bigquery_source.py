@@ -11,14 +11,13 @@ from decimal import Decimal
 
 import pyarrow as pa
 import pytest
-from etl_plugins._files import schema_from_shared
 from etl_plugins.bigquery import _client
 from etl_plugins.bigquery.source import BigQuerySourceOptions
 from pydantic import ValidationError
 
 import etl
 from etl import PermanentError, TransientError
-from tests.contract.framework import across_processes, make_stage
+from tests.contract.framework import across_processes, make_stage, read_all
 
 PROJECT = "test-project"
 ROWS = 3_000
@@ -54,21 +53,9 @@ def source(options: dict, **context):
 
 
 def read(options: dict, chunk_size: int = 1_000, **context) -> tuple[etl.Plan, pa.Table]:
-    """The plan, and every chunk's rows (each chunk read in a fresh source, as in a worker)."""
-    planner = source(options, **context)
-    try:
-        plan = planner.plan(chunk_size)
-    finally:
-        planner.close()
-    reader = source(options, **context)
-    try:
-        batches = []
-        for chunk in plan.chunks:
-            moved, shared = across_processes(chunk, plan)
-            batches += list(reader.read(moved, shared))
-    finally:
-        reader.close()
-    return plan, pa.Table.from_batches(batches, schema=schema_from_shared(plan.shared)).sort_by("id")
+    """The plan, and every chunk's rows by id (each chunk read in a fresh source, as in a worker)."""
+    plan, table = read_all({"type": "bigquery", "project": PROJECT, **options}, chunk_size, **context)
+    return plan, table.sort_by("id")
 
 
 def expected(bigquery, sql: str) -> list[int]:

@@ -20,7 +20,7 @@ from pydantic import ValidationError
 import etl
 from etl import PermanentError, TransientError
 from tests.contract.cases_postgres import DSN
-from tests.contract.framework import make_stage
+from tests.contract.framework import make_stage, read_all
 
 
 def execute(sql: str, params: list | None = None, dsn: str = DSN) -> list[tuple]:
@@ -54,17 +54,7 @@ def source(options: dict, **context):
 
 def read(options: dict, chunk_size: int = 1_000, **context) -> tuple[etl.Plan, pa.Table]:
     """The plan, and every chunk's rows (each chunk read in a fresh source, as in a worker)."""
-    planner = source(options, **context)
-    try:
-        plan = planner.plan(chunk_size)
-    finally:
-        planner.close()
-    reader = source(options, **context)
-    try:
-        batches = [b for chunk in plan.chunks for b in reader.read(chunk, plan.shared)]
-    finally:
-        reader.close()
-    return plan, pa.Table.from_batches(batches, schema=schema_from_shared(plan.shared))
+    return read_all({"type": "postgres", "dsn": DSN, **options}, chunk_size, **context)
 
 
 # -- types ---------------------------------------------------------------------------------------
