@@ -255,10 +255,12 @@ def validate(job_files: Sequence[str], params: Sequence[str], sets: Sequence[str
 @main.command()
 @click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
 def plugins(as_json: bool) -> None:
-    """List every stage type, with its plugin, version and options."""
+    """List every stage type (with its plugin, version and options) and the job keys plugins add."""
     from etl.manager import StageRegistry, get_plugin_manager
 
-    registry = StageRegistry(get_plugin_manager())
+    pm = get_plugin_manager()
+    registry = StageRegistry(pm)
+    versions = {pm.get_name(plugin): dist.version for plugin, dist in pm.list_plugin_distinfo()}
     stages = []
     for stage in registry.all():
         options = []
@@ -283,9 +285,25 @@ def plugins(as_json: bool) -> None:
                 "options": options,
             }
         )
+    for key, plugin in registry.job_key_plugins().items():
+        stages.append(
+            {
+                "kind": "job_key",
+                "type": key,
+                "plugin": plugin,
+                "version": versions.get(plugin),
+                "description": f"the top-level `{key}:` key of job files",
+                "options": [],
+            }
+        )
     if as_json:
         click.echo(json.dumps(stages, indent=2, default=str))
         return
+    keys = [s for s in stages if s["kind"] == "job_key"]
+    if keys:
+        click.echo(click.style("job keys", bold=True))
+        for key in keys:
+            click.echo(f"  {key['type']:<10} {key['description']}  [{key['plugin']} {key['version'] or ''}]".rstrip())
     for kind in ("source", "transform", "sink"):
         click.echo(click.style(f"{kind}s", bold=True))
         for stage in (s for s in stages if s["kind"] == kind):

@@ -210,6 +210,10 @@ class StageRegistry:
         """The top-level job keys that plugins registered, with the type that validates each."""
         return {key: kind for key, (kind, _) in sorted(self._job_keys.items())}
 
+    def job_key_plugins(self) -> dict[str, str]:
+        """The plugin that registered each top-level job key."""
+        return {key: plugin for key, (_, plugin) in sorted(self._job_keys.items())}
+
     def _add(self, stage: StageType) -> None:
         base = _BASES[stage.kind]
         what = f"plugin {stage.plugin!r} registers {stage.kind} {stage.cls!r}"

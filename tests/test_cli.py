@@ -137,8 +137,10 @@ def test_plugins_lists_every_built_in_stage(cli):
     duckdb_sink = stages[("sink", "duckdb")]
     assert duckdb_sink["plugin"] == "duckdb" and duckdb_sink["version"]
     assert {o["name"] for o in duckdb_sink["options"]} == {"path", "table", "mode", "key"}
+    assert stages[("job_key", "notify")]["plugin"] == "notify"
     text = cli("plugins").stdout
     assert "generate" in text and "table" in text
+    assert "job keys\n  notify " in text
 
 
 def test_schema_prints_the_json_schema(cli):
