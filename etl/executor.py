@@ -422,9 +422,10 @@ class Executor:
             self.lease / 3,
             f"finalizing {run.id}",
         )
+        chunks = self.store.get_chunks(run.id, run.chunks_total)
         try:
             with keeper:
-                loaded.work.sink.finalize()
+                loaded.work.finalize({c.index: c.rows_written for c in chunks})
         except Exception as exc:
             log.opt(exception=exc).debug("finalize failed")
             if is_transient(exc):

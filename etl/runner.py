@@ -176,6 +176,11 @@ class JobRun:
         self.log.info("incremental: {}", window.describe())
         return window
 
+    def finalize(self, written: Mapping[int, int]) -> None:
+        """Finalize the sink, telling it what each chunk wrote."""
+        self.sink.context.written = dict(written)
+        self.sink.finalize()
+
     def count(self) -> RowCount:
         if self.window is not None and self.window.empty:
             return RowCount(0)
@@ -454,10 +459,12 @@ def run_job(
         # between chunks (then the source rests too).
         if len(plan.chunks) > 1 and not job.spec.delay:
             ahead = ReadAhead(work, plan.chunks, plan.shared)
+        written: dict[int, int] = {}
         for chunk in plan.chunks:
             if chunk.index and job.spec.delay:
                 clock.sleep(job.spec.delay)
             chunk_result = _run_with_retries(work, info, chunk, plan.shared, policy, clock, rng, result, ahead)
+            written[chunk.index] = chunk_result.rows_written
             result.rows_read += chunk_result.rows_read
             result.rows_written += chunk_result.rows_written
             result.rows_rejected += chunk_result.rows_rejected
@@ -475,7 +482,7 @@ def run_job(
                     chunk,
                     PermanentError(f"{result.rows_rejected:,} rows rejected, more than max_rejects ({limit:,})"),
                 )
-        work.sink.finalize()
+        work.finalize(written)
     except _ChunkFailed as failure:
         _discard(ahead)
         result.chunks_failed = 1

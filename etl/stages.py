@@ -135,6 +135,9 @@ class StageContext:
         batch_size: the largest record batch a source should yield.
         window: for a source of an incremental job, the rows this run reads (see
             :class:`~etl.incremental.Window`): set once the run is planned, before ``count``.
+        written: for a sink's ``finalize``: the rows each chunk's write returned, by chunk
+            index, so that a sink whose staging can vanish (tables that expire) can check that
+            every chunk's rows are still there; ``None`` before finalize.
     """
 
     job: str
@@ -145,6 +148,7 @@ class StageContext:
     on_error: OnError = "fail"
     batch_size: int = 65_536
     window: Window | None = None
+    written: Mapping[int, int] | None = None
 
     def reject(
         self,

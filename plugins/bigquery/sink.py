@@ -526,7 +526,9 @@ class BigQuerySink(Sink):
         names = self.names
         self._ensure_ledger()
         if not self._finalized():
-            units = self._compact(self._units())
+            units = self._units()
+            self._check_staged(units)
+            units = self._compact(units)
             if units and self._get(names.target) is None:
                 self._create_target(units)
             script = self._transaction(units)
@@ -536,6 +538,21 @@ class BigQuerySink(Sink):
                 if not self._finalized():  # not a finalize elsewhere that committed meanwhile
                     raise
         self._drop_staging()
+
+    def _check_staged(self, units: list[_Unit]) -> None:
+        """Refuse to make a run visible with the rows of a chunk missing: its staging table
+        expired (a retry long after the run) or was dropped by hand."""
+        written = self.context.written
+        if written is None:
+            return
+        staged = {index for unit in units for index in range(unit.first, unit.last + 1)}
+        missing = sorted(index for index, rows in written.items() if rows and index not in staged)
+        if missing:
+            shown = ", ".join(map(str, missing[:10])) + (" …" if len(missing) > 10 else "")
+            raise PermanentError(
+                f"{self._where()}: the staged rows of chunk(s) {shown} are gone (staging tables expire after "
+                f"{STAGING_EXPIRATION.days} days, or were dropped); nothing was made visible: run the job again"
+            )
 
     def abort(self) -> None:
         """Drop the run's staging tables: the table is left as it was."""

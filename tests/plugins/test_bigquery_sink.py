@@ -186,6 +186,27 @@ def test_a_finalize_retried_after_its_commit_changes_nothing(bigquery, dataset, 
     assert tables(bigquery, dataset) == {"t", "_etl_finalized"}
 
 
+def test_a_finalize_refuses_when_a_chunks_staged_rows_are_gone(bigquery, dataset):
+    table = f"{dataset}.t"
+    written = sink_run(table, numbers(0, 3), numbers(3, 5), numbers(5, 9), finalize=False)
+    [gone] = [t for t in tables(bigquery, dataset) if t.endswith("c000001")]
+    bigquery.delete_table(f"{PROJECT}.{dataset}.{gone}")  # as if it expired before a late retry
+    last = sink(table)
+    last.context.written = dict(enumerate(written))
+    with pytest.raises(PermanentError, match=r"the staged rows of chunk\(s\) 1 are gone .* nothing was made visible"):
+        last.finalize()
+    last.close()
+    assert "t" not in tables(bigquery, dataset)
+    # A chunk that wrote no rows stages nothing, and nothing is missed for it.
+    empty = sink(table, run_id="run-2")
+    empty.prepare()
+    empty.write(Chunk(0), iter([numbers(0, 2)]))
+    empty.context.written = {0: 2, 1: 0}
+    empty.finalize()
+    empty.close()
+    assert ids(bigquery, table) == [0, 1]
+
+
 @pytest.mark.parametrize("mode", ["append", "replace"])
 def test_abort_drops_the_staging_tables_and_leaves_the_table(bigquery, dataset, mode):
     table = f"{dataset}.t"
