@@ -5,7 +5,6 @@ Each takes ``--json``. A job is named by its ``name:``, or by its job file.
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 import os
 import sys
@@ -17,6 +16,7 @@ import click
 
 from etl import api
 from etl.errors import UsageError
+from etl.store import iso_time as _iso
 
 __all__ = ["COMMANDS"]
 
@@ -27,10 +27,6 @@ def _echo_json(data: Any) -> None:
 
 def _configs_default() -> str:
     return os.environ.get("ETL_CONFIGS") or "configs"
-
-
-def _iso(ts: float | None) -> str | None:
-    return None if ts is None else dt.datetime.fromtimestamp(ts, dt.UTC).isoformat().replace("+00:00", "Z")
 
 
 def _job_name(job: str) -> tuple[str, Any]:
@@ -54,27 +50,23 @@ def _job_name(job: str) -> tuple[str, Any]:
 def schedule(configs: str, count: int, as_json: bool) -> None:
     """List the scheduled jobs of a directory: schedule, state, last run, next fire times."""
     from etl.schedule import next_slots
-    from etl.scheduler import clock_from_env, job_files
+    from etl.scheduler import clock_from_env, scheduled_jobs
 
     if not Path(configs).is_dir():
         raise UsageError(f"--configs {configs}: no such directory")
     store = api.open_store()
     now = clock_from_env()()
-    rows, problems = [], []
-    for path, errors in api.validate(job_files(configs)).items():
-        if errors:
-            problems.append({"file": path, "errors": [str(e) for e in errors]})
-            continue
-        job = api.load_job(path)
+    jobs, invalid = scheduled_jobs(configs)
+    problems = [{"file": path, "errors": [str(e) for e in errors]} for path, errors in invalid.items()]
+    rows = []
+    for job in jobs:
         spec = job.spec
-        if spec.schedule is None:
-            continue
         state = store.schedule_state(job.name)
         last = store.list_runs(job=job.name, limit=1)
         rows.append(
             {
                 "job": job.name,
-                "file": path,
+                "file": job.file,
                 "schedule": spec.schedule,
                 "timezone": spec.timezone,
                 "overlap": spec.overlap,

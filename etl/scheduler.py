@@ -24,14 +24,14 @@ from typing import TYPE_CHECKING, Any
 
 from loguru import logger
 
-from etl.errors import ConfigErrors, describe
+from etl.errors import ConfigError, ConfigErrors, describe
 from etl.schedule import due_slots, interval_for, latest_slot
 
 if TYPE_CHECKING:
     from etl.config import Job
     from etl.queue import Queue
 
-__all__ = ["Fired", "Scheduler", "clock_from_env", "job_files"]
+__all__ = ["Fired", "Scheduler", "clock_from_env", "job_files", "scheduled_jobs"]
 
 
 def clock_from_env(env: dict[str, str] | None = None) -> Callable[[], float]:
@@ -49,6 +49,23 @@ def clock_from_env(env: dict[str, str] | None = None) -> Callable[[], float]:
 def job_files(directory: str | Path) -> list[Path]:
     """The job files of a directory: ``*.yaml`` and ``*.yml``, sorted."""
     return sorted(p for p in Path(directory).glob("*.y*ml") if p.suffix in (".yaml", ".yml"))
+
+
+def scheduled_jobs(directory: str | Path) -> tuple[list[Job], dict[str, list[ConfigError]]]:
+    """The directory's valid jobs that have a ``schedule:``, each file loaded once, and the
+    problems of the invalid files, by file."""
+    from etl.jobs import load_job
+
+    found, problems = [], {}
+    for path in job_files(directory):
+        try:
+            job = load_job(path)
+        except ConfigErrors as exc:
+            problems[str(path)] = exc.errors
+            continue
+        if job.spec.schedule is not None:
+            found.append(job)
+    return found, problems
 
 
 @dataclass(frozen=True)

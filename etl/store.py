@@ -33,7 +33,8 @@ INFLIGHT: tuple[ChunkState, ...] = ("queued", "running", "retrying")
 FOREVER = float("inf")
 
 
-def _iso(ts: float | None) -> str | None:
+def iso_time(ts: float | None) -> str | None:
+    """A Unix time as ISO 8601 UTC, ``2026-11-28T20:33:00Z`` (``None`` stays ``None``)."""
     return None if ts is None else datetime.fromtimestamp(ts, UTC).isoformat().replace("+00:00", "Z")
 
 
@@ -117,7 +118,7 @@ class RunRecord:
         """The run for ``--json`` output: ISO 8601 UTC times and derived figures; not the job text."""
         data = {k: v for k, v in self.to_doc().items() if k not in ("job_text", "shared")}
         for key in ("created_at", "started_at", "finished_at", "finalize_until", "scheduled_for"):
-            data[key] = _iso(data[key])
+            data[key] = iso_time(data[key])
         data["seconds"] = round(self.seconds(now), 3)
         data["rows_per_second"] = round(self.rows_per_second(now), 1)
         eta = self.eta(now)
@@ -163,10 +164,10 @@ class ChunkRecord:
 
     def to_json(self) -> dict[str, Any]:
         data = self.to_doc()
-        data["lease_until"] = _iso(self.lease_until)
-        data["queued_at"] = _iso(self.queued_at)
-        data["not_before"] = _iso(self.not_before)
-        data["finished_at"] = _iso(self.finished_at)
+        data["lease_until"] = iso_time(self.lease_until)
+        data["queued_at"] = iso_time(self.queued_at)
+        data["not_before"] = iso_time(self.not_before)
+        data["finished_at"] = iso_time(self.finished_at)
         return data
 
 
@@ -185,8 +186,8 @@ class WorkerInfo:
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
-        data["started_at"] = _iso(self.started_at)
-        data["last_seen"] = _iso(self.last_seen)
+        data["started_at"] = iso_time(self.started_at)
+        data["last_seen"] = iso_time(self.last_seen)
         return data
 
 

@@ -40,6 +40,7 @@ from starlette.templating import Jinja2Templates
 from etl import api
 from etl.errors import UsageError
 from etl.store import ChunkRecord, RunRecord
+from etl.store import iso_time as _iso
 from etl.units import format_duration
 from etl.web.openapi import openapi_schema
 
@@ -328,20 +329,15 @@ class _Dashboard:
         if not self.settings.configs or not Path(self.settings.configs).is_dir():
             return []
         from etl.schedule import next_slots
-        from etl.scheduler import clock_from_env, job_files
+        from etl.scheduler import clock_from_env, scheduled_jobs
 
         found = []
-        for path, errors in api.validate(job_files(self.settings.configs)).items():
-            if errors:
-                continue
-            spec = api.load_job(path).spec
-            if spec.schedule is None:
-                continue
-            name = api.load_job(path).name
-            state = self.store.schedule_state(name)
+        for job in scheduled_jobs(self.settings.configs)[0]:
+            spec = job.spec
+            state = self.store.schedule_state(job.name)
             found.append(
                 {
-                    "job": name,
+                    "job": job.name,
                     "schedule": spec.schedule,
                     "timezone": spec.timezone,
                     "paused": bool(state.get("paused")),
@@ -584,12 +580,6 @@ def _sse(events: AsyncIterator[str]) -> StreamingResponse:
 
 def _event(name: str, data: Any) -> str:
     return f"event: {name}\ndata: {json.dumps(data, default=str)}\n\n"
-
-
-def _iso(ts: float | None) -> str | None:
-    import datetime as dt
-
-    return None if ts is None else dt.datetime.fromtimestamp(ts, dt.UTC).isoformat().replace("+00:00", "Z")
 
 
 def _when(ts: float | None) -> str:
