@@ -14,20 +14,19 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from etl import config
-from etl.errors import EtlError, JobFailed, UsageError
+from etl.errors import ConfigError, JobFailed, UsageError, describe
 from etl.jobs import load, load_job, state_dir, validate
 from etl.manager import get_plugin_manager
-from etl.runner import run_job
 from etl.settings import QueueSettings, queue_settings
 
 if TYPE_CHECKING:
     import pluggy
 
     from etl.config import Job
+    from etl.lifecycle import PlannedRun
     from etl.queue import Queue
     from etl.retry import Clock
-    from etl.runs import RunInfo, RunResult
-    from etl.stages import Plan, RowCount
+    from etl.runs import RunResult
     from etl.store import RunRecord, RunStore, WorkerInfo
 
 __all__ = [
@@ -49,71 +48,77 @@ __all__ = [
 
 
 def plan(
-    job: Job, *, pm: pluggy.PluginManager | None = None, run_id: str | None = None
-) -> tuple[RunInfo, Plan, list[str]]:
-    """Count and plan a run without running it (what ``etl run --dry-run`` shows).
-
-    Returns the run's info, its chunk plan, and the warnings the thresholds give. Give the
-    ``run_id`` the run will have when it follows (as ``etl run`` does, counting to choose where
-    the run goes): a source that stages work for a run (a BigQuery query's result) then does it
-    once.
-
-    Raises:
-        UsageError: the source holds more rows than ``thresholds.max``.
-        JobFailed: counting or planning failed.
-    """
-    from etl.runner import JobRun, check_thresholds
-
-    pm = pm or get_plugin_manager(job_plugins=job.spec.plugins, job_dir=job.directory)
-    work = JobRun(job, pm, run_id=run_id)
-    try:
-        if job.spec.incremental is not None:
-            work.open_window(open_store().get_mark(job.name))
-        count = work.count()
-        warnings = check_thresholds(job, count)
-        info, chunks = work.plan(count)
-    except EtlError:
-        raise  # ours already says what is wrong
-    except Exception as exc:
-        raise JobFailed(f"planning failed: {type(exc).__name__}: {exc}") from exc
-    finally:
-        work.close()
-    return info, chunks, warnings
-
-
-def run(
     job: Job | str | os.PathLike[str],
     *,
     params: Mapping[str, Any] | None = None,
     sets: Sequence[str] = (),
     pm: pluggy.PluginManager | None = None,
     run_id: str | None = None,
+) -> PlannedRun:
+    """Open a run: fix its incremental window, count its rows and plan its chunks, without running
+    it (what ``etl run --dry-run`` shows). Give the :class:`~etl.lifecycle.PlannedRun` to
+    :func:`run` or :func:`submit` to run it as planned (counted and planned once), or ``close()``
+    it.
+
+    Raises:
+        ConfigErrors: the job is invalid, or a stage names a column the planned rows lack.
+        UsageError: the source holds more rows than ``thresholds.max``.
+        JobFailed: counting or planning failed.
+    """
+    from etl.lifecycle import Lifecycle, PlannedRun
+    from etl.pipeline import JobRun
+
+    if not isinstance(job, config.Job):
+        job, pm = load(job, text=None, params=params, sets=sets, env=None, pm=pm)
+    pm = pm or get_plugin_manager(job_plugins=job.spec.plugins, job_dir=job.directory)
+    life = Lifecycle(JobRun(job, pm, run_id=run_id, state_dir=state_dir()))
+    given = {k: str(v) for k, v in (params if params is not None else job.params).items()}
+    try:
+        mark = open_store().get_mark(job.name) if job.spec.incremental is not None else None
+        info, chunks, warnings = life.open(mark=mark)
+    except (ConfigError, UsageError):
+        life.work.close()
+        raise  # bad configuration or usage: exit 2, and it says what is wrong
+    except Exception as exc:
+        life.work.close()
+        raise JobFailed(f"planning failed: {describe(exc)}") from exc
+    return PlannedRun(life, chunks, warnings, given, list(sets))
+
+
+def run(
+    job: PlannedRun | Job | str | os.PathLike[str],
+    *,
+    params: Mapping[str, Any] | None = None,
+    sets: Sequence[str] = (),
+    pm: pluggy.PluginManager | None = None,
+    run_id: str | None = None,
     clock: Clock | None = None,
-    count: RowCount | None = None,
-    window: Mapping[str, Any] | None = None,
 ) -> RunResult:
     """Run a job in this process and return its :class:`~etl.runs.RunResult`.
 
-    ``job`` is a :class:`~etl.config.Job` or a job file (loaded with ``params`` and ``sets``).
-    An incremental job reads from its stored mark (or the ``window`` that :func:`plan` fixed)
-    and moves the mark when the run completes.
+    ``job`` is a run :func:`plan` opened, a :class:`~etl.config.Job`, or a job file (loaded with
+    ``params`` and ``sets``). The run is recorded in the run store of the queue settings (the
+    embedded one by default), like a queued run: ``etl runs`` lists it. An incremental job reads
+    from its stored mark and moves it when the run completes.
 
     Raises:
         ConfigErrors: the job is invalid.
-        UsageError: the source holds more rows than ``thresholds.max``.
+        UsageError: the source holds more rows than ``thresholds.max``, or the job's
+            ``concurrency:`` is reached.
+        TransientError: the run store can't be reached.
         JobFailed: the run failed; its ``result`` holds the counters and the error.
     """
-    if not isinstance(job, config.Job):
-        job, pm = load(job, text=None, params=params, sets=sets, env=None, pm=pm)
-    if pm is None:
-        pm = get_plugin_manager(job_plugins=job.spec.plugins, job_dir=job.directory)
-    marks, fixed = None, None
-    if job.spec.incremental is not None:
-        from etl.incremental import Window
+    from etl.lifecycle import PlannedRun
+    from etl.runner import run_job
 
-        marks = open_store()
-        fixed = Window.from_json(dict(window)) if window is not None else None
-    return run_job(job, pm, run_id=run_id, state_dir=state_dir(), clock=clock, count=count, window=fixed, marks=marks)
+    planned = job if isinstance(job, PlannedRun) else plan(job, params=params, sets=sets, pm=pm, run_id=run_id)
+    settings = queue_settings()
+    try:
+        store = open_store(settings)
+    except BaseException:
+        planned.close()
+        raise
+    return run_job(planned, store, secret=settings.secret, clock=clock)
 
 
 # -- background runs ------------------------------------------------------------------------
@@ -142,7 +147,7 @@ def open_store(settings: QueueSettings | None = None) -> RunStore:
 
 
 def submit(
-    job: Job | str | os.PathLike[str],
+    job: PlannedRun | Job | str | os.PathLike[str],
     *,
     params: Mapping[str, Any] | None = None,
     sets: Sequence[str] = (),
@@ -153,12 +158,27 @@ def submit(
     """Queue a run of ``job`` for the workers; returns its record (``.id`` is the run id, new
     unless given).
 
-    The job is stored as written, with the parameters and overrides given here, and each
-    worker resolves its ``${VAR}`` references from its own environment.
+    ``job`` is a run :func:`plan` opened (queued with its plan: the workers neither count nor plan
+    it again), a :class:`~etl.config.Job` or a job file. The job is stored as written, with its
+    parameters and overrides, and each worker resolves its ``${VAR}`` references from its own
+    environment.
     """
+    from etl.lifecycle import PlannedRun
+
+    queue = queue or open_queue()
+    if isinstance(job, PlannedRun):
+        planned = job
+        planned.close()  # the workers make the stages they need
+        return queue.submit(
+            planned.job,
+            params=planned.params,
+            sets=planned.sets,
+            run_id=planned.run_id,
+            window=planned.info.window,
+            planned=(planned.info, planned.plan),
+        )
     if not isinstance(job, config.Job):
         job = load_job(job, params=params, sets=sets)
-    queue = queue or open_queue()
     return queue.submit(
         job, params={k: str(v) for k, v in (params or {}).items()}, sets=list(sets), run_id=run_id, window=window
     )

@@ -114,25 +114,24 @@ def run(
 
     logsetup.configure(level=log_level.upper(), fmt=log_format)  # type: ignore[arg-type]
     given = _pairs(params, "-p")
-    job = api.load_job(job_file, params=given, sets=sets)
+    # Loaded, counted and planned once, with one plugin manager, whichever way the run goes. One
+    # run id from the count to the run: what a source stages while counting (a BigQuery query's
+    # result) is the run's, and is not done twice; an incremental run's window, fixed by the
+    # count, is the one it reads.
+    planned = api.plan(job_file, params=given, sets=sets, run_id=new_run_id())
     if dry_run:
-        _dry_run(job, as_json)
+        planned.close()
+        _dry_run(planned, as_json)
         return
-    count, window = None, None
-    # One run id from the count to the run: what a source stages while counting (a BigQuery
-    # query's result) is the run's, and is not done twice; an incremental run's window, fixed
-    # by the count, is the one it reads.
-    run_id = new_run_id()
+    job, rows = planned.job, planned.info.rows
     if mode is None:
-        info, _, _ = api.plan(job, run_id=run_id)
-        count, window = info.rows, info.window
-        mode = "background" if count is not None and count >= job.spec.thresholds.background else "sync"
+        mode = "background" if rows is not None and rows >= job.spec.thresholds.background else "sync"
     if mode == "background":
-        _run_queued(job, given, sets, wait, as_json, count, run_id, window)
+        _run_queued(planned, wait, as_json)
         return
-    handler = logsetup.add_run_log(api.state_dir() / "runs" / run_id / "run.log", run_id)
+    handler = logsetup.add_run_log(api.state_dir() / "runs" / planned.run_id / "run.log", planned.run_id)
     try:
-        result = api.run(job, run_id=run_id, window=window)
+        result = api.run(planned)
     finally:
         from loguru import logger
 
@@ -141,23 +140,17 @@ def run(
         click.echo(json.dumps(result.to_json(), indent=2))
 
 
-def _run_queued(
-    job: Any,
-    params: dict[str, str],
-    sets: Sequence[str],
-    wait: bool,
-    as_json: bool,
-    rows: int | None,
-    run_id: str | None = None,
-    window: Any = None,
-) -> None:
+def _run_queued(planned: Any, wait: bool, as_json: bool) -> None:
     from etl.cli_queue import follow
 
-    queue = api.open_queue()
-    if rows is not None:
-        for warning in _threshold_warnings(job, rows):
-            click.echo(f"warning: {warning}", err=True)
-    record = api.submit(job, params=params, sets=sets, queue=queue, run_id=run_id, window=window)
+    try:
+        queue = api.open_queue()
+    except BaseException:
+        planned.close()
+        raise
+    for warning in planned.warnings:
+        click.echo(f"warning: {warning}", err=True)
+    record = api.submit(planned, queue=queue)
     if not queue.embedded:
         if not wait:
             click.echo(json.dumps(record.to_json(), indent=2) if as_json else record.id)
@@ -183,15 +176,8 @@ def _run_queued(
         raise JobFailed(f"run {done.id} {done.state}: {done.error}")
 
 
-def _threshold_warnings(job: Any, rows: int) -> list[str]:
-    from etl.runner import check_thresholds
-    from etl.stages import RowCount
-
-    return check_thresholds(job, RowCount(rows))
-
-
-def _dry_run(job: Any, as_json: bool) -> None:
-    info, plan, warnings = api.plan(job)
+def _dry_run(planned: Any, as_json: bool) -> None:
+    job, info, plan, warnings = planned.job, planned.info, planned.plan, planned.warnings
     background = info.rows is not None and info.rows >= job.spec.thresholds.background
     if as_json:
         data = {

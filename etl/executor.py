@@ -17,12 +17,13 @@ from typing import TYPE_CHECKING, Any
 
 from loguru import logger
 
-from etl.errors import ConfigErrors, Interrupted, describe, is_transient
+from etl.errors import ConfigErrors, TransientError, describe
 from etl.incremental import Window
 from etl.jobs import load, state_dir
-from etl.retry import RetryPolicy
-from etl.runner import JobRun, check_thresholds
-from etl.runs import ChunkResult, RunInfo, RunResult
+from etl.lifecycle import ChunkDone, Failed, LeaseKeeper, Lifecycle, Retry, Stopped
+from etl.pipeline import JobRun
+from etl.progress import chunk_line
+from etl.runs import ChunkResult
 from etl.schedule import run_context
 from etl.store import ChunkRecord, RunRecord
 from etl.units import format_duration
@@ -40,52 +41,27 @@ __all__ = ["Executor", "LeaseKeeper"]
 AFTER_POLL_SECONDS = 2.0
 
 
-class LeaseKeeper:
-    """Renews a lease from its own thread every ``interval`` seconds, however busy the chunk's
-    own thread is. ``stopped`` is set (with ``reason``) when the lease is lost or the run stops."""
-
-    def __init__(self, renew: Callable[[], str], interval: float, what: str) -> None:
-        self.renew = renew
-        self.interval = interval
-        self.what = what
-        self.stopped = threading.Event()
-        self.stopped.reason = None  # type: ignore[attr-defined]
-        self._done = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name=f"lease {what}", daemon=True)
-
-    def _loop(self) -> None:
-        while not self._done.wait(self.interval):
-            try:
-                status = self.renew()
-            except Exception as exc:  # Redis away: keep trying; the lease may outlast the outage
-                logger.warning("renewing the lease of {} failed: {}", self.what, describe(exc))
-                continue
-            if status != "ok":
-                self.stopped.reason = status  # type: ignore[attr-defined]
-                self.stopped.set()
-                return
-
-    def __enter__(self) -> LeaseKeeper:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self._done.set()
-        self._thread.join(timeout=5)
-
-
 @dataclass
 class _Loaded:
-    job: Job
-    pm: pluggy.PluginManager
-    work: JobRun
-    info: RunInfo
+    """A run's job loaded in this process, with its stages for one thread."""
+
+    life: Lifecycle
     used: float
     busy: bool = False
 
+    @property
+    def job(self) -> Job:
+        return self.life.job
+
+    @property
+    def work(self) -> JobRun:
+        return self.life.work
+
 
 class Executor:
-    """Executes the queue's messages in one worker process (from any of its threads)."""
+    """Executes the queue's messages in one worker process (from any of its threads): each
+    message's step is decided by the run's :class:`~etl.lifecycle.Lifecycle`, and its outcome
+    recorded in the run store and followed by the messages it calls for."""
 
     def __init__(
         self,
@@ -105,6 +81,9 @@ class Executor:
         self.keep_runs = keep_runs
         #: This process's Prometheus counters (``etl worker --metrics-port``), or None.
         self.metrics = metrics
+        #: One validated job and plugin manager per run in this process, shared by its threads.
+        self._jobs: dict[str, tuple[Job, pluggy.PluginManager]] = {}
+        #: Each thread's stages of a run.
         self._loaded: dict[tuple[int, str], _Loaded] = {}
         self._finished: set[str] = set()
         self._cache_lock = threading.Lock()
@@ -125,35 +104,28 @@ class Executor:
             loaded = self._loaded.get(key)
             if loaded is not None:
                 loaded.busy = True
+            known = self._jobs.get(run.id)
         if loaded is not None:
-            if run.window is not None:  # the planned window, even if this thread opened another
-                loaded.work.set_window(Window.from_json(run.window))
+            loaded.life.resume(run)  # the planned window, even if this thread opened another
             return loaded
-        context = run_context(None, "UTC", 0.0, run.interval) if run.interval is not None else None
-        job, pm = load(
-            None,
-            text=run.job_text,
-            params=run.params,
-            sets=run.sets,
-            env=None,
-            pm=None,
-            origin=run.job_file or None,
-            run=context,
-        )
-        work = JobRun(job, pm, run_id=run.id, state_dir=state_dir())
-        if run.window is not None:  # an incremental run's chunks read inside its planned window
-            work.set_window(Window.from_json(run.window))
-        info = RunInfo(
-            run.id,
-            run.job,
-            dict(job.params),
-            run.rows_total,
-            run.rows_exact,
-            run.chunks_total,
-            rejects_dir=str(work.rejects_dir),
-        )
-        loaded = _Loaded(job, pm, work, info, time.monotonic(), busy=True)
+        if known is None:
+            context = run_context(None, "UTC", 0.0, run.interval) if run.interval is not None else None
+            known = load(
+                None,
+                text=run.job_text,
+                params=run.params,
+                sets=run.sets,
+                env=None,
+                pm=None,
+                origin=run.job_file or None,
+                run=context,
+            )
+        job, pm = known
+        life = Lifecycle(JobRun(job, pm, run_id=run.id, state_dir=state_dir()))
+        life.resume(run)
+        loaded = _Loaded(life, time.monotonic(), busy=True)
         with self._cache_lock:
+            self._jobs.setdefault(run.id, known)
             self._loaded[key] = loaded
         return loaded
 
@@ -162,9 +134,9 @@ class Executor:
         the run has finished meanwhile (then they are closed: a DuckDB file is let go)."""
         with self._cache_lock:
             loaded.busy, loaded.used = False, time.monotonic()
-            finished = loaded.info.id in self._finished
+            finished = loaded.life.run_id in self._finished
         if finished:
-            self._forget(loaded.info.id)
+            self._forget(loaded.life.run_id)
 
     def _forget(self, run_id: str) -> None:
         """Close every thread's stages of a finished run (those not in use now: the rest close
@@ -173,6 +145,8 @@ class Executor:
             self._finished.add(run_id)
             gone = [k for k, v in self._loaded.items() if k[1] == run_id and not v.busy]
             closing = [self._loaded.pop(k) for k in gone]
+            if not any(k[1] == run_id for k in self._loaded):
+                self._jobs.pop(run_id, None)
         for loaded in closing:
             loaded.work.close()
 
@@ -183,6 +157,9 @@ class Executor:
         with self._cache_lock:
             gone = [k for k, v in self._loaded.items() if not v.busy and now - v.used > idle]
             closing = [self._loaded.pop(k) for k in gone]
+            held = {k[1] for k in self._loaded}
+            for run_id in [r for r in self._jobs if r not in held]:
+                del self._jobs[run_id]
         for loaded in closing:
             loaded.work.close()
 
@@ -233,6 +210,11 @@ class Executor:
             if loaded is not None:
                 self._done(loaded)
 
+    def _fail(self, loaded: _Loaded, run_id: str, message: str, error: BaseException, chunk: int | None = None) -> None:
+        """Fail the run (unless it has finished meanwhile) and tell the plugins, once."""
+        if self.store.fail_run(run_id, message, chunk):
+            self._failed(loaded, run_id, error, chunk)
+
     def _failed(self, loaded: _Loaded, run_id: str, error: BaseException, chunk: int | None = None) -> None:
         """Tell the plugins a run failed, once: by the worker whose failure failed it."""
         run = self.store.get_run(run_id)
@@ -240,15 +222,32 @@ class Executor:
             return
         if self.metrics is not None:
             self.metrics.run_finished(run.job, "failed")
-        self._observe(loaded, "etl_on_job_error", job=loaded.job, run=loaded.info, error=error, result=_result(run))
+        where = f" at chunk {chunk}" if chunk is not None else ""
+        self._log(run).error(
+            "the run failed{}: {}; what the sink staged is kept for `etl retry {}`", where, run.error, run.id
+        )
+        loaded.life.failed(error, loaded.life.result(run))
         self._forget(run_id)
         self._retain()
+
+    def reaped(self, run_id: str) -> None:
+        """The reaper failed the run (its workers kept dying, or the process driving it died):
+        tell the plugins, as for any failed run."""
+        run = self.store.get_run(run_id)
+        if run is None or run.state != "failed":
+            return
+        if self.metrics is not None:
+            self.metrics.run_finished(run.job, "failed")
+        with self._using(run) as loaded:
+            if loaded is not None:
+                loaded.life.failed(TransientError(run.error or "its workers died"), loaded.life.result(run))
+        self._forget(run_id)
 
     # -- plan ------------------------------------------------------------------------------
 
     def plan(self, run_id: str) -> None:
         run = self.store.get_run(run_id)
-        if run is None or run.state != "waiting" or run.planned:
+        if run is None or run.state != "waiting":
             return
         if run.after is not None:
             before = self.store.get_run(run.after)
@@ -261,27 +260,25 @@ class Executor:
                 self._plan(run, loaded)
 
     def _plan(self, run: RunRecord, loaded: _Loaded) -> None:
-        log = self._log(run)
+        """Open the run (unless it was planned when it was submitted), start it, and dispatch."""
+        log, life = self._log(run), loaded.life
         try:
-            if loaded.job.spec.incremental is not None:
-                if run.window is not None:
-                    loaded.work.set_window(Window.from_json(run.window))
-                else:
-                    loaded.work.open_window(self.store.get_mark(run.job))
-            count = loaded.work.count()
-            for warning in check_thresholds(loaded.job, count):
-                log.warning(warning)
-            info, plan = loaded.work.plan(count)
-            loaded.info = info
-            loaded.pm.hook.etl_before_job_run(job=loaded.job, run=info)
-            loaded.work.sink.prepare()
+            if not run.planned:
+                mark = self.store.get_mark(run.job) if loaded.job.spec.incremental is not None else None
+                window = Window.from_json(run.window) if run.window is not None else None
+                info, plan, warnings = life.open(mark=mark, window=window)
+                for warning in warnings:
+                    log.warning(warning)
+            life.start()
         except Exception as exc:
             log.opt(exception=exc).debug("planning failed")
             log.error("planning failed: {}", describe(exc))
-            if self.store.fail_run(run.id, f"planning failed: {describe(exc)}"):
-                self._failed(loaded, run.id, exc)
+            self._fail(loaded, run.id, f"planning failed: {describe(exc)}", exc)
             return
-        if not self.store.set_plan(
+        if run.planned:
+            if not self.store.activate(run.id):
+                return
+        elif not self.store.set_plan(
             run.id,
             rows=info.rows,
             exact=info.rows_exact,
@@ -290,14 +287,19 @@ class Executor:
             window=info.window,
         ):
             return
-        total = f"{info.rows:,}" if info.rows is not None else "an unknown number of"
+        now = self.store.get_run(run.id) or run
+        total = f"{now.rows_total:,}" if now.rows_total is not None else "an unknown number of"
         log.info(
-            "planned {}: {} rows in {} chunks of up to {:,}", run.job, total, info.chunks, loaded.job.spec.chunk_size
+            "planned {}: {} rows in {} chunks of up to {:,}",
+            run.job,
+            total,
+            now.chunks_total,
+            loaded.job.spec.chunk_size,
         )
-        if not plan.chunks:
+        if not now.chunks_total:
             self.finalize(run.id)
         else:
-            self.dispatch(self.store.get_run(run.id) or run)
+            self.dispatch(now)
 
     # -- one chunk -------------------------------------------------------------------------
 
@@ -313,7 +315,9 @@ class Executor:
                 self._chunk(run, record, loaded)
 
     def _chunk(self, run: RunRecord, record: ChunkRecord, loaded: _Loaded) -> None:
-        index, token = record.index, record.token
+        # ``attempts`` counts this chunk's tries (for the retry policy, hooks and logs); ``token``
+        # only grows, fencing out older attempts even across `etl retry`.
+        index, token, attempt = record.index, record.token, record.attempts
         member = f"{run.id}|{index}"
         with self._lock:
             self.in_hand[member] = token  # what release_all gives back on shutdown
@@ -321,15 +325,45 @@ class Executor:
         keeper = LeaseKeeper(
             lambda: self.store.renew(run.id, index, token, self.lease), self.lease / 3, f"chunk {index} of {run.id}"
         )
+        chunk = record.descriptor()
         try:
             with keeper:
-                outcome = self._attempt(loaded, run, record, keeper)
+                outcome = loaded.life.attempt(chunk, run.shared, attempt, stop=keeper.stopped)
         finally:
             with self._lock:
                 self.in_hand.pop(member, None)
-        if outcome is None:
-            return
-        completion = self.store.complete(run.id, index, token, outcome)
+        if isinstance(outcome, ChunkDone):
+            self._chunk_done(run, record, loaded, outcome.result)
+        elif isinstance(outcome, Retry):
+            if self.store.retry_later(run.id, index, token, outcome.message, outcome.delay):
+                if self.metrics is not None:
+                    self.metrics.chunk_retry(run.job)
+                self.queue.send("etl.chunk", run.id, index, delay=outcome.delay)
+                log.warning(
+                    "chunk {} attempt {}/{} failed: {}; retrying in {}",
+                    index,
+                    attempt,
+                    loaded.life.policy.attempts,
+                    outcome.message,
+                    format_duration(outcome.delay),
+                )
+        elif isinstance(outcome, Failed):
+            why = "" if outcome.transient else " (permanent: not retried)"
+            if self.store.fail_chunk(run.id, index, token, outcome.message):
+                if self.metrics is not None:
+                    self.metrics.chunk_failed(run.job)
+                log.error("chunk {} failed after {} attempt(s){}: {}", index, attempt, why, outcome.message)
+                self._failed(loaded, run.id, outcome.error, index)
+        elif isinstance(outcome, Stopped):
+            if outcome.reason == "lost":
+                log.warning("chunk {} attempt {} stopped: another worker took the chunk over", index, attempt)
+            else:
+                log.info("chunk {} stopped: the run is no longer active", index)
+
+    def _chunk_done(self, run: RunRecord, record: ChunkRecord, loaded: _Loaded, result: ChunkResult) -> None:
+        index = record.index
+        log = self._log(run, index)
+        completion = self.store.complete(run.id, index, record.token, result)
         if not completion.accepted:
             log.warning(
                 "chunk {} attempt {}: another attempt took it over meanwhile; its result is not recorded",
@@ -338,70 +372,16 @@ class Executor:
             )
             return
         if self.metrics is not None:
-            self.metrics.chunk_done(run.job, outcome)
-        self._observe(
-            loaded, "etl_after_chunk_run", job=loaded.job, run=loaded.info, chunk=record.descriptor(), result=outcome
-        )
+            self.metrics.chunk_done(run.job, result)
         now = self.store.get_run(run.id) or run
-        log.info("{}", _progress(now, index, outcome))
-        if completion.last:
+        log.info("{}", chunk_line(now, result))
+        too_many = loaded.life.written(record.descriptor(), result, now.rows_rejected)
+        if too_many is not None:
+            self._fail(loaded, run.id, describe(too_many), too_many, index)
+        elif completion.last:
             self.finalize(run.id)
         else:
             self.dispatch(now, delay=now.delay)
-
-    def _attempt(self, loaded: _Loaded, run: RunRecord, record: ChunkRecord, keeper: LeaseKeeper) -> ChunkResult | None:
-        # ``attempt`` counts this chunk's tries (for the retry policy, hooks and logs); ``token``
-        # only grows, fencing out older attempts even across `etl retry`.
-        index, attempt, token = record.index, record.attempts, record.token
-        log = self._log(run, index)
-        chunk = record.descriptor()
-        policy = RetryPolicy.from_spec(loaded.job.spec.retry)
-        try:
-            loaded.pm.hook.etl_before_chunk_run(job=loaded.job, run=loaded.info, chunk=chunk, attempt=attempt)
-            return loaded.work.run_chunk(chunk, run.shared, attempt=attempt, stop=keeper.stopped)
-        except Interrupted as exc:
-            if exc.reason == "lost":
-                log.warning("chunk {} attempt {} stopped: another worker took the chunk over", index, attempt)
-            else:
-                log.info("chunk {} stopped: the run is no longer active", index)
-            return None
-        except Exception as exc:
-            transient = is_transient(exc)
-            will_retry = policy.should_retry(attempt, transient)
-            self._observe(
-                loaded,
-                "etl_on_chunk_error",
-                job=loaded.job,
-                run=loaded.info,
-                chunk=chunk,
-                error=exc,
-                attempt=attempt,
-                will_retry=will_retry,
-            )
-            message = describe(exc)
-            log.opt(exception=exc).debug("chunk {} attempt {} failed", index, attempt)
-            if will_retry:
-                delay = policy.delay(attempt)
-                if self.store.retry_later(run.id, index, token, message, delay):
-                    if self.metrics is not None:
-                        self.metrics.chunk_retry(run.job)
-                    self.queue.send("etl.chunk", run.id, index, delay=delay)
-                    log.warning(
-                        "chunk {} attempt {}/{} failed: {}; retrying in {}",
-                        index,
-                        attempt,
-                        policy.attempts,
-                        message,
-                        format_duration(delay),
-                    )
-                return None
-            why = "" if transient else " (permanent: not retried)"
-            if self.store.fail_chunk(run.id, index, token, message):
-                if self.metrics is not None:
-                    self.metrics.chunk_failed(run.job)
-                log.error("chunk {} failed after {} attempt(s){}: {}; the run failed", index, attempt, why, message)
-                self._failed(loaded, run.id, exc, index)
-            return None
 
     # -- finalize and abort ---------------------------------------------------------------
 
@@ -423,19 +403,15 @@ class Executor:
             f"finalizing {run.id}",
         )
         chunks = self.store.get_chunks(run.id, run.chunks_total)
-        try:
-            with keeper:
-                loaded.work.finalize({c.index: c.rows_written for c in chunks})
-        except Exception as exc:
-            log.opt(exception=exc).debug("finalize failed")
-            if is_transient(exc):
-                delay = RetryPolicy.from_spec(loaded.job.spec.retry).delay(1)
-                log.warning("finalizing failed: {}; trying again in {}", describe(exc), format_duration(delay))
-                self.queue.send("etl.finalize", run.id, delay=delay)
-            else:
-                log.error("finalizing failed: {}", describe(exc))
-                if self.store.fail_run(run.id, f"finalizing failed: {describe(exc)}"):
-                    self._failed(loaded, run.id, exc)
+        with keeper:
+            outcome = loaded.life.finalize({c.index: c.rows_written for c in chunks}, run.finalize_attempts)
+        if isinstance(outcome, Retry):
+            log.warning("finalizing failed: {}; trying again in {}", outcome.message, format_duration(outcome.delay))
+            self.queue.send("etl.finalize", run.id, delay=outcome.delay)
+            return
+        if isinstance(outcome, Failed):
+            log.error("finalizing failed: {}", outcome.message)
+            self._fail(loaded, run.id, f"finalizing failed: {outcome.message}", outcome.error)
             return
         if not self.store.finish(run.id, self.worker_id):
             return
@@ -449,7 +425,7 @@ class Executor:
             done.rows_per_second(),
             f"; {done.rows_rejected:,} rows rejected" if done.rows_rejected else "",
         )
-        self._observe(loaded, "etl_after_job_run", job=loaded.job, run=loaded.info, result=_result(done))
+        loaded.life.completed(loaded.life.result(done))
         self._forget(run.id)
         self._retain()
 
@@ -459,35 +435,27 @@ class Executor:
         except Exception as exc:  # housekeeping: the next finished run tries again
             logger.warning("deleting old runs failed: {}", describe(exc))
 
-    def abort(self, run_id: str) -> None:
-        """Drop what a cancelled run staged, once none of its chunks is still being written."""
+    def abort(self, run_id: str) -> bool:
+        """Drop what a cancelled run staged, once none of its chunks is still being written, and
+        tell the plugins. False when that must wait (an ``etl.abort`` message is sent again)."""
         run = self.store.get_run(run_id)
         if run is None or run.state != "cancelled" or run.aborted:
-            return
+            return True
         now = self.store.clock()
         chunks = self.store.get_chunks(run_id, run.chunks_total)
         if any(c.state == "running" and (c.lease_until or 0) >= now for c in chunks):
             self.queue.send("etl.abort", run_id, delay=self.lease)
-            return
+            return False
         with self._using(run) as loaded:
             if loaded is None:  # the job can't even load here: nothing more can be cleaned
                 self.store.mark_aborted(run_id)
-                return
-            try:
-                loaded.work.sink.abort()
-            except Exception as exc:
-                self._log(run).warning("the sink could not clean up after the cancelled run: {}", describe(exc))
-                return
-        self.store.mark_aborted(run_id)
+                return True
+            if not loaded.life.abort():
+                return False
+            self.store.mark_aborted(run_id)
+            loaded.life.cancelled(loaded.life.result(self.store.get_run(run_id) or run))
         self._forget(run_id)
-
-    def _observe(self, loaded: _Loaded, hook: str, **kwargs: Any) -> None:
-        """Call a lifecycle hook; a plugin failing in it is logged and changes nothing."""
-        try:
-            getattr(loaded.pm.hook, hook)(**kwargs)
-        except Exception as exc:
-            logger.opt(exception=exc).debug("{} failed", hook)
-            logger.error("a plugin's {} failed: {}", hook, describe(exc))
+        return True
 
     # -- shutting down ---------------------------------------------------------------------
 
@@ -502,44 +470,3 @@ class Executor:
                 self.queue.send("etl.chunk", run_id, int(index))
                 released.append(member)
         return released
-
-
-def _progress(run: RunRecord, index: int, result: ChunkResult) -> str:
-    total = f"/{run.rows_total:,}" if run.rows_total is not None else ""
-    share = f" ({run.rows_read / run.rows_total:.1%})" if run.rows_total else ""
-    eta = run.eta()
-    parts = [
-        f"chunk {index} done: {result.rows_written:,} rows in {format_duration(result.seconds)}",
-        f"run {run.chunks_done}/{run.chunks_total} chunks, {run.rows_read:,}{total} rows{share}",
-        f"{run.rows_per_second():,.0f} rows/s",
-    ]
-    if eta is not None and run.chunks_done < run.chunks_total:
-        parts.append(f"ETA {format_duration(eta)}")
-    if result.attempt > 1:
-        parts.append(f"attempt {result.attempt}")
-    return " · ".join(parts)
-
-
-def _result(run: RunRecord) -> RunResult:
-    from datetime import UTC, datetime
-
-    def stamp(ts: float | None) -> datetime | None:
-        return None if ts is None else datetime.fromtimestamp(ts, UTC)
-
-    return RunResult(
-        run_id=run.id,
-        job=run.job,
-        state=run.state if run.state in ("completed", "failed", "cancelled") else "active",
-        rows_total=run.rows_total,
-        rows_read=run.rows_read,
-        rows_written=run.rows_written,
-        rows_rejected=run.rows_rejected,
-        chunks_total=run.chunks_total,
-        chunks_done=run.chunks_done,
-        chunks_failed=run.chunks_failed,
-        retries=run.retries,
-        started_at=stamp(run.started_at) or stamp(run.created_at),  # type: ignore[arg-type]
-        finished_at=stamp(run.finished_at),
-        error=run.error,
-        error_chunk=run.error_chunk,
-    )

@@ -107,13 +107,28 @@ def etl_after_job_run(job: Job, run: RunInfo, result: RunResult) -> None:
 
 @hookspec
 def etl_on_job_error(job: Job, run: RunInfo, error: BaseException, result: RunResult) -> None:
-    """Called when a run has failed, after the sink was told to abort.
+    """Called when a run has failed: a chunk failed for good, finalizing failed, too many rows
+    were rejected, or the reaper gave up on a chunk whose workers kept dying (then in the worker
+    whose reaper failed it). What the sink staged is kept, so that ``etl retry`` resumes the run;
+    ``etl cancel`` drops it (and :func:`etl_on_job_cancel` follows).
 
     Args:
         job: the validated job.
         run: the run.
         error: the error that failed it (the last one of the failed chunk).
         result: its counters and timings up to the failure.
+    """
+
+
+@hookspec
+def etl_on_job_cancel(job: Job, run: RunInfo, result: RunResult) -> None:
+    """Called when a run was cancelled (``etl cancel``, Ctrl-C, the dashboard), once its sink has
+    dropped what the run staged.
+
+    Args:
+        job: the validated job.
+        run: the run.
+        result: its counters and timings up to the cancel (``state`` is ``cancelled``).
     """
 
 

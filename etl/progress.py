@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from etl.units import format_duration
 
@@ -64,3 +65,22 @@ class Progress:
         if eta is not None and self.chunks_done < self.chunks_total:
             parts.append(f"ETA {format_duration(eta)}")
         return " · ".join(parts)
+
+
+def chunk_line(run: Any, result: Any) -> str:
+    """The log line of a chunk done, from its run's record (either driver): ``chunk 3 done: …``."""
+    total = f"/{run.rows_total:,}" if run.rows_total is not None else ""
+    share = f" ({run.rows_read / run.rows_total:.1%})" if run.rows_total else ""
+    eta = run.eta()
+    parts = [
+        f"chunk {result.index} done: {result.rows_written:,} rows in {format_duration(result.seconds)}",
+        f"run {run.chunks_done}/{run.chunks_total} chunks, {run.rows_read:,}{total} rows{share}",
+        f"{run.rows_per_second():,.0f} rows/s",
+    ]
+    if eta is not None and run.chunks_done < run.chunks_total:
+        parts.append(f"ETA {format_duration(eta)}")
+    if result.rows_rejected:
+        parts.append(f"{result.rows_rejected:,} rejected")
+    if result.attempt > 1:
+        parts.append(f"attempt {result.attempt}")
+    return " · ".join(parts)

@@ -8,20 +8,13 @@ who can write to Redis cannot make workers run a forged task.
 
 from __future__ import annotations
 
-import hashlib
-import hmac
-import json
-import os
-import socket
 from collections.abc import Callable, Mapping
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from loguru import logger
 
-from etl.errors import UsageError
+from etl import records
 from etl.kv import RedisKV, SqliteKV
-from etl.runs import new_run_id
 from etl.settings import QueueSettings, queue_settings
 from etl.store import RunRecord, RunStore
 
@@ -29,6 +22,8 @@ if TYPE_CHECKING:
     import huey as huey_module
 
     from etl.config import Job
+    from etl.runs import RunInfo
+    from etl.stages import Plan
 
 __all__ = ["Queue", "open_queue", "open_store"]
 
@@ -121,10 +116,13 @@ class Queue:
         sets: list[str] | None = None,
         run_id: str | None = None,
         window: Mapping[str, Any] | None = None,
+        planned: tuple[RunInfo, Plan] | None = None,
         **fields: Any,
     ) -> RunRecord:
         """Record a run of ``job`` (as written: ``${VAR}`` are resolved by each worker) and send
-        its plan message.
+        its plan message. With ``planned`` (a run counted and planned already), its plan is
+        recorded too, and the worker that takes the plan message starts the run without counting
+        or planning it again.
 
         Raises:
             UsageError: the job declares ``concurrency:`` and that many runs are unfinished.
@@ -132,57 +130,32 @@ class Queue:
         record = self.record(job, params=params, sets=sets, run_id=run_id, window=window, **fields)
         busy = self.store.create_run(record, limit=job.spec.concurrency)
         if busy is not None:
-            raise UsageError(
-                f"job {job.name} allows {job.spec.concurrency} unfinished run(s) at a time "
-                f"(concurrency: {job.spec.concurrency}) and {', '.join(busy)} is still unfinished; "
-                f"wait for it (etl status {busy[0]} --follow) or cancel it (etl cancel {busy[0]})"
+            raise records.busy(job, busy)
+        if planned is not None:
+            info, plan = planned
+            self.store.set_plan(
+                record.id,
+                rows=info.rows,
+                exact=info.rows_exact,
+                chunks=plan.chunks,
+                shared=dict(plan.shared),
+                window=info.window,
+                activate=False,
             )
         logger.bind(job=job.name, run=record.id).info("queued run {} of {}", record.id, job.name)
         self.send("etl.plan", record.id)
         return record
 
-    def record(
-        self,
-        job: Job,
-        *,
-        params: Mapping[str, Any] | None = None,
-        sets: list[str] | None = None,
-        run_id: str | None = None,
-        window: Mapping[str, Any] | None = None,
-        **fields: Any,
-    ) -> RunRecord:
-        """A new run of ``job``, signed, not yet stored."""
-        record = RunRecord(
-            id=run_id or new_run_id(),
-            job=job.name,
-            job_file=str(Path(job.file).resolve()) if not job.file.startswith("<") else job.file,
-            job_text=job.text,
-            params={k: str(v) for k, v in (params or {}).items()},
-            sets=list(sets or []),
-            max_parallel=job.spec.max_parallel or 0,
-            delay=job.spec.delay,
-            attempts=job.spec.retry.attempts,
-            submitted_by=f"{socket.gethostname()}:{os.getpid()}",
-            window=dict(window) if window is not None else None,
-            **fields,
-        )
-        record.signature = self.signature(record)
-        return record
+    def record(self, job: Job, **fields: Any) -> RunRecord:
+        """A new run of ``job``, signed with this queue's key, not yet stored."""
+        return records.new_record(job, secret=self.settings.secret, **fields)
 
     def signature(self, run: RunRecord) -> str:
-        """An HMAC of what a run will execute (its job, parameters and overrides), with
-        ``ETL_SECRET_KEY``: a run record written into Redis by anyone else does not verify."""
-        if not self.settings.secret:
-            return ""
-        signed: list[Any] = [run.id, run.job_text, run.job_file, run.params, run.sets]
-        if run.interval is not None:  # a scheduled run's interval decides its parameters
-            signed.append(run.interval)
-        what = json.dumps(signed, sort_keys=True)
-        return hmac.new(self.settings.secret.encode(), what.encode(), hashlib.sha256).hexdigest()
+        return records.signature(run, self.settings.secret)
 
     def verify(self, run: RunRecord) -> bool:
         """Whether a run may be executed here: always without a key, with one only if signed with it."""
-        return not self.settings.secret or hmac.compare_digest(run.signature, self.signature(run))
+        return records.verify(run, self.settings.secret)
 
     def close(self) -> None:
         self.store.kv.close()

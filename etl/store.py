@@ -80,6 +80,11 @@ class RunRecord:
     interval: dict[str, str] | None = None
     #: With ``overlap: queue``, the run this one waits for before it is planned.
     after: str | None = None
+    #: Who drives the run: ``"queue"`` (workers, from queue messages) or ``"process"`` (the
+    #: process that started it, in a loop; the reaper fails it when that process dies).
+    driver: str = "queue"
+    #: Attempts at finalizing, counted against the job's retry policy like a chunk's.
+    finalize_attempts: int = 0
 
     @classmethod
     def from_doc(cls, doc: dict[str, Any]) -> RunRecord:
@@ -352,8 +357,10 @@ class RunStore:
         chunks: Sequence[Chunk],
         shared: dict[str, Any],
         window: dict[str, Any] | None = None,
+        activate: bool = True,
     ) -> bool:
-        """Record the plan of a ``waiting`` run and make it ``active``. False if it was not waiting
+        """Record the plan of a ``waiting`` run and make it ``active`` (or, with ``activate=False``,
+        leave it waiting, planned, for a worker to :meth:`activate`). False if it was not waiting
         (cancelled meanwhile, or planned already by a re-delivered task)."""
 
         def plan(tx: Tx) -> bool:
@@ -365,12 +372,28 @@ class RunStore:
                 self._save_chunk(tx, record)
             run.rows_total, run.rows_exact, run.shared = rows, exact, dict(shared)
             run.window = window if window is not None else run.window
-            run.chunks_total, run.planned, run.started_at = len(chunks), True, self.clock()
-            self._set_state(tx, run, "active")
+            run.chunks_total, run.planned = len(chunks), True
+            if activate:
+                run.started_at = self.clock()
+                self._set_state(tx, run, "active")
             self._save_run(tx, run)
             return True
 
         return self.kv.atomic(plan, [self._run_key(run_id)])
+
+    def activate(self, run_id: str) -> bool:
+        """Start a ``waiting`` run planned when it was submitted: it becomes ``active``."""
+
+        def activate(tx: Tx) -> bool:
+            run = self._load_run(tx, run_id)
+            if run is None or run.state != "waiting" or not run.planned:
+                return False
+            run.started_at = self.clock()
+            self._set_state(tx, run, "active")
+            self._save_run(tx, run)
+            return True
+
+        return self.kv.atomic(activate, [self._run_key(run_id)])
 
     def fail_run(self, run_id: str, error: str, chunk: int | None = None) -> bool:
         """Mark a ``waiting`` or ``active`` run failed (planning failed, a chunk failed for good)."""
@@ -446,6 +469,7 @@ class RunStore:
                 again.append(index)
             self._unfinish(tx, run)
             run.chunks_failed, run.error, run.error_chunk = 0, None, None
+            run.driver, run.finalize_attempts = "queue", 0  # workers take a retried run up
             self._set_state(tx, run, "active" if run.planned else "waiting")
             self._save_run(tx, run)
             return again
@@ -487,7 +511,9 @@ class RunStore:
                 return None
             now = self.clock()
             abandoned = chunk.state == "running" and (chunk.lease_until or 0) < now
-            if chunk.state not in ("queued", "retrying") and not abandoned:
+            # The process driving an in-process run takes its chunks straight from pending.
+            takes = ("queued", "retrying", "pending") if run.driver == "process" else ("queued", "retrying")
+            if chunk.state not in takes and not abandoned:
                 return None
             chunk.state, chunk.attempts, chunk.token = "running", chunk.attempts + 1, chunk.token + 1
             chunk.worker = worker
@@ -613,6 +639,7 @@ class RunStore:
             now = self.clock()
             if run.finalizer and (run.finalize_until or 0) >= now and run.finalizer != worker:
                 return False
+            run.finalize_attempts += 1
             run.finalizer, run.finalize_until = worker, now + lease
             tx.zadd(self._z("finalize"), run.id, run.finalize_until)
             self._save_run(tx, run)
@@ -824,15 +851,17 @@ class RunStore:
             if (chunk.lease_until or 0) >= now:
                 return "skip"
             lost = f"its worker {chunk.worker} stopped renewing the lease (killed, or stalled)"
+            if run.driver == "process":
+                lost = f"the process running it ({chunk.worker}) stopped renewing the lease (killed, or stalled)"
             chunk.errors = [*chunk.errors, f"attempt {chunk.attempts}: {lost}"][-10:]
             if run.state != "active":
                 chunk.state, chunk.worker, chunk.lease_until = "queued", None, None
                 chunk.queued_at = now
                 self._save_chunk(tx, chunk)
                 return "skip"
-            if chunk.attempts >= max_attempts:
+            if chunk.attempts >= max_attempts or run.driver == "process":
                 chunk.state, chunk.worker, chunk.lease_until = "failed", None, None
-                chunk.error = f"gave up after {chunk.attempts} attempts: {lost}"
+                chunk.error = lost if run.driver == "process" else f"gave up after {chunk.attempts} attempts: {lost}"
                 self._save_chunk(tx, chunk)
                 run.chunks_failed += 1
                 run.error, run.error_chunk = chunk.error, index

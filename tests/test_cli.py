@@ -31,7 +31,7 @@ def test_run_succeeds_with_progress_lines(cli, write, tmp_path):
     job = write("job.yaml", JOB)
     result = cli("run", str(job))
     assert result.returncode == 0, result.stderr
-    assert "chunk 3/3 · 300/300 rows (100.0%)" in result.stderr
+    assert "run 3/3 chunks, 300/300 rows (100.0%)" in result.stderr
     assert "completed: 300 rows written" in result.stderr
     assert count_rows(tmp_path / "out/small.duckdb") == 300
     logs = list((tmp_path / ".etl/runs").glob("*/run.log"))

@@ -142,16 +142,16 @@ def test_backoff_is_capped_and_attempts_are_bounded(pm, recorder, clock):
     assert "try 4" in result.error
     assert ("chunk_error", 0, 5, False) in recorder.events
     assert recorder.events[-1] == ("job_error", "failed")
-    assert Flaky.calls == ["prepare", "abort"]
+    assert Flaky.calls == ["prepare"]  # a failed run keeps what it staged, for `etl retry`
 
 
 def test_jitter_draws_each_delay_below_its_cap(pm, clock):
     text = BASE.replace("jitter: false", "jitter: true").replace("attempts: 3", "attempts: 4")
     Flaky.failures = {1: [TransientError("a"), TransientError("b"), TransientError("c")]}
     job = etl.load_job(text=text, pm=pm)
-    from etl.runner import run_job
-
-    run_job(job, pm, clock=clock, rng=random.Random(3))
+    planned = etl.plan(job, pm=pm)
+    planned.life.rng = random.Random(3)
+    etl.run(planned, clock=clock)
     caps = [1.0, 2.0, 3.0]
     assert len(clock.sleeps) == 3
     for delay, cap in zip(clock.sleeps, caps, strict=True):
@@ -266,10 +266,11 @@ def test_a_source_that_fails_to_plan_fails_the_run(pm, clock, tmp_path):
 
 def test_plan_counts_and_plans_without_running(pm):
     job = etl.load_job(text=BASE + "thresholds: {warn: 10}\n", pm=pm)
-    info, plan, warnings = etl.plan(job, pm=pm)
-    assert (info.rows, info.chunks) == (1000, 4)
-    assert [c.rows for c in plan.chunks] == [250] * 4
-    assert warnings and "above thresholds.warn (10)" in warnings[0]
+    planned = etl.plan(job, pm=pm)
+    planned.close()
+    assert (planned.info.rows, planned.info.chunks) == (1000, 4)
+    assert [c.rows for c in planned.plan.chunks] == [250] * 4
+    assert planned.warnings and "above thresholds.warn (10)" in planned.warnings[0]
     assert Flaky.calls == [] and Flaky.written == {}
 
 
