@@ -156,9 +156,9 @@ def test_version_and_help(cli):
     assert "run" in cli("--help").stdout
 
 
-def test_runs_and_status_show_the_same_progress_for_one_run(cli, write):
-    """``etl runs`` showed rows written where ``etl status`` showed rows read: both now show
-    the same figures, rows read as "rows" and rows written as such."""
+def test_runs_status_and_the_api_show_the_same_progress_for_one_run(cli, write):
+    """``etl runs`` showed rows written where ``etl status`` showed rows read: both (and the
+    dashboard's API) now show the same figures, rows read as "rows" and rows written as such."""
     job = write("job.yaml", JOB.replace("transforms:\n", 'transforms:\n  - {type: filter, expr: "id % 3 = 0"}\n'))
     result = cli("run", str(job), "--background")  # with no server: queued here, and worked by this command
     assert result.returncode == 0, result.stderr
@@ -182,3 +182,23 @@ def test_runs_and_status_show_the_same_progress_for_one_run(cli, write):
     from_runs = from_runs[0]
     assert {k: from_status[k] for k in figures} == {k: from_runs[k] for k in figures}
     assert (from_status["fraction"], from_status["rows_read"], from_status["rows_written"]) == (1.0, 300, 100)
+
+    import asyncio
+
+    import httpx
+
+    from etl import api
+    from etl.web.app import create_app
+
+    async def dashboard() -> tuple[dict, dict, str]:
+        transport = httpx.ASGITransport(create_app(api.open_queue()))
+        async with httpx.AsyncClient(transport=transport, base_url="http://dashboard") as client:
+            one = (await client.get(f"/api/runs/{run_id}")).json()
+            listed = (await client.get("/api/runs")).json()[0]
+            return one, listed, (await client.get(f"/runs/{run_id}")).text
+
+    one, listed_api, page = asyncio.run(dashboard())
+    assert {k: one[k] for k in figures} == {k: from_status[k] for k in figures} == {k: listed_api[k] for k in figures}
+    assert one["display"]["line"] == line.replace("[##############################] ", "", 1)
+    assert [(c["rows_read"], c["rows_written"]) for c in one["chunks"]] == [(100, 33), (100, 33), (100, 34)]
+    assert '<span id="rows">300</span>' in page and '<span id="written">100</span>' in page
