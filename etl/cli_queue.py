@@ -14,7 +14,8 @@ from typing import TYPE_CHECKING, Any, TextIO
 import click
 
 from etl import api
-from etl.units import format_duration, parse_duration
+from etl.progress import RunProgress, run_json, runs_header, runs_row, status_line
+from etl.units import parse_duration
 
 
 def log_options(command: Any) -> Any:
@@ -38,42 +39,12 @@ if TYPE_CHECKING:
 __all__ = ["COMMANDS", "follow", "render"]
 
 _STATES = ("waiting", "active", "completed", "failed", "cancelled")
-_BAR = 30
 
 
 def render(run: RunRecord, chunks: list[ChunkRecord] | None = None, now: float | None = None) -> str:
-    """One line of progress: bar, share, rows, rows/s, ETA, chunk counts, retries."""
-    now = now or time.time()
-    if run.rows_total:
-        fraction = min(run.rows_read / run.rows_total, 1.0)
-        rows = f"{run.rows_read:,}/{run.rows_total:,} rows"
-    else:
-        fraction = (
-            run.chunks_done / run.chunks_total if run.chunks_total else (1.0 if run.state == "completed" else 0.0)
-        )
-        rows = f"{run.rows_read:,} rows"
-    filled = int(fraction * _BAR)
-    parts = [
-        f"[{'#' * filled}{'.' * (_BAR - filled)}] {fraction:6.1%}",
-        rows,
-        f"{run.rows_per_second(now):,.0f} rows/s",
-    ]
-    eta = run.eta(now)
-    if eta is not None:
-        parts.append(f"ETA {format_duration(eta)}")
-    counts = f"chunks {run.chunks_done}/{run.chunks_total}"
-    if chunks is not None:
-        running = sum(c.state == "running" for c in chunks)
-        retrying = sum(c.state == "retrying" for c in chunks)
-        counts += "".join(
-            f", {n} {what}"
-            for n, what in ((running, "running"), (retrying, "retrying"), (run.chunks_failed, "failed"))
-            if n
-        )
-    parts.append(counts)
-    if run.retries:
-        parts.append(f"{run.retries} retries")
-    return f"{run.state:<9} " + " · ".join(parts)
+    """One line of progress: bar, share, rows, rows/s, ETA, chunk counts, retries
+    (:func:`etl.progress.status_line`)."""
+    return status_line(RunProgress.of(run, chunks, now))
 
 
 def follow(queue: Queue, run_id: str, stream: TextIO | None = None, interval: float = 0.5) -> RunRecord:
@@ -236,7 +207,7 @@ def status(run_id: str, follow_: bool, as_json: bool) -> None:
     run = follow(queue, run_id) if follow_ else api.get_run(run_id, queue)
     chunks = queue.store.get_chunks(run_id, run.chunks_total)
     if as_json:
-        _echo_json({**run.to_json(), "chunks": [c.to_json() for c in chunks]})
+        _echo_json({**run_json(run, chunks), "chunks": [c.to_json() for c in chunks]})
     else:
         if not follow_:
             click.echo(f"run {run.id} of {run.job}")
@@ -259,18 +230,14 @@ def runs(state: str | None, job: str | None, limit: int, as_json: bool) -> None:
     """List background runs, newest first."""
     found = api.list_runs(state=state, job=job, limit=limit, queue=_open())
     if as_json:
-        _echo_json([r.to_json() for r in found])
+        _echo_json([run_json(r) for r in found])
         return
     if not found:
         click.echo("no runs")
         return
-    click.echo(f"{'run':<24} {'job':<20} {'state':<10} {'rows':>14} {'chunks':>9}  created")
+    click.echo(runs_header())
     for r in found:
-        created = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(r.created_at))
-        click.echo(
-            f"{r.id:<24} {r.job:<20} {r.state:<10} {r.rows_written:>14,} "
-            f"{f'{r.chunks_done}/{r.chunks_total}':>9}  {created}Z"
-        )
+        click.echo(runs_row(RunProgress.of(r), r.created_at))
 
 
 @click.command()

@@ -374,7 +374,7 @@ class Executor:
         if self.metrics is not None:
             self.metrics.chunk_done(run.job, result)
         now = self.store.get_run(run.id) or run
-        log.info("{}", chunk_line(now, result))
+        log.info("{}", chunk_line(now, index, result))
         too_many = loaded.life.written(record.descriptor(), result, now.rows_rejected)
         if too_many is not None:
             self._fail(loaded, run.id, describe(too_many), too_many, index)

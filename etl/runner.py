@@ -206,7 +206,7 @@ class _InProcess:
                 self.written[planned.index] = result.rows_written
                 run = self.store.get_run(self.run_id)
                 assert run is not None
-                log.info("{}", chunk_line(run, result))
+                log.info("{}", chunk_line(run, planned.index, result))
                 too_many = self.life.written(record.descriptor(), result, run.rows_rejected)
                 if too_many is not None:
                     self._fail_run(describe(too_many), planned.index)

@@ -31,7 +31,7 @@ def test_run_succeeds_with_progress_lines(cli, write, tmp_path):
     job = write("job.yaml", JOB)
     result = cli("run", str(job))
     assert result.returncode == 0, result.stderr
-    assert "run 3/3 chunks, 300/300 rows (100.0%)" in result.stderr
+    assert "3/3 chunks · 300/300 rows (100.0%)" in result.stderr
     assert "completed: 300 rows written" in result.stderr
     assert count_rows(tmp_path / "out/small.duckdb") == 300
     logs = list((tmp_path / ".etl/runs").glob("*/run.log"))
@@ -154,3 +154,51 @@ def test_schema_prints_the_json_schema(cli):
 def test_version_and_help(cli):
     assert cli("--version").stdout.startswith("etl, version ")
     assert "run" in cli("--help").stdout
+
+
+def test_runs_status_and_the_api_show_the_same_progress_for_one_run(cli, write):
+    """``etl runs`` showed rows written where ``etl status`` showed rows read: both (and the
+    dashboard's API) now show the same figures, rows read as "rows" and rows written as such."""
+    job = write("job.yaml", JOB.replace("transforms:\n", 'transforms:\n  - {type: filter, expr: "id % 3 = 0"}\n'))
+    result = cli("run", str(job), "--background")  # with no server: queued here, and worked by this command
+    assert result.returncode == 0, result.stderr
+    from_runs = json.loads(cli("runs", "--json").stdout)
+    assert len(from_runs) == 1
+    run_id = from_runs[0]["id"]
+
+    status = cli("status", run_id)
+    assert status.returncode == 0, status.stderr
+    line = status.stdout.splitlines()[1]
+    assert line.startswith("completed [##############################] 100.0% · 300/300 rows")
+    assert "· 100 written" in line and "chunks 3/3" in line and "ETA" not in line
+    listed = cli("runs")
+    header, row = listed.stdout.splitlines()[:2]
+    assert header.split()[:7] == ["run", "job", "state", "done", "rows", "written", "chunks"]
+    assert row.split()[:7] == [run_id, "small", "completed", "100.0%", "300", "100", "3/3"]
+
+    figures = ("state", "fraction", "rows_total", "rows_read", "rows_written", "seconds", "rows_per_second")
+    figures += ("eta_seconds", "chunks_done", "chunks_total", "retries")
+    from_status = json.loads(cli("status", run_id, "--json").stdout)
+    from_runs = from_runs[0]
+    assert {k: from_status[k] for k in figures} == {k: from_runs[k] for k in figures}
+    assert (from_status["fraction"], from_status["rows_read"], from_status["rows_written"]) == (1.0, 300, 100)
+
+    import asyncio
+
+    import httpx
+
+    from etl import api
+    from etl.web.app import create_app
+
+    async def dashboard() -> tuple[dict, dict, str]:
+        transport = httpx.ASGITransport(create_app(api.open_queue()))
+        async with httpx.AsyncClient(transport=transport, base_url="http://dashboard") as client:
+            one = (await client.get(f"/api/runs/{run_id}")).json()
+            listed = (await client.get("/api/runs")).json()[0]
+            return one, listed, (await client.get(f"/runs/{run_id}")).text
+
+    one, listed_api, page = asyncio.run(dashboard())
+    assert {k: one[k] for k in figures} == {k: from_status[k] for k in figures} == {k: listed_api[k] for k in figures}
+    assert one["display"]["line"] == line.replace("[##############################] ", "", 1)
+    assert [(c["rows_read"], c["rows_written"]) for c in one["chunks"]] == [(100, 33), (100, 33), (100, 34)]
+    assert '<span id="rows">300</span>' in page and '<span id="written">100</span>' in page

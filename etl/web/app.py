@@ -39,6 +39,7 @@ from starlette.templating import Jinja2Templates
 
 from etl import api
 from etl.errors import UsageError
+from etl.progress import CHUNK_STATES, RunProgress, run_json
 from etl.store import ChunkRecord, RunRecord
 from etl.store import iso_time as _iso
 from etl.units import format_duration
@@ -131,7 +132,7 @@ class _Dashboard:
         self.store = queue.store
         self.settings = settings
         self.templates = Jinja2Templates(directory=HERE / "templates")
-        self.templates.env.globals.update(format_duration=format_duration, states=STATES)
+        self.templates.env.globals.update(format_duration=format_duration, states=STATES, chunk_states=CHUNK_STATES)
         self.templates.env.filters["when"] = _when
         self._throughput: tuple[float, list[dict[str, Any]]] | None = None
         self._feeds: dict[str, _Feed] = {}
@@ -308,7 +309,8 @@ class _Dashboard:
         return found[start : start + PAGE_SIZE], len(found) > start + PAGE_SIZE
 
     def throughput(self) -> list[dict[str, Any]]:
-        """Rows written per minute over the last hour (from the chunks done in that time)."""
+        """Rows read per minute over the last hour (from the chunks done in that time), as the
+        runs' rows/s count them."""
         now = time.time()
         if self._throughput is not None and now - self._throughput[0] < 5:
             return self._throughput[1]
@@ -319,7 +321,7 @@ class _Dashboard:
             for chunk in self.store.get_chunks(run.id, run.chunks_total):
                 if chunk.finished_at is not None and chunk.finished_at >= since:
                     minute = int(chunk.finished_at // 60) * 60
-                    minutes[minute] = minutes.get(minute, 0) + chunk.rows_written
+                    minutes[minute] = minutes.get(minute, 0) + chunk.rows_read
         first = int(since // 60) * 60 + 60
         points = [{"minute": _iso(m), "rows": minutes.get(m, 0)} for m in range(first, int(now // 60) * 60 + 60, 60)]
         self._throughput = (now, points)
@@ -371,6 +373,7 @@ class _Dashboard:
             "index.html",
             summary=await self.call(self.summary),
             runs=runs,
+            progress={r.id: RunProgress.of(r) for r in runs},
             more=more,
             page=page,
             state=state,
@@ -387,7 +390,7 @@ class _Dashboard:
             request,
             "run.html",
             run=run,
-            progress=_progress(run, chunks),
+            progress=RunProgress.of(run, chunks),
             chunks=chunks,
             log=await self.call(self.log_lines, run.id),
         )
@@ -587,23 +590,23 @@ def _when(ts: float | None) -> str:
 
 
 def _progress(run: RunRecord, chunks: list[ChunkRecord] | None = None) -> dict[str, Any]:
-    """What a progress display needs: the run's state and counters, its share done, rows/s and
-    ETA, and (given the chunks) each chunk's state."""
+    """A run as the API and the event streams show it: the run's fields and the figures of
+    :class:`~etl.progress.RunProgress` (:func:`~etl.progress.run_json`), the same figures as text
+    (``display``, which the pages show as they are), and (given the chunks) each chunk's state."""
     now = time.time()
-    data = run.to_json(now)
+    data = run_json(run, chunks, now)
     data.pop("signature", None)
-    if run.rows_total:
-        fraction = min(run.rows_read / run.rows_total, 1.0)
-    elif run.chunks_total:
-        fraction = run.chunks_done / run.chunks_total
-    else:
-        fraction = 1.0 if run.state == "completed" else 0.0
-    data["fraction"] = round(fraction, 4)
+    data["display"] = RunProgress.of(run, chunks, now).display()
     if chunks is not None:
         data["chunks"] = [
-            {"index": c.index, "state": c.state, "attempts": c.attempts, "rows": c.rows_written, "label": c.label}
+            {
+                "index": c.index,
+                "state": c.state,
+                "attempts": c.attempts,
+                "rows_read": c.rows_read,
+                "rows_written": c.rows_written,
+                "label": c.label,
+            }
             for c in chunks
         ]
-        data["chunks_running"] = sum(c.state == "running" for c in chunks)
-        data["chunks_retrying"] = sum(c.state == "retrying" for c in chunks)
     return data

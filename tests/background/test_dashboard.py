@@ -140,11 +140,17 @@ def test_a_runs_progress_advances_on_its_page_without_reloading(dashboard, page,
     assert "planned slow" in page.inner_text("#log")
     screenshot(page, tmp_path, "dashboard-run")
     page.goto(dashboard.url + "/")
+    page.evaluate("window.indexOnce = true")  # gone if the page reloads
     assert page.locator(f'tr[data-run="{run_id}"]').count() == 1
     page.wait_for_function("document.querySelector('[data-count=\"active\"]').textContent === '1'")
     assert "slow" in page.inner_text("#runs") and page.locator("#workers tbody tr").count() == 1
     screenshot(page, tmp_path, "dashboard-runs")
     wait_finished(run_id)
+    # The row follows the run to its end without reloading: rows read, and written, as the API has them.
+    cells = f'tr[data-run="{run_id}"] [data-field=rows]'
+    page.wait_for_function(f"document.querySelector('{cells}').textContent === '4,000'")
+    assert page.inner_text(f'tr[data-run="{run_id}"] [data-field=rows_written]') == "4,000"
+    assert page.evaluate("window.indexOnce") is True
 
 
 def test_retry_and_cancel_work_from_the_run_page(dashboard, page, workers, job_file, cli, tmp_path):
@@ -259,6 +265,8 @@ def test_the_event_stream_of_a_run_reports_progress_then_its_end(dashboard, work
     fractions = [p["fraction"] for p in progress]
     assert fractions == sorted(fractions) and fractions[-1] == 1.0 and len(set(fractions)) >= 3
     assert progress[-1]["rows_written"] == 1200 and len(progress[-1]["chunks"]) == 6
+    assert progress[-1]["display"]["percent"] == "100.0%" and progress[-1]["display"]["eta"] == "–"
+    assert progress[-1]["chunks_done"] == 6 and progress[-1]["chunks_running"] == 0
 
 
 def test_the_stream_of_all_runs_and_the_json_api(dashboard, workers, job_file, cli):
@@ -282,6 +290,15 @@ def test_the_stream_of_all_runs_and_the_json_api(dashboard, workers, job_file, c
     assert [r["id"] for r in runs] == [run_id] and runs[0]["rows_written"] == 300
     one = dashboard.get(f"/api/runs/{run_id}").json()
     assert one["fraction"] == 1.0 and [c["state"] for c in one["chunks"]] == ["done"] * 3
+    # The API's figures are those of `etl status` and `etl runs`, for the same run.
+    figures = ("state", "fraction", "rows_total", "rows_read", "rows_written", "seconds", "rows_per_second")
+    figures += ("eta_seconds", "chunks_done", "chunks_total", "chunks_failed", "retries")
+    status = json.loads(cli("status", run_id, "--json").stdout)
+    listed = json.loads(cli("runs", "--json").stdout)
+    assert {k: one[k] for k in figures} == {k: status[k] for k in figures} == {k: listed[0][k] for k in figures}
+    assert {k: runs[0][k] for k in figures} == {k: status[k] for k in figures}
+    line = cli("status", run_id).stdout.splitlines()[1]
+    assert one["display"]["line"] == line.replace("[##############################] ", "", 1)
     assert dashboard.get("/api/summary").json()["counts"]["completed"] >= 1
     assert dashboard.get("/api/runs/nope").status_code == 404
     assert dashboard.get("/api/runs", params={"state": "bogus"}).status_code == 400

@@ -2,33 +2,30 @@
 (function () {
   "use strict";
   const page = window.etlPage || {};
-  const fmt = new Intl.NumberFormat("en-US");
-
-  function duration(seconds) {
-    if (seconds === null || seconds === undefined) return "–";
-    if (seconds < 10) return seconds.toFixed(1) + "s";
-    seconds = Math.round(seconds);
-    if (seconds < 60) return seconds + "s";
-    const m = Math.floor(seconds / 60), s = seconds % 60;
-    if (m < 60) return m + "m" + String(s).padStart(2, "0") + "s";
-    return Math.floor(m / 60) + "h" + String(m % 60).padStart(2, "0") + "m";
-  }
 
   function text(id, value) {
     const el = document.getElementById(id);
     if (el) el.textContent = value;
   }
 
+  // The API computes every figure and formats it (`run.display`, as `etl status` does): the
+  // page only shows it.
   function showRun(run) {
-    const percent = (run.fraction * 100).toFixed(1);
+    const shown = run.display;
     const fill = document.getElementById("fill");
-    if (fill) fill.style.width = percent + "%";
-    text("percent", percent + "%");
-    text("rows", fmt.format(run.rows_read));
-    if (run.rows_total) text("rows-total", fmt.format(run.rows_total));
-    text("rate", fmt.format(Math.round(run.rows_per_second)));
-    text("eta", duration(run.eta_seconds));
-    text("chunks", run.chunks_done + "/" + run.chunks_total);
+    if (fill) fill.style.width = shown.percent;
+    text("percent", shown.percent);
+    text("rows", shown.rows);
+    text("rows-total", shown.rows_total);
+    const of = document.getElementById("rows-of");
+    if (of) of.hidden = !shown.rows_total;
+    text("written", shown.written);
+    text("rate", shown.rate);
+    text("eta", shown.eta);
+    text("chunks", shown.chunks);
+    text("retries", shown.retries);
+    const retries = document.getElementById("retries-part");
+    if (retries) retries.hidden = !run.retries;
     const state = document.getElementById("state");
     if (state) {
       state.textContent = run.state;
@@ -100,9 +97,12 @@
       const state = row.querySelector('[data-field="state"]');
       state.textContent = run.state;
       state.className = "state state-" + run.state;
-      row.querySelector('[data-field="fraction"]').value = run.fraction;
-      row.querySelector('[data-field="rows_written"]').textContent = fmt.format(run.rows_written);
-      row.querySelector('[data-field="chunks"]').textContent = run.chunks_done + "/" + run.chunks_total;
+      const fraction = row.querySelector('[data-field="fraction"]');
+      fraction.value = run.fraction;
+      fraction.title = run.display.percent;
+      row.querySelector('[data-field="rows"]').textContent = run.display.rows;
+      row.querySelector('[data-field="rows_written"]').textContent = run.display.written;
+      row.querySelector('[data-field="chunks"]').textContent = run.display.chunks;
     });
   }
 })();
