@@ -10,6 +10,8 @@ print(result.state, result.rows_written)
 from __future__ import annotations
 
 import os
+import socket
+import time
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -118,7 +120,7 @@ def run(
     except BaseException:
         planned.close()
         raise
-    return run_job(planned, store, secret=settings.secret, clock=clock)
+    return run_job(planned, store, secret=settings.secret, clock=clock, lease=_lease())
 
 
 # -- background runs ------------------------------------------------------------------------
@@ -231,11 +233,16 @@ def retry(run_id: str, queue: Queue | None = None) -> list[int]:
 
 def cancel(run_id: str, queue: Queue | None = None) -> RunRecord:
     """Stop handing out the run's chunks and mark it cancelled; chunks in flight stop at their
-    next batch, and what the run staged (a replace's new table) is dropped.
+    next batch. What the run staged (a replace's new table, a merge's staging table) is dropped
+    here and now when no chunk is in flight (``aborted`` is then true in the record returned);
+    otherwise by the process running it (an in-process run) or a worker, once its chunks in
+    flight have stopped.
 
     Raises:
         UsageError: no such run, or it has completed.
     """
+    from etl.executor import Executor
+
     queue = queue or open_queue()
     run = get_run(run_id, queue)
     if run.state == "completed":
@@ -245,8 +252,26 @@ def cancel(run_id: str, queue: Queue | None = None) -> RunRecord:
         if run.state != "failed":
             raise UsageError(f"run {run_id} is {run.state}; it can't be cancelled")
         queue.store.cancel_failed(run_id)
-    queue.send("etl.abort", run_id)
+    # Chunks in flight stop at their next batch (their lease renewal says so): give them up to
+    # a lease to do it, then drop what the run staged here, unless the process that ran it did.
+    lease = _lease()
+    deadline = time.monotonic() + lease
+    while _in_flight(queue, run_id) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    Executor(queue, f"{socket.gethostname()}:{os.getpid()}:cancel", lease=lease).abort(run_id)
     return get_run(run_id, queue)
+
+
+def _in_flight(queue: Queue, run_id: str) -> bool:
+    now = queue.store.clock()
+    chunks = queue.store.get_chunks(run_id)
+    return any(c.state == "running" and (c.lease_until or 0) >= now for c in chunks)
+
+
+def _lease() -> float:
+    from etl.worker import WorkerOptions
+
+    return WorkerOptions.from_env().lease
 
 
 def clean(state: str, older_than: float = 0.0, queue: Queue | None = None) -> int:

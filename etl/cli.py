@@ -141,7 +141,7 @@ def run(
 
 
 def _run_queued(planned: Any, wait: bool, as_json: bool) -> None:
-    from etl.cli_queue import follow
+    from etl.cli_queue import follow, work_here
 
     try:
         queue = api.open_queue()
@@ -157,19 +157,7 @@ def _run_queued(planned: Any, wait: bool, as_json: bool) -> None:
             return
         done = follow(queue, record.id)
     else:
-        # No server: this process is the worker, for as long as the run lasts.
-        from etl.worker import Worker, WorkerOptions
-
-        worker = Worker(queue, WorkerOptions.from_env(concurrency=max(min(os.cpu_count() or 1, 4), 1)))
-        worker.start(install_signals=False)
-        try:
-            done = follow(queue, record.id)
-        except KeyboardInterrupt:
-            api.cancel(record.id, queue)
-            click.echo(f"run {record.id} cancelled", err=True)
-            raise
-        finally:
-            worker.stop()
+        done = work_here(queue, record.id)  # no server: this process is the worker
     if as_json:
         click.echo(json.dumps(done.to_json(), indent=2))
     if done.state != "completed":

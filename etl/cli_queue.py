@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 import click
 
 from etl import api
+from etl.errors import JobFailed
 from etl.progress import RunProgress, run_json, runs_header, runs_row, status_line
 from etl.units import parse_duration
 
@@ -36,7 +37,7 @@ if TYPE_CHECKING:
     from etl.queue import Queue
     from etl.store import ChunkRecord, RunRecord
 
-__all__ = ["COMMANDS", "follow", "render"]
+__all__ = ["COMMANDS", "follow", "render", "work_here"]
 
 _STATES = ("waiting", "active", "completed", "failed", "cancelled")
 
@@ -243,13 +244,22 @@ def runs(state: str | None, job: str | None, limit: int, as_json: bool) -> None:
 @click.command()
 @click.argument("run_id")
 @click.option("--json", "as_json", is_flag=True)
-def retry(run_id: str, as_json: bool) -> None:
-    """Run a failed run's failed chunks again (those that succeeded are not re-run)."""
-    again = api.retry(run_id, _open())
-    if as_json:
+@click.option("--wait", is_flag=True, help="Follow the run to its end (always, on the embedded queue).")
+def retry(run_id: str, as_json: bool, wait: bool) -> None:
+    """Run a failed run's failed chunks again (those that succeeded are not re-run), then
+    finalize it. On the embedded queue this command works the run itself, as `etl run` does."""
+    queue = _open()
+    again = api.retry(run_id, queue)
+    if as_json and not (queue.embedded or wait):
         _echo_json({"run": run_id, "chunks": again})
-    else:
-        click.echo(f"run {run_id}: {len(again)} chunk(s) to run again")
+    elif not as_json:
+        click.echo(f"run {run_id}: {len(again)} chunk(s) to run again", err=queue.embedded or wait)
+    if queue.embedded or wait:
+        done = work_here(queue, run_id) if queue.embedded else follow(queue, run_id)
+        if as_json:
+            _echo_json(done.to_json())
+        if done.state != "completed":
+            raise JobFailed(f"run {done.id} {done.state}: {done.error}")
 
 
 @click.command()
@@ -261,8 +271,31 @@ def cancel(run_id: str, as_json: bool) -> None:
     run = api.cancel(run_id, _open())
     if as_json:
         _echo_json(run.to_json())
+    elif run.aborted:
+        click.echo(f"run {run_id} cancelled; what it staged was dropped")
+    elif run.driver == "process":
+        click.echo(f"run {run_id} cancelled; the process running it stops at its next batch and drops what it staged")
     else:
-        click.echo(f"run {run_id} cancelled")
+        click.echo(f"run {run_id} cancelled; a worker drops what it staged once its chunks in flight have stopped")
+
+
+def work_here(queue: Queue, run_id: str) -> RunRecord:
+    """Work a queued run in this process until it finishes (the embedded queue has no server and
+    maybe no worker): a worker's threads, and its progress on stderr. Ctrl-C cancels the run."""
+    import os
+
+    from etl.worker import Worker, WorkerOptions
+
+    worker = Worker(queue, WorkerOptions.from_env(concurrency=max(min(os.cpu_count() or 1, 4), 1)))
+    worker.start(install_signals=False)
+    try:
+        return follow(queue, run_id)
+    except KeyboardInterrupt:
+        api.cancel(run_id, queue)
+        click.echo(f"run {run_id} cancelled", err=True)
+        raise
+    finally:
+        worker.stop()
 
 
 def _older_than(ctx: click.Context, param: click.Parameter, value: str | None) -> float:

@@ -452,8 +452,8 @@ class Executor:
                 return True
             if not loaded.life.abort():
                 return False
-            self.store.mark_aborted(run_id)
-            loaded.life.cancelled(loaded.life.result(self.store.get_run(run_id) or run))
+            if self.store.mark_aborted(run_id):
+                loaded.life.cancelled(loaded.life.result(self.store.get_run(run_id) or run))
         self._forget(run_id)
         return True
 

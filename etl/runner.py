@@ -278,14 +278,14 @@ class _InProcess:
         raise JobFailed(f"run {self.run_id} failed{where}: {run.error}{kept(self.run_id)}", result) from end.error
 
     def _cancelled(self, why: str) -> RunResult:
-        if self.life.abort():
-            self.store.mark_aborted(self.run_id)
+        first = self.life.abort() and self.store.mark_aborted(self.run_id)
         run = self.store.get_run(self.run_id)
         assert run is not None
         result = self.life.result(run)
         self.log.warning("{} after {:,} rows: what the run staged was dropped", why, result.rows_written)
         self.life.work.close()
-        self.life.cancelled(result)
+        if first:
+            self.life.cancelled(result)
         return result
 
 

@@ -423,16 +423,19 @@ class RunStore:
 
         return self.kv.atomic(cancel, [self._run_key(run_id)])
 
-    def mark_aborted(self, run_id: str) -> None:
-        """A cancelled run's sink has dropped what it staged."""
+    def mark_aborted(self, run_id: str) -> bool:
+        """A cancelled run's sink has dropped what it staged. False if it was marked so already
+        (by another process that aborted it too): only the first tells the plugins."""
 
-        def mark(tx: Tx) -> None:
+        def mark(tx: Tx) -> bool:
             run = self._load_run(tx, run_id)
-            if run is not None:
-                run.aborted = True
-                self._save_run(tx, run)
+            if run is None or run.aborted:
+                return False
+            run.aborted = True
+            self._save_run(tx, run)
+            return True
 
-        self.kv.atomic(mark, [self._run_key(run_id)])
+        return self.kv.atomic(mark, [self._run_key(run_id)])
 
     def cancel_failed(self, run_id: str) -> bool:
         """A failed run will not be retried: mark it cancelled, so that its staging is dropped."""

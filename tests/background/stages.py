@@ -6,6 +6,7 @@ sleeping, spinning the CPU, killing the process, or failing while a marker file 
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import time
@@ -13,9 +14,10 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.compute as pc
+from etl_plugins.parquet_format import ParquetSink
 from pydantic import Field
 
-from etl import StageOptions, Transform, TransientError, hookimpl
+from etl import PermanentError, StageOptions, Transform, TransientError, hookimpl
 
 
 class SleepyOptions(StageOptions):
@@ -92,6 +94,111 @@ class FailWhile(Transform):
         return batch
 
 
+class FailTimesOptions(StageOptions):
+    on_id: int = Field(description="batches holding this id fail")
+    times: int = Field(1, description="how many attempts fail (counted in log, across processes)")
+    log: str = Field(description="a file that gets one line per failure")
+    permanent: bool = Field(False, description="fail with a permanent error instead of a transient one")
+
+
+class FailTimes(Transform):
+    """Fail the first ``times`` attempts at the chunk holding ``on_id``, in whichever process."""
+
+    name = "fail_times"
+    Options = FailTimesOptions
+
+    def apply(self, batch: pa.RecordBatch) -> pa.RecordBatch:
+        if pc.any(pc.equal(batch.column("id"), self.options.on_id)).as_py():
+            log = Path(self.options.log)
+            failed = len(log.read_text().split()) if log.exists() else 0
+            if failed < self.options.times:
+                with log.open("a") as f:
+                    f.write(f"{os.getpid()}\n")
+                error = PermanentError if self.options.permanent else TransientError
+                raise error(f"failure {failed + 1} of {self.options.times} at id {self.options.on_id}")
+        return batch
+
+
+class RejectEveryOptions(StageOptions):
+    n: int = Field(description="reject the rows whose id is a multiple of n")
+
+
+class RejectEvery(Transform):
+    """Reject every n-th id (a bad value, say)."""
+
+    name = "reject_every"
+    Options = RejectEveryOptions
+
+    def apply(self, batch: pa.RecordBatch) -> pa.RecordBatch:
+        ids = batch.column("id").to_numpy(zero_copy_only=False)
+        positions = [int(i) for i in (ids % self.options.n == 0).nonzero()[0]]
+        if positions:
+            self.context.reject(batch.take(positions), positions, f"id is a multiple of {self.options.n}", column="id")
+        return batch.filter(pa.array(ids % self.options.n != 0))
+
+
+class FinalizeFails(ParquetSink):
+    """A parquet sink whose finalize fails for good (a target that refuses the swap)."""
+
+    name = "finalize_fails"
+
+    def finalize(self) -> None:
+        raise PermanentError("the target refused the swap")
+
+
+# -- A recorder of lifecycle hooks, on when ETL_TEST_HOOKS names a file -----------------------
+
+
+def _record(hook: str, **fields) -> None:
+    path = os.environ.get("ETL_TEST_HOOKS")
+    if not path:
+        return
+    with open(path, "a") as f:
+        f.write(json.dumps({"hook": hook, "pid": os.getpid(), **fields}) + "\n")
+    if hook in os.environ.get("ETL_TEST_HOOK_RAISES", "").split(","):
+        raise RuntimeError(f"the test plugin's {hook} broke")
+
+
+@hookimpl
+def etl_before_job_run(run):
+    _record("before_job_run", run=run.id, rows=run.rows, chunks=run.chunks)
+
+
+@hookimpl
+def etl_before_chunk_run(run, chunk, attempt):
+    _record("before_chunk_run", run=run.id, chunk=chunk.index, attempt=attempt)
+
+
+@hookimpl
+def etl_on_chunk_error(run, chunk, attempt, will_retry):
+    _record("on_chunk_error", run=run.id, chunk=chunk.index, attempt=attempt, will_retry=will_retry)
+
+
+@hookimpl
+def etl_after_chunk_run(run, chunk, result):
+    _record("after_chunk_run", run=run.id, chunk=chunk.index, attempt=result.attempt, rows=result.rows_written)
+
+
+@hookimpl
+def etl_after_job_run(run, result):
+    _record("after_job_run", run=run.id, state=result.state, rows=result.rows_written)
+
+
+@hookimpl
+def etl_on_job_error(run, result):
+    _record("on_job_error", run=run.id, state=result.state, chunk=result.error_chunk)
+
+
+@hookimpl
+def etl_on_job_cancel(run, result):
+    _record("on_job_cancel", run=run.id, state=result.state)
+
+
 @hookimpl
 def etl_register_transforms():
-    return [Sleepy, Spin, Crash, FailWhile]
+    return [Sleepy, Spin, Crash, FailWhile, FailTimes, RejectEvery]
+
+
+@hookimpl
+def etl_register_sinks():
+    return [FinalizeFails]
