@@ -38,11 +38,11 @@ class Mode:
     redis: str | None = None
     pool: Workers | None = field(default=None, repr=False)
 
-    def workers(self, n: int = 1, **env: str) -> Workers:
+    def workers(self, n: int = 1, concurrency: int = 2, **env: str) -> Workers:
         """The queue's workers (on Redis: real `etl worker` processes; none otherwise)."""
         if self.pool is None:
             self.pool = Workers({**self.env, **env}, self.tmp)
-            self.pool.start(n, concurrency=2)
+            self.pool.start(n, concurrency=concurrency)
         return self.pool
 
     def run(self, job: Path, *args: str) -> subprocess.CompletedProcess[str]:
@@ -314,3 +314,81 @@ def test_a_failing_observer_hook_is_logged_and_changes_nothing(mode, monkeypatch
     logs = result.stderr + (mode.pool.all_logs() if mode.pool else "")
     assert "a plugin's etl_after_chunk_run failed: RuntimeError: the test plugin's after_chunk_run broke" in logs
     assert "a plugin's etl_before_job_run failed" in logs
+
+
+class _Hooks:
+    """A local webhook receiver: what a `notify:` webhook target posts."""
+
+    def __init__(self) -> None:
+        import http.server
+        import threading
+
+        received = self.received = []
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self):  # noqa: N802 - the standard library's name
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                received.append(json.loads(body))
+                self.send_response(204)
+                self.end_headers()
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_a_run_whose_processes_die_is_failed_by_the_reaper_and_notified(mode):
+    """A poison chunk SIGKILLs whatever process runs it: the process of an in-process run (a
+    worker's reaper fails the run once its lease runs out), or every worker that takes it on a
+    queue (the reaper gives up after the job's attempts). Either way the run fails, its hooks
+    fire in the reaping worker, and the `notify:` webhook hears of it."""
+    hooks = _Hooks()
+    try:
+        crashes = mode.tmp / "crashes.log"
+        job = write_job(
+            mode,
+            f'[{{type: crash, on_id: 2345, log: "{crashes}"}}]',
+            extra=f"notify: [{{type: webhook, url: '{hooks.url}', when: [failed]}}]\n",
+        )
+        if mode.name == "process":
+            result = mode.run(job)
+            assert result.returncode == -9, "the poison chunk killed the process running the run"
+            run = mode.last_run()
+            assert (run.state, run.driver) == ("active", "process")
+            pool = mode.workers(1)  # any worker's reaper sees the lease run out
+        else:
+            mode.env["ETL_LEASE_SECONDS"] = "2"
+            pool = mode.workers(2, concurrency=1)  # a killed worker takes no other chunk down
+            from etl import api
+
+            api.submit(job)
+            deadline = time.monotonic() + 90
+            restarted = set()
+            while not (mode.runs() and mode.last_run().finished) and time.monotonic() < deadline:
+                for proc in list(pool.procs):  # a supervisor restarts dead workers
+                    if proc.poll() is not None and proc not in restarted:
+                        restarted.add(proc)
+                        pool.start(1, concurrency=1)
+                time.sleep(0.2)
+        run = wait_for(lambda: (r := mode.last_run()).finished and r, 60, "the reaper to fail the run")
+        # In process, chunk 2 is read ahead while chunk 1 is written: the run dies holding chunk 1.
+        assert run.state == "failed" and run.error_chunk == (1 if mode.name == "process" else 2), run.error
+        if mode.name == "process":
+            assert "the process running it" in run.error and len(crashes.read_text().split()) == 1
+        else:
+            assert "gave up after 3 attempts" in run.error and len(crashes.read_text().split()) == 3
+        wait_for(lambda: hooks.received, 30, "the failure notification")
+        assert [(n["run_id"], n["event"], n["error_chunk"]) for n in hooks.received] == [(run.id, "run.failed", run.error_chunk)]
+        wait_for(lambda: mode.hooks_seen()[("on_job_error", run.error_chunk, None, "failed")] == 1, 10, "etl_on_job_error")
+        reaper = {e["pid"] for e in mode.events() if e["hook"] == "on_job_error"}
+        assert reaper <= {p.pid for p in pool.procs}, "the hook fired in a worker whose reaper failed the run"
+    finally:
+        hooks.close()
