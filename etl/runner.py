@@ -202,6 +202,10 @@ class JobRun:
             rejects_dir=str(self.rejects_dir),
             window=self.window.to_json() if self.window is not None else None,
         )
+        # Every column a transform or the sink names, checked before anything is written.
+        from etl.preflight import check_columns
+
+        check_columns(self.job, self.source, self.transforms, self.sink)
         return info, plan
 
     # -- one attempt at one chunk ----------------------------------------------------------
