@@ -26,6 +26,7 @@ from loguru import logger
 
 from etl.errors import Interrupted, PermanentError, describe, is_transient
 from etl.pipeline import JobRun, check_thresholds
+from etl.preflight import check_columns
 from etl.retry import Clock, RetryPolicy
 from etl.runs import ChunkResult, RunInfo, RunResult
 
@@ -128,6 +129,8 @@ class Lifecycle:
         count = count or self.work.count()
         warnings = check_thresholds(self.job, count)
         info, plan = self.work.plan(count)
+        # Every column a transform or the sink names, checked before anything is written.
+        check_columns(self.job, self.work.source, self.work.transforms, self.work.sink)
         self.info = info
         return info, plan, warnings
 

@@ -23,6 +23,7 @@ from pydantic import BaseModel, ConfigDict
 if TYPE_CHECKING:
     import pyarrow as pa
 
+    from etl.errors import ConfigError
     from etl.incremental import Window
 
 __all__ = [
@@ -183,6 +184,17 @@ class StageContext:
         collector.reject(rows, positions, stage=self.label, reasons=reasons, column=column)
 
 
+def _missing_column(name: str, schema: pa.Schema, *, key: str) -> ConfigError:
+    """The error for an option (``key``) naming a column ``name`` that ``schema`` lacks:
+    ``column 'orderid' is not in the rows; did you mean "order_id"? The rows have: ...``."""
+    from etl.errors import ConfigError, did_you_mean
+
+    hint = did_you_mean(name, schema.names)
+    have = ", ".join(schema.names) or "no columns"
+    rest = f"{hint} The rows have: {have}" if hint else f"; the rows have: {have}"
+    return ConfigError(f"column {name!r} is not in the rows{rest}", key=key)
+
+
 def _shown(scalar: Any) -> str:
     """An Arrow value for a message, even one Python can't hold (nanoseconds, year 10000)."""
     for show in (lambda: scalar.as_py(), lambda: str(scalar), lambda: scalar.cast("string").as_py()):
@@ -212,6 +224,21 @@ class Stage:
 
     def close(self) -> None:
         """Release what the stage holds (connections, files). Called once, at the end."""
+
+    def require_columns(self, schema: pa.Schema, names: Iterable[str], *, key: str) -> None:
+        """Refuse the columns of ``names`` that ``schema`` lacks: for :meth:`Transform.output_schema`
+        and :meth:`Sink.check_schema`, where an option (``key``, such as ``key`` or
+        ``columns.order_id``) names columns.
+
+        Raises:
+            ConfigErrors: one :class:`~etl.errors.ConfigError` per missing column, saying which
+                column is near and which the rows have. The runner adds the job file and line.
+        """
+        from etl.errors import ConfigErrors
+
+        problems = [_missing_column(name, schema, key=key) for name in names if name not in schema.names]
+        if problems:
+            raise ConfigErrors(problems)
 
 
 class Source(Stage, ABC):
@@ -253,6 +280,18 @@ class Source(Stage, ABC):
     def plan(self, chunk_size: int) -> Plan:
         """Split the rows into chunks of about ``chunk_size`` rows."""
 
+    def output_schema(self) -> pa.Schema | None:
+        """The columns (and types) of the rows :meth:`read` will yield, from a cheap look that
+        reads no rows (a file's footer, a query of no rows, a table's metadata), or ``None``
+        when the source can't tell before reading (the default).
+
+        Called once a run is planned, after :meth:`plan`: a source may keep what planning
+        learned and give it back here. The columns that transforms and the sink name are
+        checked against it before anything is written; with ``None`` that check is skipped.
+        (Named like :meth:`Transform.output_schema`, and not ``schema``, which sources often
+        use for an attribute of their own.)"""
+        return None
+
     @abstractmethod
     def read(self, chunk: Chunk, shared: Mapping[str, Any]) -> Iterator[pa.RecordBatch]:
         """Yield the chunk's rows as record batches of at most ``context.batch_size`` rows."""
@@ -265,6 +304,17 @@ class Transform(Stage, ABC):
     def apply(self, batch: pa.RecordBatch) -> pa.RecordBatch | pa.Table:
         """Transform one batch. Reject bad rows with ``self.context.reject``."""
 
+    def output_schema(self, schema: pa.Schema) -> pa.Schema | None:
+        """The schema of the batches :meth:`apply` makes of batches of ``schema``, or ``None``
+        when the transform can't tell without rows (the default: the checks after it are
+        skipped). Called once a run is planned, before any row is read.
+
+        Raises:
+            ConfigError: an option names a column that ``schema`` lacks (see
+                :meth:`~Stage.require_columns`), or can't apply to it.
+        """
+        return None
+
 
 class Sink(Stage, ABC):
     """Where rows go.
@@ -276,6 +326,16 @@ class Sink(Stage, ABC):
     ``write`` must be idempotent: writing the same chunk of the same run twice leaves one copy,
     and a write that fails half-way leaves nothing behind.
     """
+
+    def check_schema(self, schema: pa.Schema) -> None:
+        """Refuse rows of ``schema`` before anything is written: called once a run is planned,
+        before :meth:`prepare`, when the schema reaching the sink is known. The default accepts
+        any schema; a sink whose options name columns (a merge key, partitioning) checks them.
+
+        Raises:
+            ConfigError: an option names a column that ``schema`` lacks (see
+                :meth:`~Stage.require_columns`).
+        """
 
     def prepare(self) -> None:
         """Make the target ready for the run's chunks (staging tables, directories)."""

@@ -398,6 +398,8 @@ class LineSource(FileSource):
 
     #: The bytes that a blank line, which holds no row, may consist of.
     blank: ClassVar[bytes] = b"\r"
+    #: What :meth:`plan` found: the schema, and whether any file holds a row.
+    _planned: tuple[pa.Schema, bool] | None = None
 
     def first_line(self, path: Path) -> int:
         """The byte offset of the first data line: 0, or after a header line."""
@@ -433,9 +435,20 @@ class LineSource(FileSource):
             rows += count_lines(path, self.first_line(path), path.stat().st_size, self.blank)
         return RowCount(rows, exact=True)
 
+    def output_schema(self) -> pa.Schema | None:
+        """The schema every chunk is parsed with (the one planning inferred from the files'
+        first megabyte and ``schema:``), or ``None`` when no file holds a row yet."""
+        planned = self._planned
+        if planned is None:
+            infos = [self.inspect(path) for path in self.files()]
+            planned = self._planned = (self.combine(infos), any(info.schema is not None for info in infos))
+        schema, rows = planned
+        return schema if rows else None
+
     def plan(self, chunk_size: int) -> Plan:
         infos = [self.inspect(path) for path in self.files()]
         schema = self.combine(infos)
+        self._planned = (schema, any(info.schema is not None for info in infos))
         chunks = []
         for info in infos:
             if info.schema is None:

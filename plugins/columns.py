@@ -7,10 +7,12 @@ or with ``on_error: skip`` the row goes to the rejects file).
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from etl import PermanentError, StageOptions, Transform, hookimpl, parse_type
+from etl import ConfigError, ConfigErrors, PermanentError, StageOptions, Transform, hookimpl, parse_type
 
 from ._casting import cast_batch
 
@@ -21,6 +23,18 @@ def _require(batch: pa.RecordBatch, names: list[str], stage: str) -> None:
         raise PermanentError(
             f"{stage}: no column {', '.join(map(repr, missing))}; the rows have: {', '.join(batch.schema.names)}"
         )
+
+
+def _require_keys(stage: Transform, schema: pa.Schema, names: Iterable[str]) -> None:
+    """The columns that the keys of a ``columns:`` mapping name, each checked at its own key."""
+    problems: list[ConfigError] = []
+    for name in names:
+        try:
+            stage.require_columns(schema, [name], key=f"columns.{name}")
+        except ConfigErrors as exc:
+            problems.extend(exc.errors)
+    if problems:
+        raise ConfigErrors(problems)
 
 
 class RenameOptions(StageOptions):
@@ -39,6 +53,11 @@ class Rename(Transform):
         _require(batch, list(mapping), self.context.label)
         return batch.rename_columns([mapping.get(n, n) for n in batch.schema.names])
 
+    def output_schema(self, schema: pa.Schema) -> pa.Schema:
+        _require_keys(self, schema, self.options.columns)
+        mapping = self.options.columns
+        return pa.schema([field.with_name(mapping.get(field.name, field.name)) for field in schema])
+
 
 class SelectOptions(StageOptions):
     columns: list[str] = Field(min_length=1, description="the columns to keep, in this order")
@@ -54,6 +73,10 @@ class Select(Transform):
     def apply(self, batch: pa.RecordBatch) -> pa.RecordBatch:
         _require(batch, self.options.columns, self.context.label)
         return batch.select(self.options.columns)
+
+    def output_schema(self, schema: pa.Schema) -> pa.Schema:
+        self.require_columns(schema, self.options.columns, key="columns")
+        return pa.schema([schema.field(name) for name in self.options.columns])
 
 
 class DropOptions(StageOptions):
@@ -73,6 +96,12 @@ class Drop(Transform):
             _require(batch, self.options.columns, self.context.label)
         drop = set(self.options.columns)
         return batch.select([n for n in batch.schema.names if n not in drop])
+
+    def output_schema(self, schema: pa.Schema) -> pa.Schema:
+        if not self.options.missing_ok:
+            self.require_columns(schema, self.options.columns, key="columns")
+        drop = set(self.options.columns)
+        return pa.schema([field for field in schema if field.name not in drop])
 
 
 class CastTo(BaseModel):
@@ -121,6 +150,12 @@ class Cast(Transform):
     def apply(self, batch: pa.RecordBatch) -> pa.RecordBatch:
         _require(batch, list(self.targets), self.context.label)
         return cast_batch(batch, self.targets, self.context)
+
+    def output_schema(self, schema: pa.Schema) -> pa.Schema:
+        _require_keys(self, schema, self.targets)
+        return pa.schema(
+            [field.with_type(self.targets[field.name][0]) if field.name in self.targets else field for field in schema]
+        )
 
 
 @hookimpl

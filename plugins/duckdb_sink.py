@@ -84,6 +84,11 @@ class DuckDBSink(Sink):
         self._con = None
         self._rows_since_open = 0
 
+    def check_schema(self, schema: pa.Schema) -> None:
+        """A merge key must be among the rows' columns (checked again at finalize)."""
+        if self.options.key:
+            self.require_columns(schema, self.options.key, key="key")
+
     # -- connection ------------------------------------------------------------------------
 
     @property

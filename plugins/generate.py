@@ -127,12 +127,19 @@ class Generate(Source):
         ]
         return Plan(chunks)
 
+    def output_schema(self) -> pa.Schema:
+        """The columns of a batch of no rows: the same code as every batch, so the same types."""
+        return self._batch(np.arange(0, dtype=np.uint64)).schema
+
     def read(self, chunk: Chunk, shared: Mapping[str, Any]) -> Iterator[pa.RecordBatch]:
         start, stop = int(chunk.args["start"]), int(chunk.args["stop"])
         step = self.context.batch_size
         for offset in range(start, stop, step):
             ids = np.arange(offset, min(offset + step, stop), dtype=np.uint64)
-            yield self._columns(ids) if self.options.columns else self._forecast(ids)
+            yield self._batch(ids)
+
+    def _batch(self, ids: np.ndarray) -> pa.RecordBatch:
+        return self._columns(ids) if self.options.columns else self._forecast(ids)
 
     # -- hashing helpers -----------------------------------------------------------------
 

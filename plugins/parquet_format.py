@@ -85,6 +85,8 @@ class ParquetSource(FileSource):
     Options = ParquetOptions
     options: ParquetOptions
     suffixes = (".parquet", ".pq")
+    #: The schema :meth:`plan` found (``None`` before, or without a file).
+    _planned: pa.Schema | None = None
 
     def _open(self, path: str | Path) -> pq.ParquetFile:
         try:
@@ -110,6 +112,16 @@ class ParquetSource(FileSource):
             with self._open(path) as file:
                 rows += file.metadata.num_rows
         return RowCount(rows, exact=True)
+
+    def output_schema(self) -> pa.Schema | None:
+        """The first file's schema (the columns read), from its footer; ``None`` without a file
+        (an incremental run with nothing new). After :meth:`plan`, the schema it checked."""
+        if self._planned is not None:
+            return self._planned
+        for path in self.files():
+            with self._open(path) as file:
+                return self._schema(file, path)
+        return None
 
     def plan(self, chunk_size: int) -> Plan:
         chunks: list[Chunk] = []
@@ -137,6 +149,7 @@ class ParquetSource(FileSource):
                         label=f"{display(path)} row group{span}",
                     )
                 )
+        self._planned = first[1] if first else None
         return Plan(chunks, schema_to_shared(first[1] if first else pa.schema([])))
 
     def read(self, chunk: Chunk, shared: Mapping[str, Any]) -> Iterator[pa.RecordBatch]:

@@ -14,9 +14,11 @@ from typing import Any
 import pyarrow as pa
 from pydantic import Field, ValidationInfo, field_validator
 
-from etl import PermanentError, StageOptions, Transform, did_you_mean, hookimpl
+from etl import ConfigError, PermanentError, StageOptions, Transform, did_you_mean, hookimpl
 
 _PARAM = re.compile(r"\$([A-Za-z_][A-Za-z0-9_]*)")
+#: DuckDB's message for a column that isn't there.
+_REFERENCED = re.compile(r'Referenced column "((?:[^"]|"")*)" not found')
 
 
 #: Marks an option that holds SQL: `{{ params.X }}` templates are refused there.
@@ -42,6 +44,19 @@ def _check_sql(query: str, info: ValidationInfo, wrapped: str | None = None) -> 
                 )
                 raise ValueError(f"${name} is not a parameter of the job{hint}")
     return query
+
+
+class _Unbound(PermanentError):
+    """SQL that names a column (or function) the rows lack: a permanent error while rows flow,
+    a :class:`ConfigError` at its key when found before the run."""
+
+    def __init__(self, message: str, detail: str, key: str) -> None:
+        super().__init__(message)
+        self.detail, self.key = detail, key
+
+
+def _first_line(exc: Exception) -> str:
+    return str(exc).splitlines()[0]
 
 
 def _quote(name: str) -> str:
@@ -78,8 +93,10 @@ class _SqlTransform(Transform):
             self._con.execute("SET TimeZone = 'UTC'")
         return self._con
 
-    def query(self, batch: pa.RecordBatch, sql: str) -> pa.Table:
-        """The result of ``sql`` over ``batch`` (the table ``batch``), with the job's params bound."""
+    def query(self, batch: pa.RecordBatch, sql: str, key: str = "") -> pa.Table:
+        """The result of ``sql`` over ``batch`` (the table ``batch``), with the job's params bound.
+
+        ``key`` is the option the SQL comes from, such as ``columns.spread``, for errors."""
         import duckdb
 
         con = self.con
@@ -87,11 +104,39 @@ class _SqlTransform(Transform):
         try:
             params = {k: v for k, v in self.params.items() if f"${k}" in sql}
             return con.execute(sql, params).to_arrow_table()
+        except (duckdb.BinderException, duckdb.CatalogException) as exc:
+            # A column or function the SQL names that isn't there: the query can't run on any row.
+            raise _Unbound(f"{self.context.label}: {_first_line(exc)}", _first_line(exc), key) from None
         except duckdb.Error as exc:
-            message = str(exc).splitlines()[0]
-            raise PermanentError(f"{self.context.label}: {message}") from None
+            raise PermanentError(f"{self.context.label}: {_first_line(exc)}") from None
         finally:
             con.unregister("batch")
+
+    #: The option that holds the SQL, for errors found before the run (``expr``, ``query``).
+    sql_key: str = ""
+
+    def output_schema(self, schema: pa.Schema) -> pa.Schema | None:
+        """What :meth:`apply` makes of an empty batch of ``schema``: DuckDB binds the SQL (every
+        column and function it names) without any row."""
+        import duckdb
+
+        try:
+            empty = pa.RecordBatch.from_pylist([], schema=schema)
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
+            return None
+        try:
+            out = self.apply(empty)
+        except _Unbound as exc:
+            have = ", ".join(schema.names) or "no columns"
+            detail, hint = exc.detail.rstrip("!. "), ""
+            if (named := _REFERENCED.search(detail)) is not None:
+                detail = f"column {named[1]!r} is not in the rows"
+                hint = did_you_mean(named[1], schema.names)
+            rest = f"{hint} The rows have: {have}" if hint else f"; the rows have: {have}"
+            raise ConfigError(detail + rest, key=exc.key or self.sql_key) from None
+        except (duckdb.Error, PermanentError):
+            return None  # a type DuckDB can't take from Arrow, say: the rows will tell
+        return out.schema
 
     def close(self) -> None:
         if self._con is not None:
@@ -118,6 +163,8 @@ class Filter(_SqlTransform):
     name = "filter"
     Options = FilterOptions
     options: FilterOptions
+
+    sql_key = "expr"
 
     def sql_text(self) -> str:
         return self.options.expr
@@ -162,7 +209,8 @@ class Derive(_SqlTransform):
         # One expression at a time, so each sees the columns derived before it. A column the
         # rows already have is replaced where it stands; a new one goes last.
         for name, expr in self.options.columns.items():
-            values = self.query(batch, f"SELECT ({expr}) AS {_quote(name)} FROM batch").column(0).combine_chunks()
+            sql = f"SELECT ({expr}) AS {_quote(name)} FROM batch"
+            values = self.query(batch, sql, key=f"columns.{name}").column(0).combine_chunks()
             if name in batch.schema.names:
                 batch = batch.set_column(batch.schema.get_field_index(name), name, values)
             else:
@@ -189,6 +237,8 @@ class Sql(_SqlTransform):
     name = "sql"
     Options = SqlOptions
     options: SqlOptions
+
+    sql_key = "query"
 
     def sql_text(self) -> str:
         return self.options.query

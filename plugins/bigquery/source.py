@@ -228,6 +228,7 @@ class BigQuerySource(Source):
         self._location: str | None = options.location
         self._staging_ready = False
         self._api: str | None = None
+        self._planned: pa.Schema | None = None
 
     @classmethod
     def check_cursor(cls, options: StageOptions, cursor: str) -> None:
@@ -497,9 +498,17 @@ class BigQuerySource(Source):
 
     # -- plan ------------------------------------------------------------------------------------
 
+    def output_schema(self) -> pa.Schema:
+        """The table's columns (those read), from its metadata; a query's, from the table it
+        is materialized into (or its dry run, with ``chunk_by``). Once: after :meth:`plan`, the
+        schema it planned."""
+        if self._planned is None:
+            self._planned = arrow_schema(self._fields(), self.label)
+        return self._planned
+
     def plan(self, chunk_size: int) -> Plan:
         fields = self._fields()
-        target = arrow_schema(fields, self.label)
+        target = self._planned = arrow_schema(fields, self.label)
         api = self._choose_api()
         shared: dict[str, Any] = {
             **schema_to_shared(target),

@@ -78,6 +78,11 @@ class PostgresSink(Sink):
         self._con: Any = None
         self._columns: dict[str, dict[str, str]] = {}
 
+    def check_schema(self, schema: pa.Schema) -> None:
+        """A merge key must be among the rows' columns (checked again at finalize)."""
+        if self.options.key:
+            self.require_columns(schema, self.options.key, key="key")
+
     # -- connection and statements ----------------------------------------------------------
 
     @property

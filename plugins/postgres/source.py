@@ -173,6 +173,7 @@ class PostgresSource(Source):
         # The connection kept between statements; closed by close(), or when the source is
         # collected without it (a driver connection left open warns).
         self._idle = _Idle()
+        self._planned: pa.Schema | None = None
         weakref.finalize(self, self._idle.close)
 
     def _bind(self, names: list[str], params: Mapping[str, Any]) -> list[Any]:
@@ -248,7 +249,9 @@ class PostgresSource(Source):
         rows = self._fetch(self._select("count(*)"))
         return RowCount(int(rows[0][0]), exact=True)
 
-    def plan(self, chunk_size: int) -> Plan:
+    def _columns_read(self) -> tuple[list[dict[str, Any]], pa.Schema]:
+        """Each column read (its name, Arrow type and the cast it is read with) and the
+        schema of the batches, from a query of no rows."""
         schema = self._probe()
         names = schema.names
         if len(set(names)) != len(names):
@@ -258,7 +261,17 @@ class PostgresSource(Source):
                 "give each column its own name (AS ...)"
             )
         columns = [{"name": f.name, **column_plan(f)} for f in schema]
-        target = pa.schema([pa.field(c["name"], c["arrow"]) for c in columns])
+        self._planned = pa.schema([pa.field(c["name"], c["arrow"]) for c in columns])
+        return columns, self._planned
+
+    def output_schema(self) -> pa.Schema:
+        """The columns of the query or table, from a query of no rows (once: after :meth:`plan`,
+        the schema it planned)."""
+        return self._planned if self._planned is not None else self._columns_read()[1]
+
+    def plan(self, chunk_size: int) -> Plan:
+        columns, target = self._columns_read()
+        names = target.names
         shared = {
             **schema_to_shared(target),
             "columns": [{**c, "arrow": str(c["arrow"])} for c in columns],

@@ -386,8 +386,12 @@ def test_a_run_whose_processes_die_is_failed_by_the_reaper_and_notified(mode):
         else:
             assert "gave up after 3 attempts" in run.error and len(crashes.read_text().split()) == 3
         wait_for(lambda: hooks.received, 30, "the failure notification")
-        assert [(n["run_id"], n["event"], n["error_chunk"]) for n in hooks.received] == [(run.id, "run.failed", run.error_chunk)]
-        wait_for(lambda: mode.hooks_seen()[("on_job_error", run.error_chunk, None, "failed")] == 1, 10, "etl_on_job_error")
+        assert [(n["run_id"], n["event"], n["error_chunk"]) for n in hooks.received] == [
+            (run.id, "run.failed", run.error_chunk)
+        ]
+        wait_for(
+            lambda: mode.hooks_seen()[("on_job_error", run.error_chunk, None, "failed")] == 1, 10, "etl_on_job_error"
+        )
         reaper = {e["pid"] for e in mode.events() if e["hook"] == "on_job_error"}
         assert reaper <= {p.pid for p in pool.procs}, "the hook fired in a worker whose reaper failed the run"
     finally:

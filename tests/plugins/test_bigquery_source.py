@@ -156,6 +156,17 @@ def test_an_unknown_column_is_named_with_a_suggestion(bigquery, dataset):
         source({"table": f"{dataset}.forecast", "columns": ["id", "forcast"]}).plan(1000)
 
 
+def test_the_schema_is_the_tables_or_the_querys_without_reading_rows(bigquery, dataset):
+    table = source({"table": f"{dataset}.forecast", "columns": ["id", "ds"]})
+    assert table.output_schema() == pa.schema([("id", pa.int64()), ("ds", pa.date32())])
+    query = source({"query": f"SELECT id AS order_id, forecast FROM {dataset}.forecast"}, run_id="schema-1")
+    schema = query.output_schema()
+    assert schema.names == ["order_id", "forecast"]
+    plan = query.plan(1_000)
+    assert list(plan.shared["columns"]) == schema.names  # what every chunk is read as
+    assert query.output_schema() == schema
+
+
 def test_chunk_by_an_integer_column_splits_key_ranges(bigquery, dataset):
     plan, table = read({"table": f"{dataset}.forecast", "chunk_by": "id"}, chunk_size=1_000)
     assert [c.args["kind"] for c in plan.chunks] == ["range"] * 3

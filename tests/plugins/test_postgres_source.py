@@ -519,3 +519,19 @@ def test_a_job_reads_a_table_filtered_by_a_date_param_into_parquet(cli, write, t
     assert sorted(got.column("id").to_pylist()) == expected
     assert got.schema.field("amount").type == pa.decimal128(10, 2)
     assert min(got.column("day").to_pylist()) == dt.date(2026, 1, 21)
+
+
+# -- the schema before reading ---------------------------------------------------------------------
+
+
+def test_the_schema_comes_from_a_query_of_no_rows_and_is_what_chunks_read(table):
+    execute(f"CREATE TABLE {table} (id bigint, amount numeric(12, 2), note text, ds date)")
+    execute(f"INSERT INTO {table} VALUES (1, 2.50, 'a', '2026-01-01')")
+    assert source({"table": table}).output_schema() == pa.schema(
+        [("id", pa.int64()), ("amount", pa.decimal128(12, 2)), ("note", pa.string()), ("ds", pa.date32())]
+    )
+    assert source({"table": table, "columns": ["ds", "id"]}).output_schema().names == ["ds", "id"]
+    query = {"query": f"SELECT id AS order_id, note FROM {table}"}
+    assert source(query).output_schema().names == ["order_id", "note"]
+    _, rows = read(query)
+    assert rows.schema == source(query).output_schema()
