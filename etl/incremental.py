@@ -17,12 +17,23 @@ import datetime as dt
 import math
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:
-    from etl.config import IncrementalSpec
+from typing import Any, Protocol
 
 __all__ = ["Window", "coerce", "decode", "encode", "open_window", "parse_value", "shown"]
+
+
+class CursorSpec(Protocol):
+    """What :func:`open_window` reads of a job's ``incremental:`` (an
+    :class:`~etl.models.IncrementalSpec`, which sits above this module and uses its parsing)."""
+
+    @property
+    def cursor(self) -> str: ...
+
+    @property
+    def initial(self) -> Any: ...
+
+    @property
+    def lookback(self) -> float: ...
 
 
 def encode(value: Any) -> dict[str, Any] | None:
@@ -191,7 +202,7 @@ class Window:
         return cls(doc["cursor"], decode(doc.get("low")), bool(doc.get("low_inclusive")), decode(doc.get("high")))
 
 
-def open_window(spec: IncrementalSpec, mark: Any, source: Any) -> Window:
+def open_window(spec: CursorSpec, mark: Any, source: Any) -> Window:
     """The window of a run starting from ``mark`` (``None`` before the first good run): its
     lower bound from the mark less the lookback, or ``initial``; its upper bound the highest
     cursor value the source holds now.

@@ -10,17 +10,16 @@ from __future__ import annotations
 import datetime as dt
 import re
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 from etl.errors import ConfigError, did_you_mean
+from etl.models import ParamType
 from etl.yamldoc import Document, KeyPath
 
 if TYPE_CHECKING:
-    from etl.config import ParamSpec
+    from etl.models import ParamSpec
 
 __all__ = ["INVALID", "ParamType", "convert_param", "json_value", "render", "resolve_params"]
-
-ParamType = Literal["string", "integer", "number", "boolean", "date", "datetime"]
 
 
 def json_value(value: Any) -> Any:

@@ -355,3 +355,13 @@ def test_show_keeps_param_declarations_with_the_values_given():
         "description": None,
         "choices": ["production", "staging"],
     }
+
+
+def test_etl_config_still_gives_every_name_it_gave_before_it_was_split():
+    from etl import config, job, models, validation
+
+    names = ["Duration", "IncrementalSpec", "JobSpec", "Kind", "NAME_PATTERN", "ParamSpec", "RetrySpec", "Thresholds"]
+    names += ["Job", "StageConfig", "Registry", "StageType", "validate"]
+    homes = {name: getattr(m, name) for m in (models, job, validation) for name in m.__all__}
+    assert {name: getattr(config, name) for name in names} == {name: homes[name] for name in names}
+    assert isinstance(load(GOOD), config.Job)
