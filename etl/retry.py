@@ -37,13 +37,17 @@ class RetryPolicy:
     ``max_backoff``. With jitter *j* (``true`` means 0.5) the delay is drawn uniformly from
     ``[(1 - j) * d, d]``: never longer than the capped delay, never shorter than its
     ``1 - j`` share, so that many workers failing together do not retry in step.
+
+    One policy decides every retry of a run: its chunks' attempts, its finalizing, and the
+    reaper's verdict on a chunk whose workers keep dying. Its defaults are the job's ``retry:``
+    defaults (:class:`~etl.config.RetrySpec`), and nowhere else.
     """
 
-    attempts: int = 3
-    backoff: float = 1.0
-    factor: float = 2.0
-    max_backoff: float = 300.0
-    jitter: float = 0.5
+    attempts: int
+    backoff: float
+    factor: float
+    max_backoff: float
+    jitter: float
 
     @classmethod
     def from_spec(cls, spec: RetrySpec) -> RetryPolicy:
