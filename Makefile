@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 READY := $(VENV)/.ready
 
-.PHONY: demo test lint schema bench bench-background bench-postgres bench-bigquery bench-dashboard clean
+.PHONY: demo test lint schema bench bench-background bench-postgres bench-bigquery bench-dashboard bench-lifecycle clean
 
 $(READY): pyproject.toml constraints.txt
 	@$(PYTHON) -c 'import sys; sys.exit("Python 3.11 or newer is needed; set PYTHON=python3.11" if sys.version_info < (3, 11) else 0)'
@@ -51,6 +51,10 @@ bench-bigquery: $(READY)
 # What 1, 10 and 100 watchers of a run's event stream cost Redis (needs Redis).
 bench-dashboard: $(READY)
 	$(BIN)/python benchmarks/dashboard.py
+
+# What recording a run costs per chunk, on the embedded store and on Redis (prints figures).
+bench-lifecycle: $(READY)
+	$(BIN)/python benchmarks/lifecycle.py
 
 clean:
 	rm -rf $(VENV) out .etl .pytest_cache .hypothesis *.egg-info
