@@ -157,7 +157,7 @@ def _run_queued(planned: Any, wait: bool, as_json: bool) -> None:
             return
         done = follow(queue, record.id)
     else:
-        done = work_here(queue, record.id)  # no server: this process is the worker
+        done = work_here(queue, record.id, planned)  # no server: this process is the worker
     if as_json:
         click.echo(json.dumps(done.to_json(), indent=2))
     if done.state != "completed":

@@ -33,6 +33,7 @@ def log_options(command: Any) -> Any:
 if TYPE_CHECKING:
     from wsgiref.simple_server import WSGIServer
 
+    from etl.lifecycle import PlannedRun
     from etl.metrics import WorkerMetrics
     from etl.queue import Queue
     from etl.store import ChunkRecord, RunRecord
@@ -279,14 +280,17 @@ def cancel(run_id: str, as_json: bool) -> None:
         click.echo(f"run {run_id} cancelled; a worker drops what it staged once its chunks in flight have stopped")
 
 
-def work_here(queue: Queue, run_id: str) -> RunRecord:
+def work_here(queue: Queue, run_id: str, planned: PlannedRun | None = None) -> RunRecord:
     """Work a queued run in this process until it finishes (the embedded queue has no server and
-    maybe no worker): a worker's threads, and its progress on stderr. Ctrl-C cancels the run."""
+    maybe no worker): a worker's threads, and its progress on stderr. Ctrl-C cancels the run.
+    A run this process ``planned`` keeps its job and plugin manager."""
     import os
 
     from etl.worker import Worker, WorkerOptions
 
     worker = Worker(queue, WorkerOptions.from_env(concurrency=max(min(os.cpu_count() or 1, 4), 1)))
+    if planned is not None:
+        worker.executor.adopt(run_id, planned.job, planned.life.pm)
     worker.start(install_signals=False)
     try:
         return follow(queue, run_id)

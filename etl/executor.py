@@ -96,6 +96,12 @@ class Executor:
 
     # -- loaded runs ---------------------------------------------------------------------
 
+    def adopt(self, run_id: str, job: Job, pm: pluggy.PluginManager) -> None:
+        """Use ``job`` and its plugin manager for the run's tasks in this process (the process
+        that planned the run works it too: its job is not loaded twice)."""
+        with self._cache_lock:
+            self._jobs.setdefault(run_id, (job, pm))
+
     def _load(self, run: RunRecord) -> _Loaded:
         """The run's job, validated in this process (``${VAR}`` from this worker's environment),
         with its stages made for this thread and marked busy until :meth:`_done`."""

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.compute as pc
+from etl_plugins.generate import Generate
 from etl_plugins.parquet_format import ParquetSink
 from pydantic import Field
 
@@ -137,6 +138,20 @@ class RejectEvery(Transform):
         return batch.filter(pa.array(ids % self.options.n != 0))
 
 
+class Counted(Generate):
+    """Generated rows, with each count and plan logged to ETL_TEST_HOOKS (who did it, where)."""
+
+    name = "counted"
+
+    def count(self):
+        _record("source.count")
+        return super().count()
+
+    def plan(self, chunk_size):
+        _record("source.plan")
+        return super().plan(chunk_size)
+
+
 class FinalizeFails(ParquetSink):
     """A parquet sink whose finalize fails for good (a target that refuses the swap)."""
 
@@ -196,7 +211,13 @@ def etl_on_job_cancel(run, result):
 
 @hookimpl
 def etl_register_transforms():
+    _record("plugin_manager")  # called once each time a plugin manager is built with this plugin
     return [Sleepy, Spin, Crash, FailWhile, FailTimes, RejectEvery]
+
+
+@hookimpl
+def etl_register_sources():
+    return [Counted]
 
 
 @hookimpl

@@ -89,6 +89,8 @@ class Mode:
         hooks differs between one process and several worker threads; their count does not."""
         seen = Counter()
         for e in self.events():
+            if "." in e["hook"] or e["hook"] == "plugin_manager":
+                continue
             seen[(e["hook"], e.get("chunk"), e.get("attempt"), e.get("will_retry", e.get("state")))] += 1
         return seen
 
@@ -129,7 +131,14 @@ def mode(request, redis_url, tmp_path, monkeypatch):
                 client.unlink(*keys)
 
 
-def write_job(mode: Mode, transforms: str = "[]", sink: str | None = None, extra: str = "", rows: int = ROWS) -> Path:
+def write_job(
+    mode: Mode,
+    transforms: str = "[]",
+    sink: str | None = None,
+    extra: str = "",
+    rows: int = ROWS,
+    source: str = "generate",
+) -> Path:
     from tests.background.conftest import STAGES
 
     path = mode.tmp / "modes.yaml"
@@ -137,7 +146,7 @@ def write_job(mode: Mode, transforms: str = "[]", sink: str | None = None, extra
         f"""\
 name: modes
 plugins: ["{STAGES}"]
-source: {{type: generate, rows: {rows}, columns: {{id: {{kind: sequence}}, v: {{kind: int}}}}}}
+source: {{type: {source}, rows: {rows}, columns: {{id: {{kind: sequence}}, v: {{kind: int}}}}}}
 transforms: {transforms}
 sink: {sink or "{type: parquet, path: out/modes, mode: replace}"}
 chunk_size: {CHUNK}
@@ -175,6 +184,17 @@ def test_a_run_that_succeeds(mode):
     assert [r["id"] for r in listed] == [run.id]
     status = json.loads(run_cli("status", run.id, "--json", env=mode.env).stdout)
     assert status["state"] == "completed" and status["rows_read"] == ROWS
+
+
+def test_etl_run_counts_and_plans_once_with_one_plugin_manager_per_process(mode):
+    result = mode.run(write_job(mode, source="counted"))
+    assert result.returncode == 0, result.stderr
+    events = mode.events()
+    assert [e["hook"] for e in events if e["hook"].startswith("source.")] == ["source.count", "source.plan"]
+    managers = Counter(e["pid"] for e in events if e["hook"] == "plugin_manager")
+    assert managers and set(managers.values()) == {1}, f"plugin managers built per process: {managers}"
+    run = mode.last_run()
+    assert (run.state, run.rows_total, run.chunks_total) == ("completed", ROWS, 4)
 
 
 def test_a_transient_error_is_retried_then_the_run_completes(mode):
