@@ -8,16 +8,14 @@ token configured, or with ``read_only``, there are no actions at all.
 
 Progress is pushed as server-sent events: ``/api/runs/{id}/events`` for one run,
 ``/api/events`` for all of them. Each stream is polled from the store once every half second
-whatever the number of its subscribers (:class:`_Feed`), so a browser holds no connection to
+whatever the number of its subscribers (:class:`~etl.web.feeds.Feed`), so a browser holds no connection to
 Redis and any number of pages can watch.
 """
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import hmac
-import json
 import secrets
 import time
 from collections.abc import AsyncIterator, Callable
@@ -32,7 +30,7 @@ from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response, StreamingResponse
+from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
@@ -43,6 +41,7 @@ from etl.progress import CHUNK_STATES, RunProgress, run_json
 from etl.store import ChunkRecord, RunRecord
 from etl.store import iso_time as _iso
 from etl.units import format_duration
+from etl.web.feeds import KEEP_ALIVE, Feed, event, sse
 from etl.web.openapi import openapi_schema
 
 __all__ = ["DashboardSettings", "create_app"]
@@ -51,7 +50,6 @@ HERE = Path(__file__).parent
 STATES = ("waiting", "active", "completed", "failed", "cancelled")
 PAGE_SIZE = 25
 POLL_SECONDS = 0.5
-HEARTBEAT_SECONDS = 15.0
 LOG_LINES = 200
 SESSION_SECONDS = 12 * 3600
 
@@ -135,7 +133,7 @@ class _Dashboard:
         self.templates.env.globals.update(format_duration=format_duration, states=STATES, chunk_states=CHUNK_STATES)
         self.templates.env.filters["when"] = _when
         self._throughput: tuple[float, list[dict[str, Any]]] | None = None
-        self._feeds: dict[str, _Feed] = {}
+        self._feeds: dict[str, Feed] = {}
 
     # -- helpers -----------------------------------------------------------------------------
 
@@ -457,12 +455,12 @@ class _Dashboard:
 
     async def api_run_events(self, request: Request) -> Response:
         run = await self._run(request.path_params["run_id"])
-        return _sse(self._run_events(run.id))
+        return sse(self._run_events(run.id))
 
-    def _feed(self, key: str, poll: Callable[[], Any]) -> _Feed:
+    def _feed(self, key: str, poll: Callable[[], Any]) -> Feed:
         feed = self._feeds.get(key)
         if feed is None:
-            feed = self._feeds[key] = _Feed(poll, self.settings.poll, lambda: self._feeds.pop(key, None))
+            feed = self._feeds[key] = Feed(poll, self.settings.poll, lambda: self._feeds.pop(key, None))
         return feed
 
     def _run_snapshot(self, run_id: str) -> dict[str, Any] | None:
@@ -472,19 +470,19 @@ class _Dashboard:
     async def _run_events(self, run_id: str) -> AsyncIterator[str]:
         feed = self._feed(f"run:{run_id}", lambda: self._run_snapshot(run_id))
         async for data in feed.subscribe():
-            if data is _KEEP_ALIVE:
+            if data is KEEP_ALIVE:
                 yield ": keep-alive\n\n"
             elif data is None:
-                yield _event("gone", {"run": run_id})
+                yield event("gone", {"run": run_id})
                 return
             else:
-                yield _event("progress", data)
+                yield event("progress", data)
                 if data["state"] in ("completed", "failed", "cancelled"):
-                    yield _event("end", {"run": run_id, "state": data["state"]})
+                    yield event("end", {"run": run_id, "state": data["state"]})
                     return
 
     async def api_events(self, request: Request) -> Response:
-        return _sse(self._all_events())
+        return sse(self._all_events())
 
     def _all_snapshot(self) -> dict[str, Any]:
         """The counts, and the progress of every run waiting, active, or finished in the last
@@ -498,91 +496,17 @@ class _Dashboard:
         summary_last: Any = None
         seen: dict[str, Any] = {}
         async for data in feed.subscribe():
-            if data is _KEEP_ALIVE:
+            if data is KEEP_ALIVE:
                 yield ": keep-alive\n\n"
                 continue
             if data["summary"] != summary_last:
                 summary_last = data["summary"]
-                yield _event("summary", summary_last)
+                yield event("summary", summary_last)
             for run_id, progress in data["runs"].items():
                 if seen.get(run_id) != progress:
                     seen[run_id] = progress
-                    yield _event("progress", progress)
+                    yield event("progress", progress)
             seen = {k: v for k, v in seen.items() if k in data["runs"]}
-
-
-_KEEP_ALIVE = object()
-
-
-class _Feed:
-    """One poll of the store every ``interval`` seconds for every subscriber of one stream (a
-    run's progress, or all runs'), however many browsers and applications watch it: the store
-    sees the same reads for one watcher or a thousand. It stops polling when the last one goes."""
-
-    def __init__(self, poll: Callable[[], Any], interval: float, gone: Callable[[], Any]) -> None:
-        self.poll = poll
-        self.interval = interval
-        self.gone = gone
-        self.value: Any = None
-        self.version = 0
-        self.subscribers = 0
-        self.changed = asyncio.Event()
-        self.task: asyncio.Task[None] | None = None
-
-    async def _run(self) -> None:
-        last = None
-        try:
-            while self.subscribers:
-                try:
-                    value = await to_thread.run_sync(self.poll)
-                except Exception as exc:  # Redis away: keep the streams open, try again
-                    from loguru import logger
-
-                    logger.warning("dashboard: reading the run store failed: {}", exc)
-                    await asyncio.sleep(self.interval)
-                    continue
-                text = json.dumps(value, sort_keys=True, default=str)
-                if text != last:
-                    last, self.value, self.version = text, value, self.version + 1
-                    changed, self.changed = self.changed, asyncio.Event()
-                    changed.set()
-                await asyncio.sleep(self.interval)
-        finally:
-            self.task = None
-
-    async def subscribe(self) -> AsyncIterator[Any]:
-        """The stream's values as they change, its current one first; ``_KEEP_ALIVE`` after a
-        quiet spell."""
-        self.subscribers += 1
-        if self.task is None:
-            self.task = asyncio.create_task(self._run())
-        seen = 0
-        try:
-            while True:
-                if self.version != seen:
-                    seen = self.version
-                    yield self.value
-                    continue
-                try:
-                    await asyncio.wait_for(self.changed.wait(), HEARTBEAT_SECONDS)
-                except TimeoutError:
-                    yield _KEEP_ALIVE
-        finally:
-            self.subscribers -= 1
-            if not self.subscribers:
-                self.gone()
-
-
-def _sse(events: AsyncIterator[str]) -> StreamingResponse:
-    return StreamingResponse(
-        events,
-        media_type="text/event-stream",
-        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-    )
-
-
-def _event(name: str, data: Any) -> str:
-    return f"event: {name}\ndata: {json.dumps(data, default=str)}\n\n"
 
 
 def _when(ts: float | None) -> str:
