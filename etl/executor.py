@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from loguru import logger
 
@@ -33,12 +33,25 @@ if TYPE_CHECKING:
 
     from etl.config import Job
     from etl.metrics import WorkerMetrics
-    from etl.queue import Queue
+    from etl.store import RunStore
 
 __all__ = ["Executor", "LeaseKeeper"]
 
 #: How often a run queued behind another (``overlap: queue``) looks whether it may start.
 AFTER_POLL_SECONDS = 2.0
+
+
+class Queue(Protocol):
+    """What the executor needs of the queue (:class:`etl.queue.Queue`): its run store, sending
+    messages, and checking a run's signature. The executor never loads Huey itself."""
+
+    store: RunStore
+
+    def send(self, name: str, *args: Any, delay: float = 0.0) -> None: ...
+
+    def dispatch(self, run: RunRecord, slots: int, delay: float = 0.0) -> list[int]: ...
+
+    def verify(self, run: RunRecord) -> bool: ...
 
 
 @dataclass
