@@ -141,7 +141,7 @@ def run(
 
 
 def _run_queued(planned: Any, wait: bool, as_json: bool) -> None:
-    from etl.cli_queue import follow, work_here
+    from etl.cli_queue import ended, follow, work_here
 
     try:
         queue = api.open_queue()
@@ -161,7 +161,7 @@ def _run_queued(planned: Any, wait: bool, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(done.to_json(), indent=2))
     if done.state != "completed":
-        raise JobFailed(f"run {done.id} {done.state}: {done.error}")
+        raise JobFailed(ended(done))
 
 
 def _dry_run(planned: Any, as_json: bool) -> None:

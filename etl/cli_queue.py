@@ -38,7 +38,7 @@ if TYPE_CHECKING:
     from etl.queue import Queue
     from etl.store import ChunkRecord, RunRecord
 
-__all__ = ["COMMANDS", "follow", "render", "work_here"]
+__all__ = ["COMMANDS", "ended", "follow", "render", "work_here"]
 
 _STATES = ("waiting", "active", "completed", "failed", "cancelled")
 
@@ -260,7 +260,7 @@ def retry(run_id: str, as_json: bool, wait: bool) -> None:
         if as_json:
             _echo_json(done.to_json())
         if done.state != "completed":
-            raise JobFailed(f"run {done.id} {done.state}: {done.error}")
+            raise JobFailed(ended(done))
 
 
 @click.command()
@@ -278,6 +278,13 @@ def cancel(run_id: str, as_json: bool) -> None:
         click.echo(f"run {run_id} cancelled; the process running it stops at its next batch and drops what it staged")
     else:
         click.echo(f"run {run_id} cancelled; a worker drops what it staged once its chunks in flight have stopped")
+
+
+def ended(run: RunRecord) -> str:
+    """What a run that did not complete left, for its error line."""
+    from etl.runner import kept
+
+    return f"run {run.id} {run.state}: {run.error}" + (kept(run.id) if run.state == "failed" else "")
 
 
 def work_here(queue: Queue, run_id: str, planned: PlannedRun | None = None) -> RunRecord:

@@ -177,7 +177,7 @@ def test_a_run_that_succeeds(mode):
     assert mode.hooks_seen() == Counter(
         {("before_job_run", None, None, None): 1, ("after_job_run", None, None, "completed"): 1}
     ) + every_chunk("before_chunk_run") + every_chunk("after_chunk_run")
-    events = [e["hook"] for e in mode.events()]
+    events = [e["hook"] for e in mode.events() if e["hook"] != "plugin_manager" and "." not in e["hook"]]
     assert events[0] == "before_job_run" and events[-1] == "after_job_run"
     # The run shows in `etl runs` and `etl status`, whichever way it ran.
     listed = json.loads(run_cli("runs", "--json", env=mode.env).stdout)
@@ -228,8 +228,8 @@ def test_a_permanent_failure_fails_the_run_and_keeps_what_was_staged(mode):
     assert seen[("on_job_error", 2, None, "failed")] == 1
     assert seen[("after_job_run", None, None, "completed")] == 0
     assert not (mode.tmp / "out/modes").exists(), "a replace run that failed does not touch the target"
-    if mode.name == "process":
-        assert f"etl retry {run.id}" in result.stderr and f"etl cancel {run.id}" in result.stderr
+    assert f"what the sink staged for it is kept: `etl retry {run.id}`" in result.stderr
+    assert f"`etl cancel {run.id}` drops it" in result.stderr
 
 
 def test_rejected_rows_are_skipped_and_counted(mode):
