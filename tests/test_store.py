@@ -1,4 +1,4 @@
-"""The run store's contract (etl/store.py), on both backends: Redis and the embedded SQLite file.
+"""The run store's contract (etl/store/), on both backends: Redis and the embedded SQLite file.
 
 Every test runs twice, once per backend, through the ``store`` fixture. Time is a fake clock
 that moves only when a test advances it, so leases expire deterministically without sleeping.
@@ -803,6 +803,136 @@ def test_finish_without_a_finalizer_and_not_before_every_chunk_is_done(store):
     assert store.get_run(rid).state == "completed"
     assert not store.finish(rid)
     assert not store.finish("missing")
+
+
+# -- what transitions return ----------------------------------------------------------------
+
+
+def test_run_transitions_return_the_run_as_they_left_it(store, fake_clock):
+    rid = new_run(store).id
+    fake_clock.advance(5)
+    run = store.set_plan(rid, rows=30, exact=False, chunks=chunks(3), shared={"k": 1})
+    assert (run.id, run.state, run.planned, run.chunks_total, run.rows_total) == (rid, "active", True, 3, 30)
+    assert (run.started_at, run.shared) == (fake_clock.now, {"k": 1})
+    assert run == store.get_run(rid)
+    assert store.set_plan(rid, rows=30, exact=False, chunks=chunks(3), shared={}) is None  # planned already
+
+    fake_clock.advance(5)
+    failed = store.fail_run(rid, "planning failed: boom", chunk=2)
+    assert (failed.state, failed.error, failed.error_chunk, failed.finished_at) == (
+        "failed",
+        "planning failed: boom",
+        2,
+        fake_clock.now,
+    )
+    assert failed == store.get_run(rid)
+    assert store.fail_run(rid, "again") is None  # finished: refused
+    assert store.cancel(rid) is None
+    assert store.get_run(rid).error == "planning failed: boom"
+
+    dropped = store.cancel_failed(rid)
+    assert (dropped.state, dropped.error) == ("cancelled", "planning failed: boom")
+    assert dropped == store.get_run(rid)
+    assert store.cancel_failed(rid) is None  # not failed any more
+
+    cancelled = store.cancel(new_run(store, "r2").id)
+    assert (cancelled.id, cancelled.state, cancelled.error) == ("r2", "cancelled", "cancelled")
+    assert cancelled == store.get_run("r2")
+    for refused in (store.set_plan("r2", rows=None, exact=True, chunks=chunks(1), shared={}), store.cancel("r2")):
+        assert refused is None
+    for missing in (store.fail_run("missing", "x"), store.cancel("missing"), store.cancel_failed("missing")):
+        assert missing is None
+
+
+def test_complete_holds_the_run_with_its_new_counters_and_the_chunk(store, fake_clock):
+    rid = planned(store, 2)
+    store.dispatch(rid, 2)
+    first, second = take(store, rid, 0), take(store, rid, 1)
+    fake_clock.advance(3)
+    done = store.complete(rid, 0, first.token, result(0, read=10, written=8, rejected=2))
+    assert (done.accepted, done.last) == (True, False)
+    assert (done.run.rows_read, done.run.rows_written, done.run.rows_rejected, done.run.chunks_done) == (10, 8, 2, 1)
+    assert done.run == store.get_run(rid)
+    assert (done.chunk.index, done.chunk.state, done.chunk.rows_written, done.chunk.finished_at) == (
+        0,
+        "done",
+        8,
+        fake_clock.now,
+    )
+    assert done.chunk == store.get_chunk(rid, 0)
+
+    last = store.complete(rid, 1, second.token, result(1, read=5, written=5, rejected=0))
+    assert last.last and (last.run.rows_read, last.run.chunks_done) == (15, 2)
+    refused = store.complete(rid, 1, second.token, result(1))  # recorded already
+    assert (refused.accepted, refused.last, refused.run, refused.chunk) == (False, False, None, None)
+    assert store.get_run(rid).rows_read == 15
+
+
+def test_chunk_transitions_return_the_chunk_or_the_failed_run(store, fake_clock):
+    rid = planned(store, 3)
+    store.dispatch(rid, 3)
+    held = take(store, rid, 0)
+    later = store.retry_later(rid, 0, held.token, "timeout", delay=30)
+    assert (later.index, later.state, later.not_before, later.error) == (0, "retrying", fake_clock.now + 30, "timeout")
+    assert later.errors == ["attempt 1: timeout"]
+    assert later == store.get_chunk(rid, 0)
+    assert store.get_run(rid).retries == 1
+    assert store.retry_later(rid, 0, held.token, "timeout", delay=30) is None  # not running any more
+
+    held = take(store, rid, 1)
+    released = store.release(rid, 1, held.token)
+    assert (released.state, released.attempts, released.worker, released.queued_at) == (
+        "queued",
+        0,
+        None,
+        fake_clock.now,
+    )
+    assert released == store.get_chunk(rid, 1)
+    assert store.release(rid, 1, held.token) is None
+
+    held = take(store, rid, 2)
+    assert store.fail_chunk(rid, 2, held.token + 1, "bad") is None  # another attempt's token
+    failed = store.fail_chunk(rid, 2, held.token, "bad row")
+    assert (failed.id, failed.state, failed.chunks_failed, failed.error, failed.error_chunk) == (
+        rid,
+        "failed",
+        1,
+        "bad row",
+        2,
+    )
+    assert failed == store.get_run(rid)
+    assert store.get_chunk(rid, 2).state == "failed"
+    assert store.fail_chunk(rid, 2, None, "again") is None  # failed already
+    for missing in (
+        store.retry_later(rid, 9, 1, "x", 1),
+        store.release(rid, 9, 1),
+        store.fail_chunk("missing", 0, None, "x"),
+    ):
+        assert missing is None
+
+
+def test_finalize_transitions_return_the_run(store, fake_clock):
+    rid = planned(store, 1)
+    store.dispatch(rid, 1)
+    assert store.claim_finalize(rid, "w1", 30) is None  # a chunk is not done
+    assert store.complete(rid, 0, take(store, rid, 0).token, result()).last
+    claimed = store.claim_finalize(rid, "w1", 30)
+    assert (claimed.finalizer, claimed.finalize_until) == ("w1", fake_clock.now + 30)
+    assert claimed == store.get_run(rid)
+    assert store.claim_finalize(rid, "w2", 30) is None
+
+    fake_clock.advance(10)
+    renewed = store.renew_finalize(rid, "w1", 30)
+    assert renewed.finalize_until == fake_clock.now + 30
+    assert renewed == store.get_run(rid)
+    assert store.renew_finalize(rid, "w2", 30) is None
+
+    assert store.finish(rid, "w2") is None
+    finished = store.finish(rid, "w1")
+    assert (finished.state, finished.finished_at, finished.finalizer) == ("completed", fake_clock.now, None)
+    assert finished == store.get_run(rid)
+    assert store.finish(rid, "w1") is None
+    assert store.renew_finalize(rid, "w1", 30) is None
 
 
 # -- cancelling and retrying runs -----------------------------------------------------------
