@@ -805,6 +805,81 @@ def test_finish_without_a_finalizer_and_not_before_every_chunk_is_done(store):
     assert not store.finish("missing")
 
 
+def _incremental(store: RunStore, high: int, *, job: str = "inc") -> str:
+    """An incremental run of ``job`` with every chunk done, its window's upper bound ``high``."""
+    run = new_run(store, job=job)
+    window = {"cursor": "id", "low": None, "high": {"type": "integer", "value": high}}
+    assert store.set_plan(run.id, rows=None, exact=True, chunks=chunks(1), shared={}, window=window)
+    store.dispatch(run.id, 1)
+    assert store.complete(run.id, 0, take(store, run.id, 0).token, result()).last
+    return run.id
+
+
+def _mark(store: RunStore, job: str = "inc"):
+    found = store.get_mark(job)
+    return None if found is None else (found["value"]["value"], found["run"])
+
+
+def test_finish_moves_an_incremental_runs_mark_forward_only(store):
+    first = _incremental(store, 5)
+    assert store.finish(first).state == "completed"
+    assert _mark(store) == (5, first)
+
+    later = _incremental(store, 9)
+    assert store.finish(later, job="inc")  # told the job: the mark is watched from the start
+    assert _mark(store) == (9, later)
+
+    behind = _incremental(store, 7)  # a run that started before `later` and finished after it
+    assert store.finish(behind)
+    assert store.get_run(behind).state == "completed"
+    assert _mark(store) == (9, later)
+
+    misled = _incremental(store, 12)
+    assert store.finish(misled, job="other")  # a wrong job is no harm: the run's own job counts
+    assert _mark(store) == (12, misled)
+    assert store.get_mark("other") is None
+
+    plain = planned(store, 1, job="inc")  # not incremental: the mark stays
+    store.dispatch(plain, 1)
+    assert store.complete(plain, 0, take(store, plain, 0).token, result()).last
+    assert store.finish(plain, job="inc")
+    assert _mark(store) == (12, misled)
+
+
+class _MarkMovesMeanwhile(FakeClock):
+    """A clock that, at the given call, lets another client move the job's mark further: a
+    later run finishing between this transaction's read of the mark and its write."""
+
+    def __init__(self, kv: RedisKV, key: str, at_call: int) -> None:
+        super().__init__()
+        self.kv, self.key, self.at_call, self.calls = kv, key, at_call, None
+
+    def arm(self) -> None:
+        self.calls = 0
+
+    def __call__(self) -> float:
+        if self.calls is not None:
+            self.calls += 1
+            if self.calls == self.at_call:
+                doc = {"cursor": "id", "value": {"type": "integer", "value": 99}, "run": "later", "updated_at": 0}
+                self.kv.client.set(self.key, json.dumps(doc))
+        return super().__call__()
+
+
+@pytest.mark.parametrize("backend", ["redis"])  # on SQLite a transaction holds the file: nothing can interleave
+@pytest.mark.parametrize("job", [None, "inc"])
+def test_finish_watches_the_mark_it_moves(kv, prefix, job):
+    # The finishing transaction reads the run, stamps it finished (the clock's 1st call), reads
+    # the mark and stamps it (the 2nd): there, another run moves the mark to 99.
+    clock = _MarkMovesMeanwhile(kv, f"{prefix}:mark:inc", at_call=2)
+    store = RunStore(kv, prefix=prefix, clock=clock)
+    rid = _incremental(store, 5)
+    clock.arm()
+    assert store.finish(rid, job=job).state == "completed"
+    assert clock.calls > 2  # the transaction started over, having seen the mark move
+    assert _mark(store) == (99, "later")  # and left it where the later run put it
+
+
 # -- what transitions return ----------------------------------------------------------------
 
 

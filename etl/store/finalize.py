@@ -11,6 +11,15 @@ from etl.store.records import RunRecord
 __all__ = ["Finalizing"]
 
 
+class _Unwatched(Exception):
+    """A transaction found that it must change a key it does not watch: start it over, watching
+    ``key`` too (on Redis, a key must be watched before it is read)."""
+
+    def __init__(self, key: str) -> None:
+        super().__init__(key)
+        self.key = key
+
+
 class Finalizing(Marks):
     def claim_finalize(self, run_id: str, worker: str, lease: float) -> RunRecord | None:
         """Take the finalizing of an active run whose chunks are all done (once, or again when
@@ -42,25 +51,33 @@ class Finalizing(Marks):
 
         return self._change_run(run_id, renew)
 
-    def finish(self, run_id: str, worker: str | None = None) -> RunRecord | None:
+    def finish(self, run_id: str, worker: str | None = None, job: str | None = None) -> RunRecord | None:
         """The run completed: every chunk written and the sink finalized (by ``worker``). An
         incremental run's mark moves to its window's upper bound in the same transaction.
         Returns the run, completed; ``None`` if a chunk is not done, the run is not active, or
-        another worker holds its finalizing."""
+        another worker holds its finalizing.
+
+        ``job`` (the run's job, when the caller has the run) saves an incremental run's
+        transaction from starting over once to watch the job's mark, which it can only find in
+        the run it reads.
+        """
+        watch = [self._mark_key(job)] if job is not None else []
 
         def finish(tx: Tx, run: RunRecord) -> RunRecord | None:
             if run.state != "active" or run.chunks_done != run.chunks_total:
                 return None
             if worker is not None and run.finalizer not in (None, worker):
                 return None
+            if run.window is not None and self._mark_key(run.job) not in watch:
+                raise _Unwatched(self._mark_key(run.job))
             run.error, run.error_chunk = None, None
             self._set_state(tx, run, "completed")
             if run.window is not None:
                 self._advance(tx, run.job, run.window, run.id)
             return run
 
-        return self._change_run(run_id, finish, [self._mark_key(self._job_of(run_id))])
-
-    def _job_of(self, run_id: str) -> str:
-        run = self.get_run(run_id)
-        return run.job if run is not None else ""
+        try:
+            return self._change_run(run_id, finish, watch)
+        except _Unwatched as exc:
+            watch.append(exc.key)
+            return self._change_run(run_id, finish, watch)
