@@ -295,18 +295,18 @@ class Executor:
             self._fail(loaded, run.id, f"planning failed: {describe(exc)}", exc)
             return
         if run.planned:
-            if not self.store.activate(run.id):
-                return
-        elif not self.store.set_plan(
-            run.id,
-            rows=info.rows,
-            exact=info.rows_exact,
-            chunks=plan.chunks,
-            shared=dict(plan.shared),
-            window=info.window,
-        ):
+            now = self.store.activate(run.id)
+        else:
+            now = self.store.set_plan(
+                run.id,
+                rows=info.rows,
+                exact=info.rows_exact,
+                chunks=plan.chunks,
+                shared=dict(plan.shared),
+                window=info.window,
+            )
+        if now is None:
             return
-        now = self.store.get_run(run.id) or run
         total = f"{now.rows_total:,}" if now.rows_total is not None else "an unknown number of"
         log.info(
             "planned {}: {} rows in {} chunks of up to {:,}",
@@ -392,7 +392,7 @@ class Executor:
             return
         if self.metrics is not None:
             self.metrics.chunk_done(run.job, result)
-        now = self.store.get_run(run.id) or run
+        now = completion.run or run
         log.info("{}", chunk_line(now, index, result))
         too_many = loaded.life.written(record.descriptor(), result, now.rows_rejected)
         if too_many is not None:
@@ -405,9 +405,7 @@ class Executor:
     # -- finalize and abort ---------------------------------------------------------------
 
     def finalize(self, run_id: str) -> None:
-        if not self.store.claim_finalize(run_id, self.worker_id, self.lease):
-            return
-        run = self.store.get_run(run_id)
+        run = self.store.claim_finalize(run_id, self.worker_id, self.lease)
         if run is None:
             return
         with self._using(run) as loaded:
@@ -432,11 +430,11 @@ class Executor:
             log.error("finalizing failed: {}", outcome.message)
             self._fail(loaded, run.id, f"finalizing failed: {outcome.message}", outcome.error)
             return
-        if not self.store.finish(run.id, self.worker_id):
+        done = self.store.finish(run.id, self.worker_id, job=run.job)
+        if done is None:
             return
         if self.metrics is not None:
             self.metrics.run_finished(run.job, "completed")
-        done = self.store.get_run(run.id) or run
         log.info(
             "completed: {:,} rows written in {} ({:,.0f} rows/s){}",
             done.rows_written,

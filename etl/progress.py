@@ -336,6 +336,3 @@ def run_json(run: Any, chunks: Sequence[ChunkLike] | None = None, now: float | N
     times, no job text), with the figures of :meth:`RunProgress.to_json` in place of any the
     record derives itself. (``RunRecord.to_json`` itself must not call this: it would recurse.)"""
     return {**run.to_json(now), **RunProgress.of(run, chunks, now).to_json()}
-
-
-# -- the in-process runner's counters (until it records its runs like a worker does) -------------

@@ -27,7 +27,7 @@ from etl.units import format_duration
 if TYPE_CHECKING:
     from etl.runs import RunResult
     from etl.stages import Chunk
-    from etl.store import RunStore
+    from etl.store import RunRecord, RunStore
 
 __all__ = ["run_job"]
 
@@ -84,6 +84,8 @@ class _InProcess:
         self.owner = f"{socket.gethostname()}:{os.getpid()}:process"
         self.log = self.life.log
         self.written: dict[int, int] = {}
+        #: The run as its completion left it.
+        self.done: RunRecord | None = None
 
     def record(self, secret: str) -> None:
         """Record the run, planned and active."""
@@ -155,9 +157,8 @@ class _InProcess:
             with contextlib.suppress(EtlError):
                 self._fail_run(describe(exc), None)
             raise JobFailed(f"run {self.run_id} failed: {describe(exc)}") from exc
-        done = self.store.get_run(self.run_id)
-        assert done is not None
-        result = self.life.result(done)
+        assert self.done is not None
+        result = self.life.result(self.done)
         self.log.info(
             "completed: {:,} rows written in {} ({:,.0f} rows/s){}",
             result.rows_written,
@@ -201,11 +202,11 @@ class _InProcess:
                 _discard(ahead)  # a retry (or the failure) has the stages to itself
             if isinstance(outcome, ChunkDone):
                 result = outcome.result
-                if not self.store.complete(self.run_id, planned.index, token, result).accepted:
+                completion = self.store.complete(self.run_id, planned.index, token, result)
+                if not completion.accepted or completion.run is None:
                     raise _End(None)
                 self.written[planned.index] = result.rows_written
-                run = self.store.get_run(self.run_id)
-                assert run is not None
+                run = completion.run
                 log.info("{}", chunk_line(run, planned.index, result))
                 too_many = self.life.written(record.descriptor(), result, run.rows_rejected)
                 if too_many is not None:
@@ -232,10 +233,9 @@ class _InProcess:
 
     def _finalize(self) -> None:
         while True:
-            if not self.store.claim_finalize(self.run_id, self.owner, self.lease):
+            run = self.store.claim_finalize(self.run_id, self.owner, self.lease)
+            if run is None:
                 raise _End(None)
-            run = self.store.get_run(self.run_id)
-            assert run is not None
             keeper = LeaseKeeper(
                 lambda: "ok" if self.store.renew_finalize(self.run_id, self.owner, self.lease) else "lost",
                 self.lease / 3,
@@ -244,7 +244,8 @@ class _InProcess:
             with keeper:
                 outcome = self.life.finalize(self.written, run.finalize_attempts)
             if outcome is None:
-                if not self.store.finish(self.run_id, self.owner):
+                self.done = self.store.finish(self.run_id, self.owner, job=self.job.name)
+                if self.done is None:
                     raise _End(None)
                 return
             if isinstance(outcome, Retry):

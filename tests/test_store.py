@@ -1,4 +1,4 @@
-"""The run store's contract (etl/store.py), on both backends: Redis and the embedded SQLite file.
+"""The run store's contract (etl/store/), on both backends: Redis and the embedded SQLite file.
 
 Every test runs twice, once per backend, through the ``store`` fixture. Time is a fake clock
 that moves only when a test advances it, so leases expire deterministically without sleeping.
@@ -803,6 +803,211 @@ def test_finish_without_a_finalizer_and_not_before_every_chunk_is_done(store):
     assert store.get_run(rid).state == "completed"
     assert not store.finish(rid)
     assert not store.finish("missing")
+
+
+def _incremental(store: RunStore, high: int, *, job: str = "inc") -> str:
+    """An incremental run of ``job`` with every chunk done, its window's upper bound ``high``."""
+    run = new_run(store, job=job)
+    window = {"cursor": "id", "low": None, "high": {"type": "integer", "value": high}}
+    assert store.set_plan(run.id, rows=None, exact=True, chunks=chunks(1), shared={}, window=window)
+    store.dispatch(run.id, 1)
+    assert store.complete(run.id, 0, take(store, run.id, 0).token, result()).last
+    return run.id
+
+
+def _mark(store: RunStore, job: str = "inc"):
+    found = store.get_mark(job)
+    return None if found is None else (found["value"]["value"], found["run"])
+
+
+def test_finish_moves_an_incremental_runs_mark_forward_only(store):
+    first = _incremental(store, 5)
+    assert store.finish(first).state == "completed"
+    assert _mark(store) == (5, first)
+
+    later = _incremental(store, 9)
+    assert store.finish(later, job="inc")  # told the job: the mark is watched from the start
+    assert _mark(store) == (9, later)
+
+    behind = _incremental(store, 7)  # a run that started before `later` and finished after it
+    assert store.finish(behind)
+    assert store.get_run(behind).state == "completed"
+    assert _mark(store) == (9, later)
+
+    misled = _incremental(store, 12)
+    assert store.finish(misled, job="other")  # a wrong job is no harm: the run's own job counts
+    assert _mark(store) == (12, misled)
+    assert store.get_mark("other") is None
+
+    plain = planned(store, 1, job="inc")  # not incremental: the mark stays
+    store.dispatch(plain, 1)
+    assert store.complete(plain, 0, take(store, plain, 0).token, result()).last
+    assert store.finish(plain, job="inc")
+    assert _mark(store) == (12, misled)
+
+
+class _MarkMovesMeanwhile(FakeClock):
+    """A clock that, at the given call, lets another client move the job's mark further: a
+    later run finishing between this transaction's read of the mark and its write."""
+
+    def __init__(self, kv: RedisKV, key: str, at_call: int) -> None:
+        super().__init__()
+        self.kv, self.key, self.at_call, self.calls = kv, key, at_call, None
+
+    def arm(self) -> None:
+        self.calls = 0
+
+    def __call__(self) -> float:
+        if self.calls is not None:
+            self.calls += 1
+            if self.calls == self.at_call:
+                doc = {"cursor": "id", "value": {"type": "integer", "value": 99}, "run": "later", "updated_at": 0}
+                self.kv.client.set(self.key, json.dumps(doc))
+        return super().__call__()
+
+
+@pytest.mark.parametrize("backend", ["redis"])  # on SQLite a transaction holds the file: nothing can interleave
+@pytest.mark.parametrize("job", [None, "inc"])
+def test_finish_watches_the_mark_it_moves(kv, prefix, job):
+    # The finishing transaction reads the run, stamps it finished (the clock's 1st call), reads
+    # the mark and stamps it (the 2nd): there, another run moves the mark to 99.
+    clock = _MarkMovesMeanwhile(kv, f"{prefix}:mark:inc", at_call=2)
+    store = RunStore(kv, prefix=prefix, clock=clock)
+    rid = _incremental(store, 5)
+    clock.arm()
+    assert store.finish(rid, job=job).state == "completed"
+    assert clock.calls > 2  # the transaction started over, having seen the mark move
+    assert _mark(store) == (99, "later")  # and left it where the later run put it
+
+
+# -- what transitions return ----------------------------------------------------------------
+
+
+def test_run_transitions_return_the_run_as_they_left_it(store, fake_clock):
+    rid = new_run(store).id
+    fake_clock.advance(5)
+    run = store.set_plan(rid, rows=30, exact=False, chunks=chunks(3), shared={"k": 1})
+    assert (run.id, run.state, run.planned, run.chunks_total, run.rows_total) == (rid, "active", True, 3, 30)
+    assert (run.started_at, run.shared) == (fake_clock.now, {"k": 1})
+    assert run == store.get_run(rid)
+    assert store.set_plan(rid, rows=30, exact=False, chunks=chunks(3), shared={}) is None  # planned already
+
+    fake_clock.advance(5)
+    failed = store.fail_run(rid, "planning failed: boom", chunk=2)
+    assert (failed.state, failed.error, failed.error_chunk, failed.finished_at) == (
+        "failed",
+        "planning failed: boom",
+        2,
+        fake_clock.now,
+    )
+    assert failed == store.get_run(rid)
+    assert store.fail_run(rid, "again") is None  # finished: refused
+    assert store.cancel(rid) is None
+    assert store.get_run(rid).error == "planning failed: boom"
+
+    dropped = store.cancel_failed(rid)
+    assert (dropped.state, dropped.error) == ("cancelled", "planning failed: boom")
+    assert dropped == store.get_run(rid)
+    assert store.cancel_failed(rid) is None  # not failed any more
+
+    cancelled = store.cancel(new_run(store, "r2").id)
+    assert (cancelled.id, cancelled.state, cancelled.error) == ("r2", "cancelled", "cancelled")
+    assert cancelled == store.get_run("r2")
+    for refused in (store.set_plan("r2", rows=None, exact=True, chunks=chunks(1), shared={}), store.cancel("r2")):
+        assert refused is None
+    for missing in (store.fail_run("missing", "x"), store.cancel("missing"), store.cancel_failed("missing")):
+        assert missing is None
+
+
+def test_complete_holds_the_run_with_its_new_counters_and_the_chunk(store, fake_clock):
+    rid = planned(store, 2)
+    store.dispatch(rid, 2)
+    first, second = take(store, rid, 0), take(store, rid, 1)
+    fake_clock.advance(3)
+    done = store.complete(rid, 0, first.token, result(0, read=10, written=8, rejected=2))
+    assert (done.accepted, done.last) == (True, False)
+    assert (done.run.rows_read, done.run.rows_written, done.run.rows_rejected, done.run.chunks_done) == (10, 8, 2, 1)
+    assert done.run == store.get_run(rid)
+    assert (done.chunk.index, done.chunk.state, done.chunk.rows_written, done.chunk.finished_at) == (
+        0,
+        "done",
+        8,
+        fake_clock.now,
+    )
+    assert done.chunk == store.get_chunk(rid, 0)
+
+    last = store.complete(rid, 1, second.token, result(1, read=5, written=5, rejected=0))
+    assert last.last and (last.run.rows_read, last.run.chunks_done) == (15, 2)
+    refused = store.complete(rid, 1, second.token, result(1))  # recorded already
+    assert (refused.accepted, refused.last, refused.run, refused.chunk) == (False, False, None, None)
+    assert store.get_run(rid).rows_read == 15
+
+
+def test_chunk_transitions_return_the_chunk_or_the_failed_run(store, fake_clock):
+    rid = planned(store, 3)
+    store.dispatch(rid, 3)
+    held = take(store, rid, 0)
+    later = store.retry_later(rid, 0, held.token, "timeout", delay=30)
+    assert (later.index, later.state, later.not_before, later.error) == (0, "retrying", fake_clock.now + 30, "timeout")
+    assert later.errors == ["attempt 1: timeout"]
+    assert later == store.get_chunk(rid, 0)
+    assert store.get_run(rid).retries == 1
+    assert store.retry_later(rid, 0, held.token, "timeout", delay=30) is None  # not running any more
+
+    held = take(store, rid, 1)
+    released = store.release(rid, 1, held.token)
+    assert (released.state, released.attempts, released.worker, released.queued_at) == (
+        "queued",
+        0,
+        None,
+        fake_clock.now,
+    )
+    assert released == store.get_chunk(rid, 1)
+    assert store.release(rid, 1, held.token) is None
+
+    held = take(store, rid, 2)
+    assert store.fail_chunk(rid, 2, held.token + 1, "bad") is None  # another attempt's token
+    failed = store.fail_chunk(rid, 2, held.token, "bad row")
+    assert (failed.id, failed.state, failed.chunks_failed, failed.error, failed.error_chunk) == (
+        rid,
+        "failed",
+        1,
+        "bad row",
+        2,
+    )
+    assert failed == store.get_run(rid)
+    assert store.get_chunk(rid, 2).state == "failed"
+    assert store.fail_chunk(rid, 2, None, "again") is None  # failed already
+    for missing in (
+        store.retry_later(rid, 9, 1, "x", 1),
+        store.release(rid, 9, 1),
+        store.fail_chunk("missing", 0, None, "x"),
+    ):
+        assert missing is None
+
+
+def test_finalize_transitions_return_the_run(store, fake_clock):
+    rid = planned(store, 1)
+    store.dispatch(rid, 1)
+    assert store.claim_finalize(rid, "w1", 30) is None  # a chunk is not done
+    assert store.complete(rid, 0, take(store, rid, 0).token, result()).last
+    claimed = store.claim_finalize(rid, "w1", 30)
+    assert (claimed.finalizer, claimed.finalize_until) == ("w1", fake_clock.now + 30)
+    assert claimed == store.get_run(rid)
+    assert store.claim_finalize(rid, "w2", 30) is None
+
+    fake_clock.advance(10)
+    renewed = store.renew_finalize(rid, "w1", 30)
+    assert renewed.finalize_until == fake_clock.now + 30
+    assert renewed == store.get_run(rid)
+    assert store.renew_finalize(rid, "w2", 30) is None
+
+    assert store.finish(rid, "w2") is None
+    finished = store.finish(rid, "w1")
+    assert (finished.state, finished.finished_at, finished.finalizer) == ("completed", fake_clock.now, None)
+    assert finished == store.get_run(rid)
+    assert store.finish(rid, "w1") is None
+    assert store.renew_finalize(rid, "w1", 30) is None
 
 
 # -- cancelling and retrying runs -----------------------------------------------------------

@@ -1,0 +1,198 @@
+"""The store's records: a run, a chunk's ledger entry, a live worker, and what a completion
+decided. Their documents (``to_doc``) are what :mod:`etl.kv` keeps: add fields with defaults, never
+rename one, so that runs already stored keep loading.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+from etl.progress import RunProgress
+from etl.runs import RunState
+from etl.stages import Chunk
+
+__all__ = [
+    "FINISHED",
+    "FOREVER",
+    "INFLIGHT",
+    "ChunkRecord",
+    "ChunkState",
+    "Completion",
+    "RunRecord",
+    "WorkerInfo",
+    "iso_time",
+]
+
+ChunkState = Literal["pending", "queued", "running", "retrying", "done", "failed"]
+FINISHED: tuple[RunState, ...] = ("completed", "failed", "cancelled")
+INFLIGHT: tuple[ChunkState, ...] = ("queued", "running", "retrying")
+FOREVER = float("inf")
+
+
+def iso_time(ts: float | None) -> str | None:
+    """A Unix time as ISO 8601 UTC, ``2026-11-28T20:33:00Z`` (``None`` stays ``None``)."""
+    return None if ts is None else datetime.fromtimestamp(ts, UTC).isoformat().replace("+00:00", "Z")
+
+
+@dataclass
+class RunRecord:
+    """A run as the store keeps it. Times are Unix timestamps (UTC)."""
+
+    id: str
+    job: str
+    state: RunState = "waiting"
+    job_file: str = ""
+    job_text: str = ""
+    params: dict[str, str] = field(default_factory=dict)
+    sets: list[str] = field(default_factory=list)
+    max_parallel: int = 0
+    delay: float = 0.0
+    attempts: int = 3
+    rows_total: int | None = None
+    rows_exact: bool = True
+    chunks_total: int = 0
+    chunks_done: int = 0
+    chunks_failed: int = 0
+    rows_read: int = 0
+    rows_written: int = 0
+    rows_rejected: int = 0
+    retries: int = 0
+    planned: bool = False
+    created_at: float = 0.0
+    started_at: float | None = None
+    finished_at: float | None = None
+    error: str | None = None
+    error_chunk: int | None = None
+    shared: dict[str, Any] = field(default_factory=dict)
+    finalizer: str | None = None
+    finalize_until: float | None = None
+    aborted: bool = False
+    submitted_by: str = ""
+    signature: str = ""
+    #: An incremental run's window (:class:`~etl.incremental.Window` as JSON), fixed at plan time.
+    window: dict[str, Any] | None = None
+    #: A scheduled run: the slot it was fired for (a Unix time), and the interval it covers.
+    scheduled_for: float | None = None
+    interval: dict[str, str] | None = None
+    #: With ``overlap: queue``, the run this one waits for before it is planned.
+    after: str | None = None
+    #: Who drives the run: ``"queue"`` (workers, from queue messages) or ``"process"`` (the
+    #: process that started it, in a loop; the reaper fails it when that process dies).
+    driver: str = "queue"
+    #: Attempts at finalizing, counted against the job's retry policy like a chunk's.
+    finalize_attempts: int = 0
+
+    @classmethod
+    def from_doc(cls, doc: dict[str, Any]) -> RunRecord:
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in doc.items() if k in names})
+
+    def to_doc(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @property
+    def finished(self) -> bool:
+        return self.state in FINISHED
+
+    def progress(self, now: float | None = None) -> RunProgress:
+        """The run's progress figures (the one computation every display formats)."""
+        return RunProgress.of(self, now=now)
+
+    def seconds(self, now: float | None = None) -> float:
+        return self.progress(now).seconds
+
+    def rows_per_second(self, now: float | None = None) -> float:
+        return self.progress(now).rows_per_second
+
+    def eta(self, now: float | None = None) -> float | None:
+        """Seconds left at the pace so far, or ``None`` before there is a pace."""
+        return self.progress(now).eta_seconds
+
+    def to_json(self, now: float | None = None) -> dict[str, Any]:
+        """The run for ``--json`` output: ISO 8601 UTC times and its progress figures
+        (:meth:`RunProgress.to_json <etl.progress.RunProgress.to_json>`); not the job text."""
+        data = {k: v for k, v in self.to_doc().items() if k not in ("job_text", "shared")}
+        for key in ("created_at", "started_at", "finished_at", "finalize_until", "scheduled_for"):
+            data[key] = iso_time(data[key])
+        data.update(self.progress(now).to_json())
+        return data
+
+
+@dataclass
+class ChunkRecord:
+    """A chunk's ledger entry."""
+
+    run_id: str
+    index: int
+    label: str = ""
+    rows: int | None = None
+    args: dict[str, Any] = field(default_factory=dict)
+    state: ChunkState = "pending"
+    attempts: int = 0
+    token: int = 0
+    worker: str | None = None
+    lease_until: float | None = None
+    queued_at: float | None = None
+    not_before: float | None = None
+    rows_read: int = 0
+    rows_written: int = 0
+    rows_rejected: int = 0
+    seconds: float = 0.0
+    error: str | None = None
+    errors: list[str] = field(default_factory=list)
+    #: When the chunk was done (a Unix time): the dashboard's throughput per minute.
+    finished_at: float | None = None
+
+    @classmethod
+    def from_doc(cls, doc: dict[str, Any]) -> ChunkRecord:
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in doc.items() if k in names})
+
+    def to_doc(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def descriptor(self) -> Chunk:
+        return Chunk(index=self.index, rows=self.rows, args=self.args, label=self.label, attempt=self.token)
+
+    def to_json(self) -> dict[str, Any]:
+        data = self.to_doc()
+        data["lease_until"] = iso_time(self.lease_until)
+        data["queued_at"] = iso_time(self.queued_at)
+        data["not_before"] = iso_time(self.not_before)
+        data["finished_at"] = iso_time(self.finished_at)
+        return data
+
+
+@dataclass
+class WorkerInfo:
+    """A live worker process, as it registers itself."""
+
+    id: str
+    host: str
+    pid: int
+    concurrency: int = 1
+    started_at: float = 0.0
+    last_seen: float = 0.0
+    current: list[str] = field(default_factory=list)
+    version: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["started_at"] = iso_time(self.started_at)
+        data["last_seen"] = iso_time(self.last_seen)
+        return data
+
+
+@dataclass(frozen=True)
+class Completion:
+    """What :meth:`~etl.store.RunStore.complete` decided: whether it recorded the attempt
+    (``accepted``; false for a zombie's result, or a chunk that is gone), whether that made every
+    chunk of the run done (``last``), and, when accepted, the run and the chunk as it left them
+    (``run`` with the new counters, ``chunk`` done)."""
+
+    accepted: bool
+    last: bool = False
+    run: RunRecord | None = None
+    chunk: ChunkRecord | None = None

@@ -1,0 +1,39 @@
+"""Live workers: each registers itself with a heartbeat (``PREFIX:worker:ID``, indexed by last
+heartbeat); one not seen for a while is forgotten."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+
+from etl.kv import Tx
+from etl.store.base import StoreBase
+from etl.store.records import FOREVER, WorkerInfo
+
+__all__ = ["Workers"]
+
+
+class Workers(StoreBase):
+    def _worker_key(self, worker_id: str) -> str:
+        return f"{self.prefix}:worker:{worker_id}"
+
+    def heartbeat(self, worker: WorkerInfo) -> None:
+        worker.last_seen = self.clock()
+
+        def beat(tx: Tx) -> None:
+            tx.put(self._worker_key(worker.id), asdict(worker))
+            tx.zadd(self._z("workers"), worker.id, worker.last_seen)
+
+        self.kv.atomic(beat, ())
+
+    def remove_worker(self, worker_id: str) -> None:
+        self.kv.delete_many([self._worker_key(worker_id)], {self._z("workers"): [worker_id]})
+
+    def workers(self, ttl: float) -> list[WorkerInfo]:
+        """Workers seen within ``ttl`` seconds; older entries are forgotten."""
+        now = self.clock()
+        stale = [m for m, _ in self.kv.zrange(self._z("workers"), -FOREVER, now - ttl, 1000)]
+        if stale:
+            self.kv.delete_many([self._worker_key(w) for w in stale], {self._z("workers"): stale})
+        live = [m for m, _ in self.kv.zrange(self._z("workers"), now - ttl, FOREVER, 1000)]
+        docs = self.kv.get_many([self._worker_key(w) for w in live])
+        return [WorkerInfo(**d) for d in docs if d]
