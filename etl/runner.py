@@ -86,6 +86,9 @@ class _InProcess:
         self.written: dict[int, int] = {}
         #: The run as its completion left it.
         self.done: RunRecord | None = None
+        #: The chunk in hand (index, fencing token), whose lease :attr:`keeper` renews.
+        self.held: tuple[int, int] | None = None
+        self.keeper = LeaseKeeper(self._renew, lease / 3, f"the chunks of {self.run_id}")
 
     def record(self, secret: str) -> None:
         """Record the run, planned and active."""
@@ -138,10 +141,12 @@ class _InProcess:
             # between chunks (then the source rests too).
             if len(plan.chunks) > 1 and not job.spec.delay:
                 ahead = ReadAhead(self.life.work, plan.chunks, plan.shared)
-            for chunk in plan.chunks:
-                if chunk.index and job.spec.delay:
-                    self.clock.sleep(job.spec.delay)
-                self._chunk(chunk, ahead)
+            # One thread renews the lease of the chunk in hand, whichever it is.
+            with self.keeper:
+                for chunk in plan.chunks:
+                    if chunk.index and job.spec.delay:
+                        self.clock.sleep(job.spec.delay)
+                    self._chunk(chunk, ahead)
             self._finalize()
         except KeyboardInterrupt:
             _discard(ahead)
@@ -179,25 +184,23 @@ class _InProcess:
         first = True
         while True:
             record = self.store.claim(self.run_id, planned.index, self.owner, self.lease)
-            if record is None:
+            if record is None or self.keeper.stopped.is_set():
                 raise _End(None)  # the run was cancelled or failed from elsewhere
             token = record.token
-            keeper = LeaseKeeper(
-                lambda token=token: self.store.renew(self.run_id, planned.index, token, self.lease),
-                self.lease / 3,
-                f"chunk {planned.index} of {self.run_id}",
-            )
             read = ahead.take(planned) if ahead is not None and first else None
             first = False
-            with keeper:
+            self.held = (planned.index, token)
+            try:
                 outcome = self.life.attempt(
                     record.descriptor(),
                     self.planned.plan.shared,
                     record.attempts,
                     clock=self.clock,
-                    stop=keeper.stopped,
+                    stop=self.keeper.stopped,
                     read=read,
                 )
+            finally:
+                self.held = None
             if not isinstance(outcome, ChunkDone):
                 _discard(ahead)  # a retry (or the failure) has the stages to itself
             if isinstance(outcome, ChunkDone):
@@ -230,6 +233,14 @@ class _InProcess:
                 raise _End(outcome.error, planned.index)
             assert isinstance(outcome, Stopped)
             raise _End(None)
+
+    def _renew(self) -> str:
+        held = self.held
+        if held is None:
+            return "ok"
+        status = self.store.renew(self.run_id, held[0], held[1], self.lease)
+        # A chunk let go (written) while its lease was being renewed is not a lost lease.
+        return status if self.held == held else "ok"
 
     def _finalize(self) -> None:
         while True:

@@ -5,6 +5,7 @@ rename one, so that runs already stored keep loading.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import asdict, dataclass, field, fields
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -86,11 +87,13 @@ class RunRecord:
 
     @classmethod
     def from_doc(cls, doc: dict[str, Any]) -> RunRecord:
-        names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in doc.items() if k in names})
+        return cls(**{k: v for k, v in doc.items() if k in _names(cls)})
 
     def to_doc(self) -> dict[str, Any]:
-        return asdict(self)
+        """The record's fields, as stored. Nested values are shared, not copied (a deep copy per
+        transaction cost more than the transaction): the store replaces a nested value, never
+        changes one in place."""
+        return dict(self.__dict__)
 
     @property
     def finished(self) -> bool:
@@ -147,11 +150,11 @@ class ChunkRecord:
 
     @classmethod
     def from_doc(cls, doc: dict[str, Any]) -> ChunkRecord:
-        names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in doc.items() if k in names})
+        return cls(**{k: v for k, v in doc.items() if k in _names(cls)})
 
     def to_doc(self) -> dict[str, Any]:
-        return asdict(self)
+        """The record's fields, as stored (nested values shared, as for a run)."""
+        return dict(self.__dict__)
 
     def descriptor(self) -> Chunk:
         return Chunk(index=self.index, rows=self.rows, args=self.args, label=self.label, attempt=self.token)
@@ -196,3 +199,9 @@ class Completion:
     last: bool = False
     run: RunRecord | None = None
     chunk: ChunkRecord | None = None
+
+
+@functools.cache
+def _names(cls: type) -> frozenset[str]:
+    """A record class's field names (a document may hold others, from another version)."""
+    return frozenset(f.name for f in fields(cls))
