@@ -23,6 +23,7 @@ from etl.jobs import load, state_dir
 from etl.lifecycle import ChunkDone, Failed, LeaseKeeper, Lifecycle, Retry, Stopped
 from etl.pipeline import JobRun
 from etl.progress import chunk_line
+from etl.records import record_plan
 from etl.runs import ChunkResult
 from etl.schedule import run_context
 from etl.store import ChunkRecord, RunRecord
@@ -294,17 +295,8 @@ class Executor:
             log.error("planning failed: {}", describe(exc))
             self._fail(loaded, run.id, f"planning failed: {describe(exc)}", exc)
             return
-        if run.planned:
-            now = self.store.activate(run.id)
-        else:
-            now = self.store.set_plan(
-                run.id,
-                rows=info.rows,
-                exact=info.rows_exact,
-                chunks=plan.chunks,
-                shared=dict(plan.shared),
-                window=info.window,
-            )
+        # Submitted with its plan (`etl run`), the run only starts; else its plan is recorded now.
+        now = self.store.activate(run.id) if run.planned else record_plan(self.store, run.id, info, plan)
         if now is None:
             return
         total = f"{now.rows_total:,}" if now.rows_total is not None else "an unknown number of"

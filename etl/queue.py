@@ -132,16 +132,7 @@ class Queue:
         if busy is not None:
             raise records.busy(job, busy)
         if planned is not None:
-            info, plan = planned
-            self.store.set_plan(
-                record.id,
-                rows=info.rows,
-                exact=info.rows_exact,
-                chunks=plan.chunks,
-                shared=dict(plan.shared),
-                window=info.window,
-                activate=False,
-            )
+            records.record_plan(self.store, record.id, *planned, activate=False)
         logger.bind(job=job.name, run=record.id).info("queued run {} of {}", record.id, job.name)
         self.send("etl.plan", record.id)
         return record

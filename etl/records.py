@@ -22,8 +22,11 @@ from etl.store import RunRecord
 
 if TYPE_CHECKING:
     from etl.config import Job
+    from etl.runs import RunInfo
+    from etl.stages import Plan
+    from etl.store import RunStore
 
-__all__ = ["busy", "new_record", "signature", "verify"]
+__all__ = ["busy", "new_record", "record_plan", "signature", "verify"]
 
 
 def new_record(
@@ -53,6 +56,20 @@ def new_record(
     )
     record.signature = signature(record, secret)
     return record
+
+
+def record_plan(store: RunStore, run_id: str, info: RunInfo, plan: Plan, *, activate: bool = True) -> RunRecord | None:
+    """Record a waiting run's plan (:meth:`RunStore.set_plan <etl.store.RunStore.set_plan>`): the
+    run made ``active``, or left waiting, planned, with ``activate=False``."""
+    return store.set_plan(
+        run_id,
+        rows=info.rows,
+        exact=info.rows_exact,
+        chunks=plan.chunks,
+        shared=dict(plan.shared),
+        window=info.window,
+        activate=activate,
+    )
 
 
 def signature(run: RunRecord, secret: str) -> str:

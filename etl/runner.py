@@ -20,7 +20,7 @@ from etl.errors import EtlError, JobFailed, TransientError, describe
 from etl.lifecycle import ChunkDone, Failed, LeaseKeeper, PlannedRun, Retry, Stopped
 from etl.pipeline import ReadAhead
 from etl.progress import chunk_line
-from etl.records import busy, new_record
+from etl.records import busy, new_record, record_plan
 from etl.retry import Clock, SystemClock
 from etl.units import format_duration
 
@@ -106,14 +106,7 @@ class _InProcess:
             unfinished = self.store.create_run(record, limit=self.job.spec.concurrency)
             if unfinished is not None:
                 raise busy(self.job, unfinished)
-            self.store.set_plan(
-                self.run_id,
-                rows=info.rows,
-                exact=info.rows_exact,
-                chunks=plan.chunks,
-                shared=dict(plan.shared),
-                window=info.window,
-            )
+            record_plan(self.store, self.run_id, info, plan)
         except TransientError as exc:
             raise TransientError(
                 f"the run store ({self.store.kv.display}) can't be reached, and in-process runs are recorded "

@@ -67,10 +67,14 @@ def wait_for(predicate: Callable[[], object], timeout: float, what: str, interva
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
-def quick_queue(url: str, name: str, tmp_path: Path, monkeypatch) -> dict[str, str]:
-    """The environment of a queue with short leases and timings, set for this process too."""
+def quick_queue(url: str | None, name: str, tmp_path: Path, monkeypatch) -> dict[str, str]:
+    """The environment of a queue with short leases and timings, set for this process too: on
+    Redis at ``url``, or (``None``) the embedded queue in the test's own ``ETL_HOME``."""
+    if url is None:
+        for variable in ("ETL_QUEUE_URL", "REDIS_HOST", "REDIS_URL"):
+            monkeypatch.delenv(variable, raising=False)
     env = {
-        "ETL_QUEUE_URL": url,
+        **({"ETL_QUEUE_URL": url} if url is not None else {}),
         "ETL_QUEUE_NAME": name,
         "ETL_HOME": str(tmp_path / ".etl"),
         "ETL_LEASE_SECONDS": "3",

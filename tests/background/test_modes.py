@@ -100,22 +100,8 @@ def mode(request, redis_url, tmp_path, monkeypatch):
     hooks = tmp_path / "hooks.jsonl"
     monkeypatch.setenv("ETL_TEST_HOOKS", str(hooks))
     monkeypatch.delenv("ETL_TEST_HOOK_RAISES", raising=False)
-    if request.param == "redis":
-        name = f"m{uuid.uuid4().hex[:10]}"
-        env = quick_queue(redis_url, name, tmp_path, monkeypatch)
-    else:
-        for variable in ("ETL_QUEUE_URL", "REDIS_HOST", "REDIS_URL"):
-            monkeypatch.delenv(variable, raising=False)
-        env = {
-            "ETL_HOME": str(tmp_path / ".etl"),
-            "ETL_LEASE_SECONDS": "3",
-            "ETL_REAPER_SECONDS": "1",
-            "ETL_HEARTBEAT_SECONDS": "1",
-            "ETL_LOST_AFTER_SECONDS": "4",
-            "ETL_GRACE_SECONDS": "5",
-        }
-        for key, value in env.items():
-            monkeypatch.setenv(key, value)
+    name = f"m{uuid.uuid4().hex[:10]}"
+    env = quick_queue(redis_url if request.param == "redis" else None, name, tmp_path, monkeypatch)
     env["ETL_TEST_HOOKS"] = str(hooks)
     current = Mode(request.param, tmp_path, env, hooks, redis=env.get("ETL_QUEUE_URL"))
     yield current
