@@ -321,7 +321,7 @@ class Sink(Stage, ABC):
 
     The runner calls :meth:`prepare` once per run before any chunk, :meth:`write` once per
     chunk (again if the chunk is retried, possibly in another process), then :meth:`finalize`
-    once when every chunk is written, or :meth:`abort` when the run fails.
+    once when every chunk is written, or :meth:`abort` when the run is cancelled.
 
     ``write`` must be idempotent: writing the same chunk of the same run twice leaves one copy,
     and a write that fails half-way leaves nothing behind.
@@ -348,4 +348,5 @@ class Sink(Stage, ABC):
         """Make the run's rows visible as the mode says (swap in a replaced table, merge)."""
 
     def abort(self) -> None:
-        """The run failed or was cancelled: remove what :meth:`prepare` staged."""
+        """The run was cancelled: remove what :meth:`prepare` staged. (A failed run is not
+        aborted: what it staged waits for ``etl retry``, or ``etl cancel``, which aborts it.)"""
