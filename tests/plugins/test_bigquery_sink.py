@@ -119,13 +119,19 @@ def test_append_then_replace_through_jobs(bigquery, dataset):
     assert query(bigquery, f"SELECT COUNT(*) FROM `{PROJECT}.{dataset}._etl_finalized`") == [(3,)]
 
 
-def test_a_run_that_fails_leaves_nothing_behind(bigquery, dataset):
-    """Append is run-atomic here: chunks 0-2 were staged, chunk 3 fails, the run is aborted."""
+def test_a_run_that_fails_keeps_its_staging_until_it_is_cancelled(bigquery, dataset):
+    """Append is run-atomic here: chunks 0-2 were staged, chunk 3 fails; the target is untouched,
+    the staging waits for `etl retry`, and a cancel drops it."""
     text = JOB.format(rows=40_000, project=PROJECT, table=f"{dataset}.orders", mode="append")
     text = text.replace("chunk_size: 1000", "chunk_size: 10000\ntransforms: [{type: cast, columns: {id: int16}}]")
     with pytest.raises(etl.JobFailed, match=r"failed at chunk 3: .*column 'id' value 32768") as info:
         etl.run(etl.load_job(text=text))
-    assert info.value.result.chunks_done == 3
+    result = info.value.result
+    assert result.chunks_done == 3
+    assert f"etl retry {result.run_id}" in str(info.value), "the message says what was kept"
+    staged = tables(bigquery, dataset) - {"_etl_finalized"}
+    assert len(staged) == 3 and all(t.startswith("_etl_stage_orders_") for t in staged), "no target, its staging"
+    assert etl.api.cancel(result.run_id).aborted
     assert tables(bigquery, dataset) == {"_etl_finalized"}, "no table, no staging table"
 
 

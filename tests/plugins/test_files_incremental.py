@@ -103,10 +103,10 @@ def test_a_file_added_after_the_window_was_fixed_is_read_by_the_next_run(write, 
     put(kind, "a", at(2))
     path = job(write, kind)
     loaded = etl.load_job(path)
-    info, plan, _ = etl.api.plan(loaded)  # as `etl run` does: count and plan, then run that window
-    assert info.rows == 2 and len(plan.chunks) == 1
+    planned = etl.api.plan(loaded)  # as `etl run` does: count and plan, then run that window
+    assert planned.info.rows == 2 and len(planned.plan.chunks) == 1
     put(kind, "late", at(5))
-    result, read = run(path, run_id=info.id, window=info.window)
+    result, read = run(planned)
     assert read == {"a"}
     assert mark(f"files-{kind}") == dt.datetime(2026, 1, 2, tzinfo=dt.UTC)
     _, read = run(path)
@@ -120,7 +120,9 @@ def test_a_planned_file_modified_before_its_chunk_is_read_is_left_for_the_next_r
     put(kind, "a", at(2))
     put(kind, "b", at(3))
     path = job(write, kind)
-    info, plan, _ = etl.api.plan(etl.load_job(path))
+    planned = etl.api.plan(etl.load_job(path))
+    planned.close()  # its chunks are read below as workers read them
+    info, plan = planned.info, planned.plan
     assert len(plan.chunks) == 2
     put(kind, "b", at(6), rows=3)  # rewritten after the plan: its planned chunk would read it half-changed
     # Each chunk read as a worker reads it: a fresh source, given the run's window as JSON.
