@@ -402,3 +402,29 @@ def test_a_run_whose_processes_die_is_failed_by_the_reaper_and_notified(mode):
         assert reaper <= {p.pid for p in pool.procs}, "the hook fired in a worker whose reaper failed the run"
     finally:
         hooks.close()
+
+
+def test_a_failed_run_is_resumed_by_etl_retry_from_what_it_kept(mode):
+    """A run that failed at chunk 2 kept chunks 0, 1 and 3 staged (replace mode); once the cause
+    is gone, `etl retry` runs chunk 2 alone and finalizes, whichever way the run first ran."""
+    log = mode.tmp / "failures.log"
+    job = write_job(mode, f'[{{type: fail_times, on_id: 2500, times: 1, log: "{log}", permanent: true}}]')
+    assert mode.run(job).returncode == 1
+    failed = mode.last_run()
+    assert failed.state == "failed" and not (mode.tmp / "out/modes").exists()
+    done_before = {c.index for c in api_chunks(failed.id) if c.state == "done"}
+    args = ["--wait"] if mode.name == "redis" else []
+    retried = run_cli("retry", failed.id, *args, env=mode.env)
+    assert retried.returncode == 0, retried.stderr
+    run = mode.last_run()
+    assert (run.id, run.state, run.rows_written) == (failed.id, "completed", ROWS)
+    assert sorted(target_ids(mode.tmp / "out/modes")) == list(range(1, ROWS + 1))
+    again = [e["chunk"] for e in mode.events() if e["hook"] == "before_chunk_run" and e["chunk"] in done_before]
+    assert len(again) == len(done_before), "the chunks done before the failure did not run again"
+    assert mode.hooks_seen()[("after_job_run", None, None, "completed")] == 1
+
+
+def api_chunks(run_id: str):
+    from etl import api
+
+    return api.open_queue().store.get_chunks(run_id)
