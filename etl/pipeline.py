@@ -356,6 +356,7 @@ class ReadAhead:
 
     def __init__(self, work: JobRun, chunks: Sequence[Chunk], shared: Mapping[str, Any], depth: int = 2) -> None:
         self.work, self.chunks, self.shared, self.depth = work, list(chunks), shared, depth
+        self._positions = {c.index: position for position, c in enumerate(self.chunks)}
         self.reads: dict[int, ChunkRead] = {}
         self._position = 0
 
@@ -371,10 +372,10 @@ class ReadAhead:
         return read
 
     def _next_after(self, chunk: Chunk) -> Chunk | None:
-        for position, candidate in enumerate(self.chunks):
-            if candidate.index == chunk.index:
-                return self.chunks[position + 1] if position + 1 < len(self.chunks) else None
-        return None
+        position = self._positions.get(chunk.index)
+        if position is None or position + 1 >= len(self.chunks):
+            return None
+        return self.chunks[position + 1]
 
     def _start_after(self, current: ChunkRead, upcoming: ChunkRead) -> None:
         current.finished.wait()
