@@ -120,7 +120,7 @@ def run(
     except BaseException:
         planned.close()
         raise
-    return run_job(planned, store, secret=settings.secret, clock=clock, lease=_lease())
+    return run_job(planned, store, secret=settings.secret, clock=clock, lease=_lease(), keep_runs=_keep_runs())
 
 
 # -- background runs ------------------------------------------------------------------------
@@ -274,11 +274,34 @@ def _lease() -> float:
     return WorkerOptions.from_env().lease
 
 
+def _keep_runs() -> int:
+    from etl.worker import WorkerOptions
+
+    return WorkerOptions.from_env().keep_runs
+
+
 def clean(state: str, older_than: float = 0.0, queue: Queue | None = None) -> int:
-    """Delete finished runs in ``state`` that finished more than ``older_than`` seconds ago."""
+    """Delete finished runs in ``state`` that finished more than ``older_than`` seconds ago.
+
+    A failed run is cancelled first, so that its sink drops what it kept staged for ``etl
+    retry``; one whose sink can't drop it now (its target unreachable) is kept, cancelled, for
+    a later clean.
+    """
+    from etl.executor import Executor
+
     if state not in ("completed", "failed", "cancelled"):
         raise UsageError(f"--state {state!r} is not one of: completed, failed, cancelled")
-    return (queue or open_queue()).store.clean(state, older_than)  # type: ignore[arg-type]
+    queue = queue or open_queue()
+    if state != "failed":
+        return queue.store.clean(state, older_than)  # type: ignore[arg-type]
+    executor = Executor(queue, f"{socket.gethostname()}:{os.getpid()}:clean", lease=_lease())
+    deleted, seen = 0, set()
+    while ids := [i for i in queue.store.oldest("failed", older_than) if i not in seen]:
+        seen.update(ids)
+        dropped = executor.drop_failed(ids)
+        queue.store.delete_runs(dropped)
+        deleted += len(dropped)
+    return deleted
 
 
 def workers(queue: Queue | None = None) -> list[WorkerInfo]:

@@ -40,6 +40,8 @@ __all__ = ["Executor", "LeaseKeeper"]
 
 #: How often a run queued behind another (``overlap: queue``) looks whether it may start.
 AFTER_POLL_SECONDS = 2.0
+#: Failed runs beyond ``ETL_KEEP_RUNS`` cancelled (their staging dropped) after each finished run.
+RETAIN_FAILED_AT_ONCE = 20
 
 
 class Queue(Protocol):
@@ -439,10 +441,27 @@ class Executor:
         self._retain()
 
     def _retain(self) -> None:
+        """Keep the store from growing without bound. A failed run beyond the ones kept is
+        cancelled first (its sink drops what it kept staged for `etl retry`), a few at a time:
+        retention never leaves a staging table behind with no run pointing to it."""
         try:
-            self.store.enforce_retention(self.keep_runs)
+            excess = self.store.excess("failed", self.keep_runs)
+            if excess:
+                self.drop_failed(self.store.oldest("failed", limit=min(excess, RETAIN_FAILED_AT_ONCE)))
+            self.store.enforce_retention(self.keep_runs, states=("completed", "cancelled"))
         except Exception as exc:  # housekeeping: the next finished run tries again
             logger.warning("deleting old runs failed: {}", describe(exc))
+
+    def drop_failed(self, run_ids: list[str]) -> list[str]:
+        """Cancel these failed runs and drop what their sinks kept staged; the ids of those whose
+        staging is gone (the others keep it, and stay failed or cancelled for a later try)."""
+        dropped = []
+        for run_id in run_ids:
+            self.store.cancel_failed(run_id)
+            run = self.store.get_run(run_id)
+            if run is not None and run.state == "cancelled" and self.abort(run_id):
+                dropped.append(run_id)
+        return dropped
 
     def abort(self, run_id: str) -> bool:
         """Drop what a cancelled run staged, once none of its chunks is still being written, and

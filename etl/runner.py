@@ -42,6 +42,7 @@ def run_job(
     secret: str = "",
     clock: Clock | None = None,
     lease: float = LEASE_SECONDS,
+    keep_runs: int = 1000,
 ) -> RunResult:
     """Run every chunk of ``planned`` in this process, one after another, retrying as the job says,
     and record the run in ``store``.
@@ -49,6 +50,10 @@ def run_job(
     Returns the :class:`~etl.runs.RunResult`. A failed or cancelled run raises
     :class:`~etl.errors.JobFailed` carrying it; a run interrupted with Ctrl-C is cancelled (its
     staging dropped) and the ``KeyboardInterrupt`` re-raised.
+
+    Once the run has finished, the store keeps the ``keep_runs`` most recent completed and
+    cancelled runs, as a worker does (failed runs are left to the workers and ``etl clean``:
+    their sinks keep what they staged, for ``etl retry``).
 
     Raises:
         UsageError: the job's ``concurrency:`` is reached.
@@ -60,7 +65,13 @@ def run_job(
     except BaseException:
         planned.close()
         raise
-    return driver.run()
+    try:
+        return driver.run()
+    finally:
+        try:
+            store.enforce_retention(keep_runs, states=("completed", "cancelled"))
+        except EtlError as exc:  # housekeeping: the next run tries again
+            driver.log.warning("deleting old runs failed: {}", describe(exc))
 
 
 class _End(Exception):

@@ -78,3 +78,53 @@ def test_a_run_store_that_cant_be_reached_is_one_line_and_exit_1(cli, tmp_path):
     )
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "out/recorded").exists(), "the run did not start"
+
+
+MERGE = """\
+name: merged
+source: {type: generate, rows: 40000, columns: {id: {kind: sequence}}}
+transforms: [{type: cast, columns: {id: int16}}]
+sink: {type: duckdb, path: out/target.duckdb, table: items, mode: merge, key: [id]}
+chunk_size: 10000
+"""
+
+
+def duckdb_tables(path: Path) -> set[str]:
+    import duckdb
+
+    with duckdb.connect(str(path), read_only=True) as con:
+        return {row[0] for row in con.execute("SELECT table_name FROM information_schema.tables").fetchall()}
+
+
+def failed_merge(cli, tmp_path: Path) -> str:
+    """A merge run that fails at chunk 3 (id 32768 is no int16), keeping its staging table."""
+    job = tmp_path / "merged.yaml"
+    job.write_text(MERGE)
+    result = cli("run", str(job), "--sync")
+    assert result.returncode == 1, result.stderr
+    run = api.list_runs(job="merged")[0]
+    assert run.state == "failed" and run.error_chunk == 3
+    assert f"`etl retry {run.id}`" in result.stderr and f"`etl cancel {run.id}` drops it" in result.stderr
+    staged = {t for t in duckdb_tables(tmp_path / "out/target.duckdb") if t.startswith("_etl_stage_items")}
+    assert len(staged) == 1, "the failed run kept its staging table, for etl retry"
+    return run.id
+
+
+def test_etl_clean_drops_what_a_failed_run_kept_before_deleting_it(cli, tmp_path):
+    run_id = failed_merge(cli, tmp_path)
+    result = cli("clean", "--state", "failed")
+    assert result.returncode == 0, result.stderr
+    assert "deleted 1 failed run(s)" in result.stdout
+    assert not any(t.startswith("_etl_stage_items") for t in duckdb_tables(tmp_path / "out/target.duckdb"))
+    assert "items" not in duckdb_tables(tmp_path / "out/target.duckdb"), "the target was never created"
+    assert api.list_runs(job="merged") == [], f"{run_id} is gone"
+
+
+def test_retention_cancels_a_failed_run_beyond_the_kept_ones_so_its_staging_is_dropped(cli, tmp_path):
+    from etl.executor import Executor
+
+    run_id = failed_merge(cli, tmp_path)
+    queue = api.open_queue()
+    Executor(queue, "test-worker", keep_runs=0)._retain()
+    assert not any(t.startswith("_etl_stage_items") for t in duckdb_tables(tmp_path / "out/target.duckdb"))
+    assert queue.store.get_run(run_id) is None, "cancelled, its staging dropped, then deleted"

@@ -24,14 +24,27 @@ class Retention(StoreBase):
             deleted += len(ids)
         return deleted
 
-    def enforce_retention(self, keep: int, batch: int = 500) -> int:
-        """Keep the ``keep`` most recent finished runs of each final state; delete older ones."""
+    def enforce_retention(self, keep: int, batch: int = 500, states: tuple[RunState, ...] = FINISHED) -> int:
+        """Keep the ``keep`` most recent finished runs of each of ``states``; delete older ones."""
         deleted = 0
-        for state in FINISHED:
-            excess = self.kv.zcard(self._z(f"finished:{state}")) - keep
+        for state in states:
+            excess = self.excess(state, keep)
             if excess > 0:
                 deleted += self.clean(state, 0.0, batch, limit=excess)
         return deleted
+
+    def excess(self, state: RunState, keep: int) -> int:
+        """How many finished runs of ``state`` are beyond the ``keep`` most recent."""
+        return max(self.kv.zcard(self._z(f"finished:{state}")) - keep, 0)
+
+    def oldest(self, state: RunState, older_than: float = 0.0, limit: int = 500) -> list[str]:
+        """Runs of ``state`` that finished more than ``older_than`` seconds ago, oldest first."""
+        cutoff = self.clock() - older_than
+        return [m for m, _ in self.kv.zrange(self._z(f"finished:{state}"), -FOREVER, cutoff, limit)]
+
+    def delete_runs(self, ids: list[str]) -> None:
+        """Delete these runs, with their chunks and every index entry."""
+        self._delete_runs(ids)
 
     def _delete_runs(self, ids: list[str]) -> None:
         docs = self.kv.get_many([self._run_key(i) for i in ids])
