@@ -1,4 +1,4 @@
-"""Notifications when a run completes or fails: signed webhooks, Slack, email.
+"""Notifications when a run completes, fails or is cancelled: signed webhooks, Slack, email.
 
 A job lists its targets under the top-level ``notify:`` key (registered through
 ``etl_register_job_keys``); the lifecycle hooks ``etl_after_job_run`` and ``etl_on_job_error``
@@ -48,8 +48,10 @@ if TYPE_CHECKING:
 
 __all__ = ["EmailTarget", "SlackTarget", "Target", "WebhookTarget", "flush", "signature"]
 
-Event = Literal["completed", "failed"]
-EVENTS: tuple[Event, ...] = ("completed", "failed")
+Event = Literal["completed", "failed", "cancelled"]
+EVENTS: tuple[Event, ...] = ("completed", "failed", "cancelled")
+#: What a target notifies unless its `when:` says otherwise (a cancel is someone's own doing).
+DEFAULT_EVENTS: tuple[Event, ...] = ("completed", "failed")
 SIGNATURE_HEADER = "X-Etl-Signature"
 TIMESTAMP_HEADER = "X-Etl-Timestamp"
 
@@ -61,7 +63,9 @@ class _Target(BaseModel):
 
     type: str = Field(description="webhook, slack or email")
     when: list[Event] = Field(
-        default_factory=lambda: list(EVENTS), min_length=1, description="the outcomes to notify: completed, failed"
+        default_factory=lambda: list(DEFAULT_EVENTS),
+        min_length=1,
+        description="the outcomes to notify: completed, failed, cancelled",
     )
     timeout: Duration = Field(10.0, description="the longest one attempt may take")
     retries: int = Field(
@@ -350,10 +354,16 @@ class Message:
     plain: str  # an email's body
 
 
+def _event(result: RunResult, error: BaseException | None) -> Event:
+    if error is not None or result.state == "failed":
+        return "failed"
+    return "cancelled" if result.state == "cancelled" else "completed"
+
+
 def summarize(job: Job, run: RunInfo, result: RunResult, error: BaseException | None) -> Message:
     """The summary of a finished run (``error`` set when it failed)."""
     figures = result.to_json()
-    state: Event = "failed" if error is not None or result.state == "failed" else "completed"
+    state: Event = _event(result, error)
     payload: dict[str, Any] = {
         "event": f"run.{state}",
         "job": job.name,
@@ -387,6 +397,12 @@ def summarize(job: Job, run: RunInfo, result: RunResult, error: BaseException | 
             f"({result.rows_per_second:,.0f} rows/s) · run {run.id}{where}"
         )
         subject = f"etl: {job.name} completed ({result.rows_written:,} rows)"
+    elif state == "cancelled":
+        text = (
+            f"⏹ {job.name} cancelled after {took}: {result.rows_written:,} rows written, what it staged dropped · "
+            f"run {run.id}{where}"
+        )
+        subject = f"etl: {job.name} cancelled"
     else:
         at = f" at chunk {result.error_chunk}" if result.error_chunk is not None else ""
         text = (
@@ -638,10 +654,15 @@ def etl_on_job_error(job: Job, run: RunInfo, error: BaseException, result: RunRe
     _notify(job, run, result, error)
 
 
+@hookimpl
+def etl_on_job_cancel(job: Job, run: RunInfo, result: RunResult) -> None:
+    _notify(job, run, result, None)
+
+
 def _notify(job: Job, run: RunInfo, result: RunResult, error: BaseException | None) -> None:
     log = logger.bind(job=job.name, run=run.id)
     try:
-        state: Event = "failed" if error is not None else "completed"
+        state = _event(result, error)
         targets = [t for t in job.extras.get("notify") or () if state in t.when]
         if not targets:
             return

@@ -280,6 +280,38 @@ def test_when_picks_the_outcomes_a_target_hears_of(hooks, write):
     assert sorted(r.path for r in hooks.wait(2)) == ["/both", "/failed"]
 
 
+def test_a_cancelled_run_is_told_to_the_targets_that_ask_for_it(hooks, write):
+    write(
+        "stop.py",
+        """
+        from etl import Transform, hookimpl
+
+        class Stop(Transform):
+            name = "stop"
+
+            def apply(self, batch):
+                raise KeyboardInterrupt  # Ctrl-C in the middle of the run
+
+        @hookimpl
+        def etl_register_transforms():
+            return [Stop]
+        """,
+    )
+    targets = f"""
+- {{type: webhook, url: '{hooks.url}/default'}}
+- {{type: webhook, url: '{hooks.url}/cancelled', when: [cancelled]}}
+"""
+    path = job_file(write, targets)
+    path.write_text(path.read_text().replace("sink:", "plugins: [stop.py]\ntransforms: [{type: stop}]\nsink:"))
+    with pytest.raises(KeyboardInterrupt):
+        etl.run(path)
+    assert notify.flush(timeout=30)
+    [request] = hooks.wait(1)
+    assert request.path == "/cancelled", "the default is completed and failed"
+    body = request.json()
+    assert (request.headers["X-Etl-Event"], body["state"], body["error"]) == ("run.cancelled", "cancelled", None)
+
+
 def test_a_run_without_notify_sends_nothing(hooks, write):
     path = write("job.yaml", "name: quiet\nsource: {type: generate, rows: 5}\nsink: {type: jsonl, path: out}\n")
     run(path)
