@@ -42,6 +42,7 @@ __all__ = [
     "plan",
     "retry",
     "run",
+    "staged",
     "state_dir",
     "submit",
     "validate",
@@ -184,6 +185,34 @@ def submit(
     return queue.submit(
         job, params={k: str(v) for k, v in (params or {}).items()}, sets=list(sets), run_id=run_id, window=window
     )
+
+
+def staged(run: RunRecord, planned: PlannedRun | None = None) -> list[str]:
+    """What the sink of ``run`` staged for it (what a failed run keeps), as the sink names it:
+    the job of ``planned`` when given (its plugins loaded already), else the job as recorded."""
+    from etl.lifecycle import Lifecycle
+    from etl.pipeline import JobRun
+
+    try:
+        if planned is not None:
+            job, pm = planned.job, planned.life.pm
+        else:
+            job, pm = load(
+                None,
+                text=run.job_text,
+                params=run.params,
+                sets=run.sets,
+                env=None,
+                pm=None,
+                origin=run.job_file or None,
+            )
+    except Exception:  # the record's job no longer loads here: nothing to name
+        return []
+    life = Lifecycle(JobRun(job, pm, run_id=run.id, state_dir=state_dir()))
+    try:
+        return life.staged()
+    finally:
+        life.work.close()
 
 
 def get_run(run_id: str, queue: Queue | None = None) -> RunRecord:

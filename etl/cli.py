@@ -161,7 +161,7 @@ def _run_queued(planned: Any, wait: bool, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(done.to_json(), indent=2))
     if done.state != "completed":
-        raise JobFailed(ended(done))
+        raise JobFailed(ended(done, planned))
 
 
 def _dry_run(planned: Any, as_json: bool) -> None:

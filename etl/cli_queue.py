@@ -280,11 +280,14 @@ def cancel(run_id: str, as_json: bool) -> None:
         click.echo(f"run {run_id} cancelled; a worker drops what it staged once its chunks in flight have stopped")
 
 
-def ended(run: RunRecord) -> str:
-    """What a run that did not complete left, for its error line."""
-    from etl.runner import kept
+def ended(run: RunRecord, planned: PlannedRun | None = None) -> str:
+    """What a run that did not complete left, for its error line: a failed run's staging, as its
+    sink names it (with the job and plugins ``planned`` loaded, else loaded from the record)."""
+    from etl.lifecycle import kept
 
-    return f"run {run.id} {run.state}: {run.error}" + (kept(run.id) if run.state == "failed" else "")
+    if run.state != "failed":
+        return f"run {run.id} {run.state}: {run.error}"
+    return f"run {run.id} failed: {run.error}" + kept(run.id, api.staged(run, planned))
 
 
 def work_here(queue: Queue, run_id: str, planned: PlannedRun | None = None) -> RunRecord:

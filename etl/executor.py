@@ -20,7 +20,7 @@ from loguru import logger
 from etl.errors import ConfigErrors, TransientError, describe
 from etl.incremental import Window
 from etl.jobs import load, state_dir
-from etl.lifecycle import ChunkDone, Failed, LeaseKeeper, Lifecycle, Retry, Stopped
+from etl.lifecycle import ChunkDone, Failed, LeaseKeeper, Lifecycle, Retry, Stopped, kept
 from etl.pipeline import JobRun
 from etl.progress import chunk_line
 from etl.records import record_plan
@@ -245,9 +245,7 @@ class Executor:
         if self.metrics is not None:
             self.metrics.run_finished(run.job, "failed")
         where = f" at chunk {chunk}" if chunk is not None else ""
-        self._log(run).error(
-            "the run failed{}: {}; what the sink staged is kept for `etl retry {}`", where, run.error, run.id
-        )
+        self._log(run).error("the run failed{}: {}{}", where, run.error, kept(run.id, loaded.life.staged()))
         loaded.life.failed(error, loaded.life.result(run))
         self._forget(run_id)
         self._retain()

@@ -38,7 +38,7 @@ if TYPE_CHECKING:
     from etl.stages import Chunk, Plan, RowCount
     from etl.store import RunRecord
 
-__all__ = ["ChunkDone", "Failed", "LeaseKeeper", "Lifecycle", "Retry", "Stopped", "result_of"]
+__all__ = ["ChunkDone", "Failed", "LeaseKeeper", "Lifecycle", "PlannedRun", "Retry", "Stopped", "kept", "result_of"]
 
 
 @dataclass(frozen=True)
@@ -231,6 +231,15 @@ class Lifecycle:
         ``etl retry`` resumes the run; ``etl cancel`` drops it (:meth:`abort`)."""
         self.observe("etl_on_job_error", job=self.job, run=self.info, error=error, result=result)
 
+    def staged(self) -> list[str]:
+        """What the sink staged for the run (what a failed run keeps), as it names it; nothing
+        when it can't tell."""
+        try:
+            return list(self.work.sink.staged())
+        except Exception as exc:
+            self.log.opt(exception=exc).debug("the sink could not say what it staged")
+            return []
+
     def abort(self) -> bool:
         """Drop what the run staged (a cancel). False when the sink could not: the caller tries
         again later."""
@@ -261,6 +270,16 @@ class Lifecycle:
         except Exception as exc:
             self.log.opt(exception=exc).debug("{} failed", hook)
             self.log.error("a plugin's {} failed: {}", hook, describe(exc))
+
+
+def kept(run_id: str, staged: list[str]) -> str:
+    """What a failed run leaves, and what to do with it: the tail of its failure message."""
+    if not staged:
+        return f"; nothing was staged for it: `etl retry {run_id}` runs its unfinished chunks again"
+    return (
+        f"; it keeps what its sink staged ({', '.join(staged)}): `etl retry {run_id}` runs its unfinished "
+        f"chunks again and finalizes, `etl cancel {run_id}` drops it"
+    )
 
 
 def result_of(run: RunRecord) -> RunResult:

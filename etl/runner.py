@@ -17,7 +17,7 @@ import socket
 from typing import TYPE_CHECKING
 
 from etl.errors import EtlError, JobFailed, TransientError, describe
-from etl.lifecycle import ChunkDone, Failed, LeaseKeeper, PlannedRun, Retry, Stopped
+from etl.lifecycle import ChunkDone, Failed, LeaseKeeper, PlannedRun, Retry, Stopped, kept
 from etl.pipeline import ReadAhead
 from etl.progress import chunk_line
 from etl.records import busy, new_record, record_plan
@@ -291,7 +291,8 @@ class _InProcess:
         self.log.error("failed{}: {}", where, run.error)
         self.life.work.close()
         self.life.failed(error, result)
-        raise JobFailed(f"run {self.run_id} failed{where}: {run.error}{kept(self.run_id)}", result) from end.error
+        message = f"run {self.run_id} failed{where}: {run.error}{kept(self.run_id, self.life.staged())}"
+        raise JobFailed(message, result) from end.error
 
     def _cancelled(self, why: str) -> RunResult:
         first = self.life.abort() and self.store.mark_aborted(self.run_id)
@@ -303,14 +304,6 @@ class _InProcess:
         if first:
             self.life.cancelled(result)
         return result
-
-
-def kept(run_id: str) -> str:
-    """What a failed run leaves, and what to do with it: the tail of its failure message."""
-    return (
-        f"; what the sink staged for it is kept: `etl retry {run_id}` runs its unfinished chunks again and "
-        f"finalizes, `etl cancel {run_id}` drops it"
-    )
 
 
 def _discard(ahead: ReadAhead | None) -> None:

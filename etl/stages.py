@@ -347,6 +347,12 @@ class Sink(Stage, ABC):
     def finalize(self) -> None:
         """Make the run's rows visible as the mode says (swap in a replaced table, merge)."""
 
+    def staged(self) -> list[str]:
+        """What :meth:`prepare` and :meth:`write` staged for this run that :meth:`abort` would
+        drop: names a person can look up (a table, a directory), for the message of a failed run,
+        which keeps them for ``etl retry``. Optional: nothing, by default."""
+        return []
+
     def abort(self) -> None:
         """The run was cancelled: remove what :meth:`prepare` staged. (A failed run is not
         aborted: what it staged waits for ``etl retry``, or ``etl cancel``, which aborts it.)"""

@@ -54,6 +54,9 @@ class PartDirectorySink(Sink):
         self.staging = self.target.parent / f".{self.target.name}.etl-staging-{self.run}"
         self.old = self.target.parent / f".{self.target.name}.etl-old-{self.run}"
 
+    def staged(self) -> list[str]:
+        return [f"the directory {self.staging}"] if self.options.mode == "replace" else []
+
     @abstractmethod
     def write_part(self, path: Path, batches: Iterator[pa.RecordBatch]) -> int | None:
         """Stream the batches into a new file at ``path``; ``None`` when there were none."""

@@ -84,6 +84,9 @@ class DuckDBSink(Sink):
         self._con = None
         self._rows_since_open = 0
 
+    def staged(self) -> list[str]:
+        return [] if self.options.mode == "append" else [f"the table {self.staging} in {self.options.path}"]
+
     def check_schema(self, schema: pa.Schema) -> None:
         """A merge key must be among the rows' columns (checked again at finalize)."""
         if self.options.key:

@@ -107,6 +107,7 @@ def failed_merge(cli, tmp_path: Path) -> str:
     assert f"`etl retry {run.id}`" in result.stderr and f"`etl cancel {run.id}` drops it" in result.stderr
     staged = {t for t in duckdb_tables(tmp_path / "out/target.duckdb") if t.startswith("_etl_stage_items")}
     assert len(staged) == 1, "the failed run kept its staging table, for etl retry"
+    assert f'it keeps what its sink staged (the table "main"."{staged.pop()}" in out/target.duckdb)' in result.stderr
     return run.id
 
 

@@ -234,6 +234,11 @@ class BigQuerySink(Sink):
             self._names = _Names(project, dataset, table, staging_project, staging_dataset, prefix)
         return self._names
 
+    def staged(self) -> list[str]:
+        names = self.names
+        where = f"{names.staging_project}.{names.staging_dataset}"
+        return [f"the tables {where}.{names.prefix}c* (they expire after 7 days)"]
+
     def close(self) -> None:
         self.clients.close()
 

@@ -78,6 +78,9 @@ class PostgresSink(Sink):
         self._con: Any = None
         self._columns: dict[str, dict[str, str]] = {}
 
+    def staged(self) -> list[str]:
+        return [] if self.options.mode == "append" else [f"the table {self.staging}"]
+
     def check_schema(self, schema: pa.Schema) -> None:
         """A merge key must be among the rows' columns (checked again at finalize)."""
         if self.options.key:

@@ -214,7 +214,8 @@ def test_a_permanent_failure_fails_the_run_and_keeps_what_was_staged(mode):
     assert seen[("on_job_error", 2, None, "failed")] == 1
     assert seen[("after_job_run", None, None, "completed")] == 0
     assert not (mode.tmp / "out/modes").exists(), "a replace run that failed does not touch the target"
-    assert f"what the sink staged for it is kept: `etl retry {run.id}`" in result.stderr
+    staging = mode.tmp / f"out/.modes.etl-staging-{run.id}"
+    assert f"it keeps what its sink staged (the directory {staging}): `etl retry {run.id}`" in result.stderr
     assert f"`etl cancel {run.id}` drops it" in result.stderr
 
 
