@@ -192,20 +192,13 @@ def staged(run: RunRecord, planned: PlannedRun | None = None) -> list[str]:
     the job of ``planned`` when given (its plugins loaded already), else the job as recorded."""
     from etl.lifecycle import Lifecycle
     from etl.pipeline import JobRun
+    from etl.records import load_recorded
 
     try:
         if planned is not None:
             job, pm = planned.job, planned.life.pm
         else:
-            job, pm = load(
-                None,
-                text=run.job_text,
-                params=run.params,
-                sets=run.sets,
-                env=None,
-                pm=None,
-                origin=run.job_file or None,
-            )
+            job, pm = load_recorded(run)
     except Exception:  # the record's job no longer loads here: nothing to name
         return []
     life = Lifecycle(JobRun(job, pm, run_id=run.id, state_dir=state_dir()))

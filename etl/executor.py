@@ -19,13 +19,12 @@ from loguru import logger
 
 from etl.errors import ConfigErrors, TransientError, describe
 from etl.incremental import Window
-from etl.jobs import load, state_dir
+from etl.jobs import state_dir
 from etl.lifecycle import ChunkDone, Failed, LeaseKeeper, Lifecycle, Retry, Stopped, kept
 from etl.pipeline import JobRun
 from etl.progress import chunk_line
-from etl.records import record_plan
+from etl.records import load_recorded, record_plan
 from etl.runs import ChunkResult
-from etl.schedule import run_context
 from etl.store import ChunkRecord, RunRecord
 from etl.units import format_duration
 
@@ -131,17 +130,7 @@ class Executor:
             loaded.life.resume(run)  # the planned window, even if this thread opened another
             return loaded
         if known is None:
-            context = run_context(None, "UTC", 0.0, run.interval) if run.interval is not None else None
-            known = load(
-                None,
-                text=run.job_text,
-                params=run.params,
-                sets=run.sets,
-                env=None,
-                pm=None,
-                origin=run.job_file or None,
-                run=context,
-            )
+            known = load_recorded(run)
         job, pm = known
         life = Lifecycle(JobRun(job, pm, run_id=run.id, state_dir=state_dir()))
         life.resume(run)

@@ -21,12 +21,14 @@ from etl.runs import new_run_id
 from etl.store import RunRecord
 
 if TYPE_CHECKING:
+    import pluggy
+
     from etl.config import Job
     from etl.runs import RunInfo
     from etl.stages import Plan
     from etl.store import RunStore
 
-__all__ = ["busy", "new_record", "record_plan", "signature", "verify"]
+__all__ = ["busy", "load_recorded", "new_record", "record_plan", "signature", "verify"]
 
 
 def new_record(
@@ -56,6 +58,29 @@ def new_record(
     )
     record.signature = signature(record, secret)
     return record
+
+
+def load_recorded(run: RunRecord) -> tuple[Job, pluggy.PluginManager]:
+    """The job a run record holds, validated in this process (``${VAR}`` from its environment),
+    with its plugin manager: a scheduled run's parameters from the interval it was fired for.
+
+    Raises:
+        ConfigErrors: the job is invalid here.
+    """
+    from etl.jobs import load
+    from etl.schedule import run_context
+
+    context = run_context(None, "UTC", 0.0, run.interval) if run.interval is not None else None
+    return load(
+        None,
+        text=run.job_text,
+        params=run.params,
+        sets=run.sets,
+        env=None,
+        pm=None,
+        origin=run.job_file or None,
+        run=context,
+    )
 
 
 def record_plan(store: RunStore, run_id: str, info: RunInfo, plan: Plan, *, activate: bool = True) -> RunRecord | None:
