@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from etl.retry import Clock
     from etl.runs import RunResult
     from etl.store import RunRecord, RunStore, WorkerInfo
+    from etl.worker import WorkerOptions
 
 __all__ = [
     "cancel",
@@ -121,7 +122,14 @@ def run(
     except BaseException:
         planned.close()
         raise
-    return run_job(planned, store, secret=settings.secret, clock=clock, lease=_lease(), keep_runs=_keep_runs())
+    return run_job(
+        planned,
+        store,
+        secret=settings.secret,
+        clock=clock,
+        lease=(options := _options()).lease,
+        keep_runs=options.keep_runs,
+    )
 
 
 # -- background runs ------------------------------------------------------------------------
@@ -276,30 +284,20 @@ def cancel(run_id: str, queue: Queue | None = None) -> RunRecord:
         queue.store.cancel_failed(run_id)
     # Chunks in flight stop at their next batch (their lease renewal says so): give them up to
     # a lease to do it, then drop what the run staged here, unless the process that ran it did.
-    lease = _lease()
+    lease = _options().lease
     deadline = time.monotonic() + lease
-    while _in_flight(queue, run_id) and time.monotonic() < deadline:
+    while queue.store.in_flight(run_id) and time.monotonic() < deadline:
         time.sleep(0.1)
     Executor(queue, f"{socket.gethostname()}:{os.getpid()}:cancel", lease=lease).abort(run_id)
     return get_run(run_id, queue)
 
 
-def _in_flight(queue: Queue, run_id: str) -> bool:
-    now = queue.store.clock()
-    chunks = queue.store.get_chunks(run_id)
-    return any(c.state == "running" and (c.lease_until or 0) >= now for c in chunks)
-
-
-def _lease() -> float:
+def _options() -> WorkerOptions:
+    """The timings of the environment (``ETL_LEASE_SECONDS``, ``ETL_KEEP_RUNS``, ...), which runs
+    in this process keep as workers do."""
     from etl.worker import WorkerOptions
 
-    return WorkerOptions.from_env().lease
-
-
-def _keep_runs() -> int:
-    from etl.worker import WorkerOptions
-
-    return WorkerOptions.from_env().keep_runs
+    return WorkerOptions.from_env()
 
 
 def clean(state: str, older_than: float = 0.0, queue: Queue | None = None) -> int:
@@ -316,7 +314,7 @@ def clean(state: str, older_than: float = 0.0, queue: Queue | None = None) -> in
     queue = queue or open_queue()
     if state != "failed":
         return queue.store.clean(state, older_than)  # type: ignore[arg-type]
-    executor = Executor(queue, f"{socket.gethostname()}:{os.getpid()}:clean", lease=_lease())
+    executor = Executor(queue, f"{socket.gethostname()}:{os.getpid()}:clean", lease=_options().lease)
     deleted, seen = 0, set()
     while ids := [i for i in queue.store.oldest("failed", older_than) if i not in seen]:
         seen.update(ids)
@@ -328,6 +326,4 @@ def clean(state: str, older_than: float = 0.0, queue: Queue | None = None) -> in
 
 def workers(queue: Queue | None = None) -> list[WorkerInfo]:
     """Live workers (seen within three heartbeats): host, pid, chunks in hand, last heartbeat."""
-    from etl.worker import WorkerOptions
-
-    return (queue or open_queue()).store.workers(WorkerOptions.from_env().heartbeat * 3)
+    return (queue or open_queue()).store.workers(_options().heartbeat * 3)

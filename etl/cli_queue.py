@@ -15,7 +15,7 @@ import click
 
 from etl import api
 from etl.errors import JobFailed
-from etl.progress import RunProgress, run_json, runs_header, runs_row, status_line
+from etl.progress import RunProgress, runs_header, runs_row, status_line
 from etl.units import parse_duration
 
 
@@ -209,7 +209,7 @@ def status(run_id: str, follow_: bool, as_json: bool) -> None:
     run = follow(queue, run_id) if follow_ else api.get_run(run_id, queue)
     chunks = queue.store.get_chunks(run_id, run.chunks_total)
     if as_json:
-        _echo_json({**run_json(run, chunks), "chunks": [c.to_json() for c in chunks]})
+        _echo_json({**run.to_json(chunks=chunks), "chunks": [c.to_json() for c in chunks]})
     else:
         if not follow_:
             click.echo(f"run {run.id} of {run.job}")
@@ -232,7 +232,7 @@ def runs(state: str | None, job: str | None, limit: int, as_json: bool) -> None:
     """List background runs, newest first."""
     found = api.list_runs(state=state, job=job, limit=limit, queue=_open())
     if as_json:
-        _echo_json([run_json(r) for r in found])
+        _echo_json([r.to_json() for r in found])
         return
     if not found:
         click.echo("no runs")
@@ -274,7 +274,7 @@ def cancel(run_id: str, as_json: bool) -> None:
         _echo_json(run.to_json())
     elif run.aborted:
         click.echo(f"run {run_id} cancelled; what it staged was dropped")
-    elif run.driver == "process":
+    elif run.in_process:
         click.echo(f"run {run_id} cancelled; the process running it stops at its next batch and drops what it staged")
     else:
         click.echo(f"run {run_id} cancelled; a worker drops what it staged once its chunks in flight have stopped")

@@ -223,20 +223,21 @@ class Executor:
 
     def _fail(self, loaded: _Loaded, run_id: str, message: str, error: BaseException, chunk: int | None = None) -> None:
         """Fail the run (unless it has finished meanwhile) and tell the plugins, once."""
-        if self.store.fail_run(run_id, message, chunk):
-            self._failed(loaded, run_id, error, chunk)
+        failed = self.store.fail_run(run_id, message, chunk)
+        if failed is not None:
+            self._failed(loaded, failed, error, chunk)
 
-    def _failed(self, loaded: _Loaded, run_id: str, error: BaseException, chunk: int | None = None) -> None:
-        """Tell the plugins a run failed, once: by the worker whose failure failed it."""
-        run = self.store.get_run(run_id)
-        if run is None or run.state != "failed" or run.error_chunk != chunk:
+    def _failed(self, loaded: _Loaded, run: RunRecord, error: BaseException, chunk: int | None = None) -> None:
+        """Tell the plugins a run failed (``run`` as the failing transaction left it), once: by the
+        worker whose failure failed it."""
+        if run.state != "failed" or run.error_chunk != chunk:
             return
         if self.metrics is not None:
             self.metrics.run_finished(run.job, "failed")
         where = f" at chunk {chunk}" if chunk is not None else ""
         self._log(run).error("the run failed{}: {}{}", where, run.error, kept(run.id, loaded.life.staged()))
         loaded.life.failed(error, loaded.life.result(run))
-        self._forget(run_id)
+        self._forget(run.id)
         self._retain()
 
     def reaped(self, run_id: str) -> None:
@@ -349,11 +350,12 @@ class Executor:
                 )
         elif isinstance(outcome, Failed):
             why = "" if outcome.transient else " (permanent: not retried)"
-            if self.store.fail_chunk(run.id, index, token, outcome.message):
+            failed = self.store.fail_chunk(run.id, index, token, outcome.message)
+            if failed is not None:
                 if self.metrics is not None:
                     self.metrics.chunk_failed(run.job)
                 log.error("chunk {} failed after {} attempt(s){}: {}", index, attempt, why, outcome.message)
-                self._failed(loaded, run.id, outcome.error, index)
+                self._failed(loaded, failed, outcome.error, index)
         elif isinstance(outcome, Stopped):
             if outcome.reason == "lost":
                 log.warning("chunk {} attempt {} stopped: another worker took the chunk over", index, attempt)
@@ -444,9 +446,7 @@ class Executor:
         staging is gone (the others keep it, and stay failed or cancelled for a later try)."""
         dropped = []
         for run_id in run_ids:
-            self.store.cancel_failed(run_id)
-            run = self.store.get_run(run_id)
-            if run is not None and run.state == "cancelled" and self.abort(run_id):
+            if self.store.cancel_failed(run_id) is not None and self.abort(run_id):
                 dropped.append(run_id)
         return dropped
 
@@ -456,9 +456,7 @@ class Executor:
         run = self.store.get_run(run_id)
         if run is None or run.state != "cancelled" or run.aborted:
             return True
-        now = self.store.clock()
-        chunks = self.store.get_chunks(run_id, run.chunks_total)
-        if any(c.state == "running" and (c.lease_until or 0) >= now for c in chunks):
+        if self.store.in_flight(run_id, run.chunks_total):
             self.queue.send("etl.abort", run_id, delay=self.lease)
             return False
         with self._using(run) as loaded:
@@ -467,8 +465,9 @@ class Executor:
                 return True
             if not loaded.life.abort():
                 return False
-            if self.store.mark_aborted(run_id):
-                loaded.life.cancelled(loaded.life.result(self.store.get_run(run_id) or run))
+            aborted = self.store.mark_aborted(run_id)
+            if aborted is not None:  # the first to drop it tells the plugins
+                loaded.life.cancelled(loaded.life.result(aborted))
         self._forget(run_id)
         return True
 

@@ -34,7 +34,6 @@ __all__ = [
     "RunLike",
     "RunProgress",
     "chunk_line",
-    "run_json",
     "runs_header",
     "runs_row",
     "status_line",
@@ -329,10 +328,3 @@ def runs_row(progress: RunProgress, created_at: float) -> str:
         f"{progress.chunks_done}/{progress.chunks_total}",
         created,
     )
-
-
-def run_json(run: Any, chunks: Sequence[ChunkLike] | None = None, now: float | None = None) -> dict[str, Any]:
-    """A run as ``--json`` and the API show it: the record's own fields (``run.to_json()``: ISO
-    times, no job text), with the figures of :meth:`RunProgress.to_json` in place of any the
-    record derives itself. (``RunRecord.to_json`` itself must not call this: it would recurse.)"""
-    return {**run.to_json(now), **RunProgress.of(run, chunks, now).to_json()}

@@ -261,7 +261,7 @@ class Worker:
                 if metrics is not None:
                     metrics.chunk_retry(run.job)
             elif outcome == "failed":
-                if run.driver == "process":
+                if run.in_process:
                     log.error("chunk {}: the process running the run stopped renewing its lease; the run failed", index)
                 else:
                     log.error("chunk {}: its workers died on it {} times; the run failed", index, run.attempts)
@@ -272,7 +272,7 @@ class Worker:
         for run_id, index in store.waiting_chunks(self.options.lost_after):
             if store.park(run_id, index):
                 continue  # its run has failed or was cancelled: nothing is lost
-            if _in_process(store, run_id):
+            if (waiting := store.get_run(run_id)) is not None and waiting.in_process:
                 continue  # the process that drives it sends no messages
             transit = self.queue.in_transit() if transit is None else transit
             if ("etl.chunk", (run_id, index)) not in transit:
@@ -281,7 +281,7 @@ class Worker:
                 logger.bind(run=run_id, chunk=index).warning("chunk {}: its message was lost; sent again", index)
         for run_id in store.expired_finalizers():
             run = store.get_run(run_id)
-            if run is not None and run.driver == "process":
+            if run is not None and run.in_process:
                 message = f"the process finalizing it ({run.finalizer}) stopped renewing its lease (killed, or stalled)"
                 if store.fail_run(run_id, message):
                     logger.bind(job=run.job, run=run_id).error("{}; the run failed", message)
@@ -289,12 +289,12 @@ class Worker:
                 continue
             send("etl.finalize", run_id)
         for run in store.list_runs(state="waiting", limit=200):
-            if run.driver != "process" and store.clock() - run.created_at > self.options.lost_after:
+            if not run.in_process and store.clock() - run.created_at > self.options.lost_after:
                 transit = self.queue.in_transit() if transit is None else transit
                 if ("etl.plan", (run.id,)) not in transit:
                     send("etl.plan", run.id)
         for run in store.active_runs(limit=200):
-            if run.driver == "process":
+            if run.in_process:
                 continue
             if run.chunks_done == run.chunks_total and run.finalizer is None:
                 send("etl.finalize", run.id)
@@ -307,8 +307,3 @@ class Worker:
                     send("etl.abort", run.id)
         # Between runs a worker holds no connection or file lock.
         self.executor.close_idle(idle=2 * self.options.reaper_interval)
-
-
-def _in_process(store: Any, run_id: str) -> bool:
-    run = store.get_run(run_id)
-    return run is not None and run.driver == "process"

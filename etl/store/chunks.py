@@ -23,6 +23,11 @@ class Chunks(StoreBase):
         docs = self.kv.get_many([self._chunk_key(run_id, i) for i in range(total)])
         return [ChunkRecord.from_doc(d) for d in docs if d]
 
+    def in_flight(self, run_id: str, chunks_total: int | None = None) -> bool:
+        """Whether a chunk of the run is being written now (running, its lease not run out)."""
+        now = self.clock()
+        return any(c.state == "running" and (c.lease_until or 0) >= now for c in self.get_chunks(run_id, chunks_total))
+
     def dispatch(self, run_id: str, limit: int) -> list[int]:
         """Move pending chunks to ``queued`` until ``limit`` are in flight; their indices."""
         pending = self._z(f"pending:{run_id}")
@@ -54,7 +59,7 @@ class Chunks(StoreBase):
             now = self.clock()
             abandoned = chunk.state == "running" and (chunk.lease_until or 0) < now
             # The process driving an in-process run takes its chunks straight from pending.
-            takes = ("queued", "retrying", "pending") if run.driver == "process" else ("queued", "retrying")
+            takes = ("queued", "retrying", "pending") if run.in_process else ("queued", "retrying")
             if chunk.state not in takes and not abandoned:
                 return None
             chunk.state, chunk.attempts, chunk.token = "running", chunk.attempts + 1, chunk.token + 1

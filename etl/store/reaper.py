@@ -29,16 +29,16 @@ class Reaper(StoreBase):
             if (chunk.lease_until or 0) >= now:
                 return "skip"
             lost = f"its worker {chunk.worker} stopped renewing the lease (killed, or stalled)"
-            if run.driver == "process":
+            if run.in_process:
                 lost = f"the process running it ({chunk.worker}) stopped renewing the lease (killed, or stalled)"
             chunk.errors = [*chunk.errors, f"attempt {chunk.attempts}: {lost}"][-10:]
             if run.state != "active":
                 chunk.state, chunk.worker, chunk.lease_until = "queued", None, None
                 chunk.queued_at = now
                 return "skip"
-            if chunk.attempts >= max_attempts or run.driver == "process":
+            if chunk.attempts >= max_attempts or run.in_process:
                 chunk.state, chunk.worker, chunk.lease_until = "failed", None, None
-                chunk.error = lost if run.driver == "process" else f"gave up after {chunk.attempts} attempts: {lost}"
+                chunk.error = lost if run.in_process else f"gave up after {chunk.attempts} attempts: {lost}"
                 run.chunks_failed += 1
                 run.error, run.error_chunk = chunk.error, index
                 self._set_state(tx, run, "failed")

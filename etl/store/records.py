@@ -6,6 +6,7 @@ rename one, so that runs already stored keep loading.
 from __future__ import annotations
 
 import functools
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -99,9 +100,15 @@ class RunRecord:
     def finished(self) -> bool:
         return self.state in FINISHED
 
-    def progress(self, now: float | None = None) -> RunProgress:
-        """The run's progress figures (the one computation every display formats)."""
-        return RunProgress.of(self, now=now)
+    @property
+    def in_process(self) -> bool:
+        """Driven by the process that started it: no queue message is sent for it."""
+        return self.driver == "process"
+
+    def progress(self, now: float | None = None, chunks: Sequence[ChunkRecord] | None = None) -> RunProgress:
+        """The run's progress figures (the one computation every display formats); with its
+        chunks' records, their counts by state too."""
+        return RunProgress.of(self, chunks, now)
 
     def seconds(self, now: float | None = None) -> float:
         return self.progress(now).seconds
@@ -113,13 +120,14 @@ class RunRecord:
         """Seconds left at the pace so far, or ``None`` before there is a pace."""
         return self.progress(now).eta_seconds
 
-    def to_json(self, now: float | None = None) -> dict[str, Any]:
-        """The run for ``--json`` output: ISO 8601 UTC times and its progress figures
-        (:meth:`RunProgress.to_json <etl.progress.RunProgress.to_json>`); not the job text."""
+    def to_json(self, now: float | None = None, chunks: Sequence[ChunkRecord] | None = None) -> dict[str, Any]:
+        """The run for ``--json`` output and the API: ISO 8601 UTC times and its progress figures
+        (:meth:`RunProgress.to_json <etl.progress.RunProgress.to_json>`, with ``chunks`` their
+        counts by state); not the job text."""
         data = {k: v for k, v in self.to_doc().items() if k not in ("job_text", "shared")}
         for key in ("created_at", "started_at", "finished_at", "finalize_until", "scheduled_for"):
             data[key] = iso_time(data[key])
-        data.update(self.progress(now).to_json())
+        data.update(self.progress(now, chunks).to_json())
         return data
 
 

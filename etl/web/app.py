@@ -37,7 +37,7 @@ from starlette.templating import Jinja2Templates
 
 from etl import api
 from etl.errors import UsageError
-from etl.progress import CHUNK_STATES, RunProgress, run_json
+from etl.progress import CHUNK_STATES, RunProgress
 from etl.store import ChunkRecord, RunRecord
 from etl.store import iso_time as _iso
 from etl.units import format_duration
@@ -515,10 +515,10 @@ def _when(ts: float | None) -> str:
 
 def _progress(run: RunRecord, chunks: list[ChunkRecord] | None = None) -> dict[str, Any]:
     """A run as the API and the event streams show it: the run's fields and the figures of
-    :class:`~etl.progress.RunProgress` (:func:`~etl.progress.run_json`), the same figures as text
+    :class:`~etl.progress.RunProgress` (``RunRecord.to_json``), the same figures as text
     (``display``, which the pages show as they are), and (given the chunks) each chunk's state."""
     now = time.time()
-    data = run_json(run, chunks, now)
+    data = run.to_json(now, chunks)
     data.pop("signature", None)
     data["display"] = RunProgress.of(run, chunks, now).display()
     if chunks is not None:
