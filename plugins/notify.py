@@ -43,6 +43,8 @@ from pydantic import (
 
 from etl import Duration, __version__, did_you_mean, hookimpl
 
+from ._deadlines import env_duration
+
 if TYPE_CHECKING:
     from etl import Job, RunInfo, RunResult
 
@@ -52,6 +54,8 @@ Event = Literal["completed", "failed", "cancelled"]
 EVENTS: tuple[Event, ...] = ("completed", "failed", "cancelled")
 #: What a target notifies unless its `when:` says otherwise (a cancel is someone's own doing).
 DEFAULT_EVENTS: tuple[Event, ...] = ("completed", "failed")
+#: One attempt's timeout and a notification's budget, unless a target or the environment says.
+TIMEOUT, BUDGET = 10.0, 30.0
 SIGNATURE_HEADER = "X-Etl-Signature"
 TIMESTAMP_HEADER = "X-Etl-Timestamp"
 
@@ -67,23 +71,46 @@ class _Target(BaseModel):
         min_length=1,
         description="the outcomes to notify: completed, failed, cancelled",
     )
-    timeout: Duration = Field(10.0, description="the longest one attempt may take")
+    timeout: Duration | None = Field(
+        None,
+        description="the longest one attempt waits to connect, and then for each answer (default: "
+        "ETL_NOTIFY_TIMEOUT, else 10s)",
+    )
     retries: int = Field(
         2, ge=0, le=10, description="attempts after the first when one fails for a reason that may pass"
     )
     backoff: Duration = Field(1.0, description="the wait before the first retry; each further wait doubles")
-    budget: Duration = Field(30.0, description="the most time spent on one notification, attempts and waits included")
+    budget: Duration | None = Field(
+        None,
+        description="the most time spent on one notification, attempts and waits included (default: "
+        "ETL_NOTIFY_BUDGET, else 30s)",
+    )
 
     @field_validator("timeout", "budget")
     @classmethod
-    def _positive(cls, value: float) -> float:
-        if value <= 0:
+    def _positive(cls, value: float | None) -> float | None:
+        if value is not None and value <= 0:
             raise ValueError("must be more than 0")
         return value
+
+    def limits(self) -> tuple[float, float]:
+        """One attempt's timeout and the whole budget, in seconds: the target's, else the
+        environment's (``ETL_NOTIFY_TIMEOUT``, ``ETL_NOTIFY_BUDGET``), else 10s and 30s.
+
+        Raises:
+            PermanentError: an ``ETL_NOTIFY_…`` variable that is not a duration, naming it.
+        """
+        timeout = self.timeout if self.timeout is not None else env_duration("ETL_NOTIFY_TIMEOUT") or TIMEOUT
+        budget = self.budget if self.budget is not None else env_duration("ETL_NOTIFY_BUDGET") or BUDGET
+        return timeout, budget
 
     def describe(self) -> str:
         """The target in log lines: never a secret (a webhook URL's path often is one)."""
         raise NotImplementedError
+
+    def check(self) -> str:
+        """What to check when the target can't be reached."""
+        return "check the URL's host and port, that the endpoint is up, and the network in between (firewall, proxy)"
 
     def send(self, message: Message, timeout: float) -> None:
         """Deliver ``message`` once, within ``timeout`` seconds.
@@ -222,6 +249,12 @@ class EmailTarget(_Target):
     def describe(self) -> str:
         return f"email via {self.host}:{self.effective_port} to {len(self.to)} recipient(s)"
 
+    def check(self) -> str:
+        return (
+            "check host and port (and ssl or starttls to match the port), that the SMTP server is up, and the "
+            "network in between (a firewall; many networks block port 25)"
+        )
+
     def send(self, message: Message, timeout: float) -> None:
         import smtplib
         import ssl
@@ -274,7 +307,8 @@ def _smtp_error(exc: Exception) -> Exception:
     if isinstance(exc, smtplib.SMTPNotSupportedError):
         return _Permanent(f"{exc} (set starttls: false, or ssl: true, if the server offers no STARTTLS)")
     if isinstance(exc, smtplib.SMTPServerDisconnected):
-        return _Transient(_one_line(exc))
+        # smtplib reports a server that never answered as a disconnection ("…: timed out").
+        return _Transient(f"no answer in time ({_one_line(exc)})" if "timed out" in str(exc) else _one_line(exc))
     if isinstance(exc, smtplib.SMTPException | ssl.SSLCertVerificationError):
         return _Permanent(_one_line(exc))
     if isinstance(exc, TimeoutError):
@@ -482,7 +516,8 @@ def _post(url: str, body: bytes, headers: dict[str, str], timeout: float) -> Non
     import httpx
 
     try:
-        with httpx.Client(timeout=timeout, follow_redirects=False) as client:
+        # Each phase bounded: connecting, and every wait for the server (httpx has no total).
+        with httpx.Client(timeout=httpx.Timeout(timeout), follow_redirects=False) as client:
             response = client.post(url, content=body, headers=headers)
     except httpx.TimeoutException as exc:
         raise _Transient(f"no answer within {timeout:g}s ({type(exc).__name__})") from exc
@@ -542,24 +577,32 @@ def deliver(target: _Target, message: Message, log: Any = logger) -> bool:
     Returns:
         Whether it was delivered.
     """
-    deadline = time.monotonic() + target.budget
-    attempts = target.retries + 1
     name = target.describe()
+    try:
+        timeout, budget = target.limits()
+    except Exception as exc:
+        log.error("notification to {} not sent: {}", name, exc)
+        return False
+    deadline = time.monotonic() + budget
+    attempts = target.retries + 1
     for attempt in range(1, attempts + 1):
         remaining = deadline - time.monotonic()
         try:
-            target.send(message, timeout=min(target.timeout, remaining))
+            target.send(message, timeout=min(timeout, remaining))
         except _Transient as exc:
             delay = exc.retry_after if exc.retry_after is not None else target.backoff * 2 ** (attempt - 1)
             if attempt == attempts:
-                log.error("notification to {} failed after {} attempt(s): {}", name, attempt, exc)
+                log.error("notification to {} failed after {} attempt(s): {}; {}", name, attempt, exc, target.check())
                 return False
             if time.monotonic() + delay >= deadline:
                 log.error(
-                    "notification to {} failed: {}; giving up (a retry would end past its budget of {:g}s)",
+                    "notification to {} failed: {}; giving up after {} attempt(s) (a retry would end past its "
+                    "budget of {:g}s); {}",
                     name,
                     exc,
-                    target.budget,
+                    attempt,
+                    budget,
+                    target.check(),
                 )
                 return False
             log.warning(
@@ -592,7 +635,11 @@ def _start(target: _Target, message: Message, log: Any) -> None:
                 _pending.discard(delivery)
 
     thread = threading.Thread(target=work, name=f"etl-notify-{target.type}", daemon=True)
-    delivery = _Delivery(thread, time.monotonic() + target.budget + _GRACE)
+    try:
+        budget = target.limits()[1]
+    except Exception:
+        budget = BUDGET  # deliver() says what is wrong, and gives up at once
+    delivery = _Delivery(thread, time.monotonic() + budget + _GRACE)
     with _lock:
         if not _atexit_registered:
             atexit.register(_flush_at_exit)

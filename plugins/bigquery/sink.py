@@ -117,12 +117,13 @@ from typing import Any, Literal
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+from loguru import logger
 from pydantic import Field, model_validator
 
 from etl import Chunk, Interrupted, PermanentError, Sink, TransientError
 
 from .._casting import cast_batch
-from ._client import BigQueryOptions, Clients, api_retry, google_errors, split_table
+from ._client import BigQueryOptions, Clients, split_table
 from ._sink_types import Plan, conform_plan, out_of_range, same_fields, schema_fields, value_checks
 
 #: The ledger of finalized runs, in the staging dataset.
@@ -207,7 +208,7 @@ class BigQuerySink(Sink):
 
     def __init__(self, options: BigQuerySinkOptions, context) -> None:
         super().__init__(options, context)
-        self.clients = Clients(options)
+        self.clients = Clients(options, logger.bind(job=context.job, run=context.run_id))
         self._names: _Names | None = None
         self._target: Any = None  # the table, once known to exist in this process
         self._plans: dict[pa.Schema, Plan] = {}
@@ -245,12 +246,13 @@ class BigQuerySink(Sink):
     # -- calls ------------------------------------------------------------------------------
 
     @contextmanager
-    def _google(self, what: str) -> Iterator[None]:
-        """Google's errors as ours (quota, rate limits, 5xx and lost connections transient; the
-        rest permanent), named after this stage and ``what`` it was doing."""
+    def _google(self, what: str) -> Iterator[Any]:
+        """The retry policy of the calls inside, and Google's errors as ours (quota, rate
+        limits, 5xx and lost connections transient; the rest permanent), named after this
+        stage and ``what`` it was doing."""
         try:
-            with google_errors(f"{self.context.label}: {what}"):
-                yield
+            with self.clients.call(f"{self.context.label}: {what}") as retry:
+                yield retry
         except PermanentError as exc:
             if "concurrent update" in str(exc).lower():  # another transaction won: worth a retry
                 raise TransientError(str(exc)) from exc
@@ -260,18 +262,20 @@ class BigQuerySink(Sink):
         """The table, or ``None`` when it does not exist."""
         from google.api_core.exceptions import NotFound
 
-        with self._google(f"reading the definition of {ref}"):
+        with self._google(f"reading the definition of {ref}") as retry:
             try:
-                return self.bq.get_table(ref, retry=api_retry())
+                return self.bq.get_table(ref, retry=retry)
             except NotFound:
                 return None
 
     def _query(self, sql: str, what: str) -> list[Any]:
         from google.cloud import bigquery
 
-        config = bigquery.QueryJobConfig(labels=self._labels())
-        with self._google(what):
-            return list(self.bq.query(sql, job_config=config, retry=api_retry()).result())
+        config = self.clients.job_config(bigquery.QueryJobConfig(labels=self._labels()))
+        with self._google(what) as retry:
+            job = self.bq.query(sql, job_config=config, retry=retry)
+            job_retry = self.clients.retry(f"{self.context.label}: {what}", job=True)
+            return list(job.result(retry=retry, job_retry=job_retry))
 
     def _labels(self) -> dict[str, str]:
         """Labels of the jobs and staging tables: find a run's jobs (and costs) by them."""
@@ -283,8 +287,8 @@ class BigQuerySink(Sink):
             return
 
         def delete(ref: str) -> None:
-            with self._google(f"dropping {ref}"):
-                self.bq.delete_table(ref, not_found_ok=True, retry=api_retry())
+            with self._google(f"dropping {ref}") as retry:
+                self.bq.delete_table(ref, not_found_ok=True, retry=retry)
 
         with ThreadPoolExecutor(min(8, len(refs))) as pool:
             list(pool.map(delete, refs))
@@ -310,9 +314,9 @@ class BigQuerySink(Sink):
         from google.cloud import bigquery
 
         ref = f"{project}.{dataset}"
-        with self._google(f"reading dataset {ref}"):
+        with self._google(f"reading dataset {ref}") as retry:
             try:
-                return self.bq.get_dataset(ref, retry=api_retry())
+                return self.bq.get_dataset(ref, retry=retry)
             except NotFound:
                 if create_in is None:
                     raise PermanentError(
@@ -322,8 +326,8 @@ class BigQuerySink(Sink):
         made = bigquery.Dataset(ref)
         made.location = create_in
         made.description = "etl: staging tables of the bigquery sink, and its ledger of finalized runs"
-        with self._google(f"creating the staging dataset {ref}"):
-            return self.bq.create_dataset(made, exists_ok=True, retry=api_retry())
+        with self._google(f"creating the staging dataset {ref}") as retry:
+            return self.bq.create_dataset(made, exists_ok=True, retry=retry)
 
     def _missing(self) -> PermanentError:
         return PermanentError(
@@ -356,8 +360,8 @@ class BigQuerySink(Sink):
             # A run's row is needed only while its finalize may be retried: old days expire.
             ledger.time_partitioning = bigquery.TimePartitioning(field="finalized_at", expiration_ms=90 * 86_400_000)
             ledger.description = "etl: the runs whose rows the bigquery sink has made visible"
-            with self._google(f"creating the ledger {ref}"):
-                self.bq.create_table(ledger, exists_ok=True, retry=api_retry())
+            with self._google(f"creating the ledger {ref}") as retry:
+                self.bq.create_table(ledger, exists_ok=True, retry=retry)
         self._ledger_ready = True
 
     # -- one chunk ----------------------------------------------------------------------------
@@ -422,8 +426,8 @@ class BigQuerySink(Sink):
         if staged is None:
             raise TransientError(f"{self._where()}: the staging table {units[0].name} vanished; finalize again")
         table = bigquery.Table(self.names.target, schema=staged.schema)
-        with self._google(f"creating {self.names.target}"):
-            self.bq.create_table(table, exists_ok=True, retry=api_retry())
+        with self._google(f"creating {self.names.target}") as retry:
+            self.bq.create_table(table, exists_ok=True, retry=retry)
 
     def _stage_table(self, ref: str, plan: Plan, chunk: Chunk) -> None:
         """Make the chunk's staging table ready for this attempt, or stop if a newer one began."""
@@ -446,9 +450,9 @@ class BigQuerySink(Sink):
                 f"etl staging: chunk {chunk.index} of run {self.context.run_id} into {self.names.target}; "
                 "dropped when the run finishes"
             )
-            with self._google(f"creating the staging table {ref}"):
+            with self._google(f"creating the staging table {ref}") as retry:
                 try:
-                    self.bq.create_table(table, retry=api_retry())
+                    self.bq.create_table(table, retry=retry)
                     return
                 except Conflict:  # another attempt made it a moment ago
                     table = self._get(ref)
@@ -456,8 +460,8 @@ class BigQuerySink(Sink):
                 raise Interrupted("lost")
         if _attempt(table) < chunk.attempt:
             table.labels = {**(table.labels or {}), "etl_attempt": str(chunk.attempt)}
-            with self._google(f"marking {ref}"):
-                self.bq.update_table(table, ["labels"], retry=api_retry())
+            with self._google(f"marking {ref}") as retry:
+                self.bq.update_table(table, ["labels"], retry=retry)
 
     def _parquet(self, path: Path, batches: Iterable[pa.RecordBatch], plan: Plan) -> int:
         """Write the batches, converted to the staging table's types, into a Parquet file,
@@ -518,9 +522,17 @@ class BigQuerySink(Sink):
         parquet = bigquery.ParquetOptions()
         parquet.enable_list_inference = True  # Parquet LISTs load as ARRAYs, not as records
         config.parquet_options = parquet
-        with self._google(f"loading {rows:,} rows into {ref}"), path.open("rb") as file:
-            job = self.bq.load_table_from_file(file, ref, job_config=config)
-            job.result(retry=api_retry())
+        self.clients.job_config(config)
+        with self._google(f"loading {rows:,} rows into {ref}") as retry, path.open("rb") as file:
+
+            def upload() -> Any:
+                # The whole file again on a retry (the library's own upload retries are
+                # silent): each attempt is logged, and all of them bounded by `timeout`.
+                file.seek(0)
+                return self.bq.load_table_from_file(file, ref, job_config=config, num_retries=0)
+
+            job = retry(upload)()
+            job.result(retry=retry)
         if job.output_rows is not None and job.output_rows != rows:
             raise TransientError(f"{self.context.label}: loading {ref} took {job.output_rows:,} rows of {rows:,}")
 
@@ -662,12 +674,12 @@ class BigQuerySink(Sink):
         names = self.names
         from google.api_core.exceptions import NotFound
 
-        with self._google(f"listing the staging tables of {names.target}"):
+        with self._google(f"listing the staging tables of {names.target}") as retry:
             try:
                 tables = [
                     t.table_id
                     for t in self.bq.list_tables(
-                        f"{names.staging_project}.{names.staging_dataset}", page_size=1000, retry=api_retry()
+                        f"{names.staging_project}.{names.staging_dataset}", page_size=1000, retry=retry
                     )
                 ]
             except NotFound:  # no dataset, no staging tables

@@ -10,8 +10,9 @@ Options:
 * ``project``, ``location``, ``credentials`` (a service-account key file; Application Default
   Credentials otherwise), ``api_endpoint`` and ``storage_endpoint`` (for an emulator).
 * ``staging_dataset`` and ``staging_expiration``: where query results are written to be read.
-* ``read_api``: ``storage`` (default; falls back to REST when the Storage API can't be had) or
-  ``rest``.
+* ``read_api``: ``storage`` (default; falls back to REST when the Storage API can't be had,
+  such as with ``BIGQUERY_EMULATOR_HOST`` set and no Storage endpoint) or ``rest``.
+* ``connect_timeout``, ``timeout``, ``statement_timeout``: how long calls wait (``_deadlines``).
 
 The job's params are BigQuery named query parameters: ``@start_date`` in ``query`` (or in
 ``row_filter``) is the job's ``start_date`` param, typed from its value (a ``date`` param is a
@@ -23,7 +24,8 @@ How rows are read:
   streams is a chunk (BigQuery is asked for rows / ``chunk_size`` streams and may give fewer),
   read by whichever worker takes it, and all of them see the table as it was when the session
   was made. ``columns`` and ``row_filter`` go to the session (only those columns, only those
-  rows are read and billed). A stream read that breaks resumes from the row it reached.
+  rows are read and billed). A stream read that breaks resumes from the row it reached (on
+  Google's endpoint; an emulator's stream is read again whole, with its chunk).
 * A ``query`` runs once, into a table of the staging dataset (``CREATE TABLE ... AS SELECT``,
   which expires after ``staging_expiration``); that table is then read as above. The query's
   bytes processed and billed are logged. The same run planning twice (the command line
@@ -86,24 +88,17 @@ import pyarrow as pa
 from loguru import logger
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
-from etl import Chunk, PermanentError, Plan, RowCount, Source, StageOptions, Window, did_you_mean
+from etl import Chunk, PermanentError, Plan, RowCount, Source, StageOptions, TransientError, Window, did_you_mean
 
 from .._chunking import DAY, SliceBy, column_label, every_seconds, key_edges, parse_chunk_by, slice_edges
+from .._deadlines import shown
 from .._files import batches_of, schema_from_shared, schema_to_shared
-from ._client import (
-    BigQueryOptions,
-    Clients,
-    api_retry,
-    classify,
-    decimal_type,
-    google_errors,
-    param_names,
-    parameters,
-    split_table,
-)
+from ._client import BigQueryOptions, Clients, decimal_type, param_names, parameters, split_table
 
 #: The most streams one read session is asked for.
 MAX_STREAMS = 1_000
+#: A stream that breaks this many times in a row with no row read in between is given up on.
+_STALLS = 3
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,1023}$")
 _INTEGERS = {"INTEGER", "INT64"}
 _TIMES = {"DATE", "DATETIME", "TIMESTAMP"}
@@ -217,8 +212,8 @@ class BigQuerySource(Source):
     def __init__(self, options: BigQuerySourceOptions, context) -> None:
         super().__init__(options, context)
         self.label = context.label or "source"
-        self.clients = Clients(options)
         self.log = logger.bind(job=context.job, run=context.run_id)
+        self.clients = Clients(options, self.log)
         # Keyed by the SQL they come from and the window: a window set later (an incremental
         # run's, fixed after cursor_high) is never answered from another's.
         self._stats: dict[tuple[str, str], tuple[Any, Any, int, int]] = {}
@@ -318,18 +313,19 @@ class BigQuerySource(Source):
     # -- BigQuery calls ------------------------------------------------------------------------
 
     def _get_table(self, name: str, what: str | None = None) -> Any:
-        with google_errors(f"{self.label}: {what or f'reading table {name}'}"):
-            return self.clients.bq.get_table(name, retry=api_retry())
+        with self.clients.call(f"{self.label}: {what or f'reading table {name}'}") as retry:
+            return self.clients.bq.get_table(name, retry=retry)
 
     def _query(self, sql: str, *, what: str, dry_run: bool = False) -> Any:
         """Run ``sql`` with the job's params as query parameters; returns the finished job."""
         from google.cloud import bigquery
 
-        config = bigquery.QueryJobConfig(query_parameters=self._params(sql), dry_run=dry_run)
-        with google_errors(f"{self.label}: {what}"):
-            job = self.clients.bq.query(sql, job_config=config, location=self._location, retry=api_retry())
+        config = self.clients.job_config(bigquery.QueryJobConfig(query_parameters=self._params(sql), dry_run=dry_run))
+        what = f"{self.label}: {what}"
+        with self.clients.call(what) as retry:
+            job = self.clients.bq.query(sql, job_config=config, location=self._location, retry=retry)
             if not dry_run:
-                job.result(retry=api_retry())
+                job.result(retry=retry, job_retry=self.clients.retry(what, job=True))
         if not dry_run:
             self._report(job, what)
         return job
@@ -342,8 +338,8 @@ class BigQuerySource(Source):
 
     def _rows(self, sql: str, what: str) -> list[tuple[Any, ...]]:
         job = self._query(sql, what=what)
-        with google_errors(f"{self.label}: {what}"):
-            return [tuple(row.values()) for row in job.result(retry=api_retry())]
+        with self.clients.call(f"{self.label}: {what}") as retry:
+            return [tuple(row.values()) for row in job.result(retry=retry)]
 
     def _check(self) -> Any:
         """The query checked by a dry run (done once): its schema and location."""
@@ -357,8 +353,8 @@ class BigQuerySource(Source):
         if self._location is None:
             if self.base_sql is None:
                 project, dataset, _ = self.table.split(".")
-                with google_errors(f"{self.label}: reading dataset {project}.{dataset}"):
-                    self._location = self.clients.bq.get_dataset(f"{project}.{dataset}", retry=api_retry()).location
+                with self.clients.call(f"{self.label}: reading dataset {project}.{dataset}") as retry:
+                    self._location = self.clients.bq.get_dataset(f"{project}.{dataset}", retry=retry).location
             else:
                 self._location = self._check().location
         return self._location
@@ -374,8 +370,8 @@ class BigQuerySource(Source):
             dataset.location = self.location()
             dataset.default_table_expiration_ms = every_seconds(self.options.staging_expiration) * 1000
             dataset.description = "Query results staged by etl for reading; tables expire on their own."
-            with google_errors(f"{self.label}: making the staging dataset {name}"):
-                self.clients.bq.create_dataset(dataset, exists_ok=True, retry=api_retry())
+            with self.clients.call(f"{self.label}: making the staging dataset {name}") as retry:
+                self.clients.bq.create_dataset(dataset, exists_ok=True, retry=retry)
             self._staging_ready = True
         return name
 
@@ -388,14 +384,13 @@ class BigQuerySource(Source):
             named += "\0" + self._key(sql)[1]
         digest = hashlib.sha256(named.encode()).hexdigest()[:24]
         name = f"{self._staging()}.etl_{digest}"
-        try:
-            table = self.clients.bq.get_table(name, retry=api_retry())
-            self.log.debug("BigQuery: {} already staged in {}", what, name)
-            return table
-        except g.NotFound:
-            pass
-        except (g.GoogleAPIError, OSError) as exc:
-            raise classify(exc, f"{self.label}: {what}") from None
+        with self.clients.call(f"{self.label}: {what}") as retry:
+            try:
+                table = self.clients.bq.get_table(name, retry=retry)
+                self.log.debug("BigQuery: {} already staged in {}", what, name)
+                return table
+            except g.NotFound:
+                pass
         hours = max(1, every_seconds(self.options.staging_expiration) // 3600)
         ddl = (
             f"CREATE TABLE `{name}`\n"
@@ -406,7 +401,8 @@ class BigQuerySource(Source):
         except PermanentError:
             # Another attempt at the same chunk may have made it first (a lost lease).
             try:
-                return self.clients.bq.get_table(name, retry=api_retry())
+                with self.clients.call(f"{self.label}: {what}") as retry:
+                    return self.clients.bq.get_table(name, retry=retry)
             except Exception:
                 pass
             raise
@@ -566,11 +562,9 @@ class BigQuerySource(Source):
         if self._api is None:
             self._api = "rest"
             if self.options.read_api == "storage":
-                if self.clients.read_client() is None:
-                    self.log.warning(
-                        "BigQuery: the Storage Read API client (google-cloud-bigquery-storage) is not installed; "
-                        "reading through REST pages, far slower (pip install 'etl-toolkit[bigquery]')"
-                    )
+                missing = self.clients.storage_missing()
+                if missing is not None:
+                    self.log.warning("BigQuery: {}; reading through REST pages, far slower", missing)
                 else:
                     self._api = "storage"
         return self._api
@@ -597,10 +591,15 @@ class BigQuerySource(Source):
         from google.api_core import exceptions as g
 
         what = f"{self.label}: opening a Storage Read API session on {table}"
+        client = self.clients.read_client()
         try:
-            with google_errors(what):
-                return self.clients.read_client().create_read_session(
-                    parent=f"projects/{self.clients.project}", read_session=session, max_stream_count=streams
+            with self.clients.call(what, "storage") as retry:
+                return client.create_read_session(
+                    parent=f"projects/{self.clients.project}",
+                    read_session=session,
+                    max_stream_count=streams,
+                    retry=retry,
+                    timeout=self.clients.deadlines.timeout,
                 )
         except PermanentError as exc:
             if isinstance(exc.__context__, g.PermissionDenied | g.MethodNotImplemented):
@@ -704,37 +703,80 @@ class BigQuerySource(Source):
                     yield conform(piece, target, kinds, self.label)
 
     def _read_stream(self, stream: str, schema: pa.Schema) -> Iterator[pa.RecordBatch]:
-        """A read stream's rows; the client resumes a broken stream from the row it reached."""
+        """A read stream's rows. A stream that breaks is resumed from the row it reached (on
+        Google's endpoint: see ``Clients.resumable``), each break logged; opening it is retried
+        for up to ``timeout`` (then the chunk fails, and its retries take over), and a whole
+        stream may take up to ``statement_timeout``."""
         from google.api_core import exceptions as g
 
         client = self.clients.read_client()
         if client is None:
             raise PermanentError(f"{self.label}: this run reads through the Storage Read API, not installed here")
         what = f"{self.label}: reading stream {stream.rsplit('/', 1)[-1]}"
-        try:
-            with google_errors(what):
-                for response in client.read_rows(stream):
-                    data = response.arrow_record_batch.serialized_record_batch
-                    if data:
-                        yield pa.ipc.read_record_batch(pa.py_buffer(data), schema)
-        except PermanentError as exc:
-            if isinstance(exc.__context__, g.NotFound | g.FailedPrecondition):
-                raise PermanentError(
-                    f"{exc} (a read session lasts at least 6 hours; a run that waits longer must start again)"
-                ) from None
-            raise
+        offset, breaks, reached, stalled = 0, 0, -1, 0
+        while True:
+            try:
+                with self.clients.call(what, "storage") as retry:
+                    try:
+                        responses = client.read_rows(
+                            read_stream=stream, offset=offset, retry=retry, timeout=self.clients.deadlines.statement
+                        )
+                        for response in responses:
+                            offset += response.row_count
+                            data = response.arrow_record_batch.serialized_record_batch
+                            if data:
+                                yield pa.ipc.read_record_batch(pa.py_buffer(data), schema)
+                        return
+                    except g.DeadlineExceeded:
+                        if offset == 0:
+                            raise  # no answer at all: as any call that gets none
+                        raise TransientError(
+                            f"{what}: the stream took longer than statement_timeout "
+                            f"({shown(self.clients.deadlines.statement)}), at row {offset:,}: raise statement_timeout "
+                            "(or ETL_STATEMENT_TIMEOUT), or make chunk_size smaller"
+                        ) from None
+                    except (g.ServiceUnavailable, g.Unknown, g.InternalServerError) as exc:
+                        if isinstance(exc, g.InternalServerError) and "RST_STREAM" not in str(exc):
+                            raise
+                        if not self.clients.resumable:
+                            raise TransientError(
+                                f"{what}: the stream broke at row {offset:,} ({self.clients.short(exc)}; the Storage "
+                                f"Read API at {self.clients.storage_endpoint}); an emulator's stream is read again "
+                                "from its start, with the chunk"
+                            ) from None
+                        stalled = stalled + 1 if offset == reached else 0
+                        if stalled >= _STALLS:
+                            raise TransientError(
+                                f"{what}: the stream broke {stalled} times in a row at row {offset:,} "
+                                f"({self.clients.short(exc)}; the Storage Read API at "
+                                f"{self.clients.storage_endpoint}); check that endpoint's log and the network to it"
+                            ) from None
+                        breaks, reached = breaks + 1, offset
+                        self.log.warning(
+                            "{}: the stream broke at row {:,} ({}; break {}); resuming from there",
+                            what,
+                            offset,
+                            self.clients.short(exc),
+                            breaks,
+                        )
+            except PermanentError as exc:
+                if isinstance(exc.__context__, g.NotFound | g.FailedPrecondition):
+                    raise PermanentError(
+                        f"{exc} (a read session lasts at least 6 hours; a run that waits longer must start again)"
+                    ) from None
+                raise
 
     def _read_rows(self, table: str, args: Mapping[str, Any], size: int) -> Iterator[pa.RecordBatch]:
         start, stop = int(args["start"]), args.get("stop")
-        with google_errors(f"{self.label}: paging {table} through REST"):
-            selected = self._rest_fields(table)
+        selected = self._rest_fields(table)
+        with self.clients.call(f"{self.label}: paging {table} through REST") as retry:
             rows = self.clients.bq.list_rows(
                 table,
                 selected_fields=selected,
                 start_index=start,
                 max_results=None if stop is None else int(stop) - start,
                 page_size=size,
-                retry=api_retry(),
+                retry=retry,
             )
             yield from rows.to_arrow_iterable(bqstorage_client=None)
 
@@ -750,8 +792,8 @@ class BigQuerySource(Source):
             extra = f" AND ({self.restriction})" if self.restriction is not None else ""
             columns = "*" if self.sql is not None else self._columns()
             job = self._query(f"SELECT {columns} FROM {source} AS q WHERE {condition}{extra}", what=chunk.label)
-            with google_errors(f"{self.label}: paging {chunk.label} through REST"):
-                yield from job.result(page_size=size, retry=api_retry()).to_arrow_iterable(bqstorage_client=None)
+            with self.clients.call(f"{self.label}: paging {chunk.label} through REST") as retry:
+                yield from job.result(page_size=size, retry=retry).to_arrow_iterable(bqstorage_client=None)
             return
         if self.sql is None:
             restriction = f"({condition}) AND ({self.restriction})" if self.restriction is not None else condition

@@ -21,6 +21,7 @@ altered.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import itertools
 from collections.abc import Iterable, Iterator
@@ -34,7 +35,17 @@ from pydantic import Field, model_validator
 from etl import Chunk, Interrupted, PermanentError, Sink
 
 from .._casting import cast_batch
-from ._common import ConnectionOptions, arrow_type, classify, pg_connect, pg_type, qualified, quote, split_table
+from ._common import (
+    ConnectionOptions,
+    Server,
+    arrow_type,
+    classify,
+    pg_connect,
+    pg_type,
+    qualified,
+    quote,
+    split_table,
+)
 
 HELPERS = ("_etl_chunk", "_etl_row")
 
@@ -91,9 +102,15 @@ class PostgresSink(Sink):
     @property
     def con(self) -> Any:
         if self._con is None:
-            self._con = pg_connect(self.options.dsn)
+            self._con = pg_connect(self.server, self.context.label)
             self._setup()
         return self._con
+
+    @functools.cached_property
+    def server(self) -> Server:
+        """The server, and the deadlines of each connection to it (read when first connecting:
+        a worker's own environment)."""
+        return Server.of(self.options)
 
     def close(self) -> None:
         if self._con is not None:
@@ -109,7 +126,8 @@ class PostgresSink(Sink):
             try:
                 cur.execute(sql, params)
             except psycopg.Error as exc:
-                raise classify(exc, f"{self.context.label}: {sql.split()[0]} on {self.options.table}") from None
+                what = f"{self.context.label}: {sql.split()[0]} on {self.options.table}"
+                raise classify(exc, what, self.server) from None
             return cur.fetchall() if cur.description is not None else []
 
     def _commit(self) -> None:
@@ -279,7 +297,7 @@ class PostgresSink(Sink):
                     rows += batch.num_rows
                 copy.write(encoder.finish())
         except psycopg.Error as exc:
-            raise classify(exc, f"{self.context.label}: COPY into {self.options.table}") from None
+            raise classify(exc, f"{self.context.label}: COPY into {self.options.table}", self.server) from None
         return rows
 
     def _raise_fence(self, chunk: Chunk, key: list[Any]) -> None:

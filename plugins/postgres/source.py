@@ -61,6 +61,7 @@ cursor fetched ``batch_size`` rows at a time) and yielded in batches of at most 
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import re
 import weakref
 from collections.abc import Iterator, Mapping, Sequence
@@ -75,7 +76,7 @@ from etl import Chunk, PermanentError, Plan, RowCount, Source, Window, did_you_m
 
 from .._chunking import DAY, SliceBy, column_label, key_edges, parse_chunk_by, slice_edges
 from .._files import batches_of, schema_from_shared, schema_to_shared
-from ._common import ConnectionOptions, classify, column_plan, connect, qualified, quote, split_table
+from ._common import ConnectionOptions, Server, classify, column_plan, connect, qualified, quote, split_table
 from ._params import check_sql, positional
 
 #: Marks an option that holds SQL: `{{ params.X }}` templates are refused there.
@@ -190,7 +191,7 @@ class PostgresSource(Source):
         """A connection for one statement or one read; kept for the next when used up cleanly."""
         con = self._idle.take()
         if con is None:
-            con = connect(self.options.dsn)
+            con = connect(self.server, self.label)
         clean = False
         try:
             yield con
@@ -203,6 +204,12 @@ class PostgresSource(Source):
                     clean = False
             if not (clean and self._idle.keep(con)):
                 _close(con)
+
+    @functools.cached_property
+    def server(self) -> Server:
+        """The server, and the deadlines of each connection to it (read when first connecting:
+        a worker's own environment)."""
+        return Server.of(self.options)
 
     def close(self) -> None:
         self._idle.close()
@@ -217,7 +224,7 @@ class PostgresSource(Source):
                 cur.execute(sql, list(self.params if params is None else params) or None)
                 return cur.fetch_arrow_table().schema if schema else cur.fetchall()
             except adbc_driver_manager.Error as exc:
-                raise _error(exc, f"{self.label}: reading {self.what}") from None
+                raise classify(exc, f"{self.label}: reading {self.what}", self.server) from None
 
     def _probe(self) -> pa.Schema:
         """The result's columns (with the driver's type metadata), from a query of no rows."""
@@ -411,7 +418,7 @@ class PostgresSource(Source):
                 reader = cur.fetch_record_batch()
                 yield from reader
             except (adbc_driver_manager.Error, pa.ArrowException, OSError) as exc:
-                raise _error(exc, f"{self.label}: reading {self.what}") from None
+                raise classify(exc, f"{self.label}: reading {self.what}", self.server) from None
             finally:
                 if reader is not None:
                     reader.close()
@@ -435,7 +442,7 @@ class PostgresSource(Source):
                         return
                     yield from table.to_batches()
             except (adbc_driver_manager.Error, pa.ArrowException, OSError) as exc:
-                raise _error(exc, f"{self.label}: reading {self.what}") from None
+                raise classify(exc, f"{self.label}: reading {self.what}", self.server) from None
 
     def _conform(self, batch: pa.RecordBatch, target: pa.Schema) -> pa.RecordBatch:
         """The batch in the planned types (the same in every chunk): numerics as decimals."""
@@ -527,11 +534,6 @@ def _label(args: Mapping[str, Any], table: tuple[str, str]) -> str:
         blocks = f"blocks {args['first']}-{stop - 1}" if stop is not None else f"blocks {args['first']}-"
         return blocks if args["relation"] == list(table) else f"{'.'.join(args['relation'])} {blocks}"
     return column_label(args)
-
-
-def _error(exc: BaseException, what: str) -> Exception:
-    """A driver error as a transient or permanent error of ours."""
-    return classify(exc, what)
 
 
 class _Idle:

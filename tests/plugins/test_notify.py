@@ -377,7 +377,8 @@ def test_retries_stop_after_the_last_attempt(dead_url, write, logs):
         f"notification to webhook http://127.0.0.1:{port} failed (attempt 1/2): ConnectError: "
         "[Errno 111] Connection refused; retrying in 0.01s",
         f"notification to webhook http://127.0.0.1:{port} failed after 2 attempt(s): ConnectError: "
-        "[Errno 111] Connection refused",
+        "[Errno 111] Connection refused; check the URL's host and port, that the endpoint is up, and the network "
+        "in between (firewall, proxy)",
     ]
 
 
@@ -422,7 +423,8 @@ def test_a_silent_endpoint_costs_at_most_the_budget(silent_url, write, logs):
     # 0.3s, a 0.2s wait, 0.3s: a wait of 0.4s would end past the budget.
     assert [line.split(": ", 1)[1] for line in logs if line.startswith("notification to")] == [
         "no answer within 0.3s (ReadTimeout); retrying in 0.2s",
-        "no answer within 0.3s (ReadTimeout); giving up (a retry would end past its budget of 1s)",
+        "no answer within 0.3s (ReadTimeout); giving up after 2 attempt(s) (a retry would end past its budget of "
+        "1s); check the URL's host and port, that the endpoint is up, and the network in between (firewall, proxy)",
     ]
 
 
