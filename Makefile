@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 READY := $(VENV)/.ready
 
-.PHONY: demo test lint schema bench bench-background bench-postgres bench-bigquery bench-dashboard bench-lifecycle clean
+.PHONY: demo test fuzz lint schema bench bench-background bench-postgres bench-bigquery bench-dashboard bench-lifecycle clean
 
 $(READY): pyproject.toml constraints.txt
 	@$(PYTHON) -c 'import sys; sys.exit("Python 3.11 or newer is needed; set PYTHON=python3.11" if sys.version_info < (3, 11) else 0)'
@@ -20,6 +20,13 @@ demo: $(READY)
 
 test: $(READY)
 	$(BIN)/pytest
+
+# The fuzz tests of job files and masking, longer: FUZZ_EXAMPLES new examples for each property
+# (the suite runs a fixed 100), then what hostile job files cost to refuse (prints figures).
+FUZZ_EXAMPLES ?= 5000
+fuzz: $(READY)
+	ETL_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(BIN)/pytest -p no:cacheprovider tests/test_fuzz_config.py tests/test_masking.py
+	$(BIN)/python benchmarks/hostile_jobs.py
 
 lint: $(READY)
 	$(BIN)/ruff check etl plugins tests benchmarks

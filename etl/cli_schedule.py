@@ -97,8 +97,10 @@ def schedule(configs: str, count: int, as_json: bool) -> None:
         click.echo(f"{row['job']}: {row['schedule']} ({row['timezone']}){paused}")
         click.echo(f"  last run: {last}")
         click.echo(f"  next: {', '.join(row['next'])}")
-    for problem in problems:
-        click.echo(f"invalid, not scheduled: {problem['file']}: {problem['errors'][0]}", err=True)
+    for problem in problems:  # each error names its file (and line)
+        more = len(problem["errors"]) - 1
+        also = f" (and {more} more: etl validate {problem['file']})" if more else ""
+        click.echo(f"invalid, not scheduled: {problem['errors'][0]}{also}", err=True)
 
 
 def _pause(job: str, paused: bool, as_json: bool) -> None:

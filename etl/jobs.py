@@ -10,14 +10,14 @@ from typing import TYPE_CHECKING, Any
 from etl import config
 from etl.errors import ConfigError, ConfigErrors, PluginError
 from etl.manager import StageRegistry, get_plugin_manager
-from etl.yamldoc import Document, apply_sets, environment, parse
+from etl.yamldoc import LIMITS, Document, apply_sets, environment, parse
 
 if TYPE_CHECKING:
     import pluggy
 
     from etl.config import Job
 
-__all__ = ["load", "load_job", "state_dir", "validate"]
+__all__ = ["load", "load_job", "read_job_file", "state_dir", "validate"]
 
 
 def state_dir() -> Path:
@@ -67,19 +67,10 @@ def load(
 ) -> tuple[Job, pluggy.PluginManager]:
     if (source is None) == (text is None):
         raise TypeError("give either a job file or its text")
-    if text is None:
-        file = str(source)
-        try:
-            text = Path(file).read_text(encoding="utf-8")
-        except FileNotFoundError:
-            raise ConfigErrors([ConfigError("no such job file", file=file)]) from None
-        except (OSError, UnicodeDecodeError) as exc:
-            raise ConfigErrors([ConfigError(f"cannot read the job file: {exc}", file=file)]) from None
-    else:
-        file = origin or "<string>"
+    file = str(source) if text is None else origin or "<string>"
     env = environment() if env is None else env
     try:
-        doc = parse(text, file, env)
+        doc = parse(read_job_file(file) if text is None else text, file, env)
     except ConfigError as exc:
         raise ConfigErrors([exc]) from None
     applied = apply_sets(doc, sets, env)
@@ -88,6 +79,39 @@ def load(
     registry = StageRegistry(pm)
     given = {k: v for k, v in (params or {}).items()}
     return config.validate(doc, registry, params=given, sets=applied, run=run), pm
+
+
+def read_job_file(file: str) -> str:
+    """The text of a job file (UTF-8, any line break read as LF), within the size limit.
+
+    Raises:
+        ConfigError: naming the file, when it is missing, unreadable, too big or not UTF-8.
+    """
+    try:
+        # Opened without waiting (a FIFO without a writer reads as empty instead of hanging),
+        # then read as usual; at most one byte past the limit is read (think of /dev/zero).
+        fd = os.open(file, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+        with os.fdopen(fd, "rb") as stream:
+            os.set_blocking(fd, True)
+            data = stream.read(LIMITS.chars + 1)
+    except FileNotFoundError:
+        raise ConfigError("no such job file", file=file) from None
+    except IsADirectoryError:
+        raise ConfigError("is a directory, not a job file", file=file) from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read the job file: {exc.strerror or exc}", file=file) from None
+    if len(data) > LIMITS.chars:
+        raise ConfigError(f"the file is larger than {LIMITS.chars:,} bytes, the most a job file may hold", file=file)
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise ConfigError(
+            f"not UTF-8 text (byte 0x{data[exc.start]:02x} can't be decoded); save the file as UTF-8",
+            file=file,
+            line=line,
+        ) from None
+    return text.replace("\r\n", "\n").replace("\r", "\n")
 
 
 def _manager_for(doc: Document) -> pluggy.PluginManager:

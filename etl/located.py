@@ -16,7 +16,7 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from etl.errors import ConfigError, did_you_mean
-from etl.masking import mask
+from etl.masking import shown as _shown
 from etl.yamldoc import Document, KeyPath, format_key
 
 __all__ = ["located", "pydantic_errors"]
@@ -100,22 +100,30 @@ def _describe(item: Mapping[str, Any], doc: Document, path: KeyPath) -> str:
     message = item["msg"]
     kind = item["type"]
     if kind == "value_error":
-        message = message.removeprefix("Value error, ")
-        return message
+        return _LONG_LITERAL.sub(_cut, message.removeprefix("Value error, "))
     shown = doc.written.get(path, item.get("input"))
     if kind == "literal_error":
         expected = item.get("ctx", {}).get("expected", "")
         choices = re.findall(r"'([^']*)'", expected)
         hint = did_you_mean(str(shown), choices)
-        return f"{shown!r} is not one of: {', '.join(choices)}{hint}"
+        return f"{_shown(shown)} is not one of: {', '.join(choices)}{hint}"
     if kind == "string_pattern_mismatch" and path[-1:] == ("name",):
         return (
-            f"{shown!r} is not a valid name; use lowercase letters, digits, '-' and '_', "
+            f"{_shown(shown)} is not a valid name; use lowercase letters, digits, '-' and '_', "
             "starting with a letter or digit"
         )
     text = message[0].lower() + message[1:] if message else "invalid"
     text = text.replace("input should be", "should be")
-    return f"{mask(shown)!r}: {text}" if not isinstance(shown, dict | list) else text
+    return f"{_shown(shown)}: {text}" if not isinstance(shown, dict | list) else text
+
+
+# A long quoted value in a validator's message ('…' or "…", as Python writes strings).
+_LONG_LITERAL = re.compile(r"'(?:[^'\\\n]|\\.){100,}'" r'|"(?:[^"\\\n]|\\.){100,}"')
+
+
+def _cut(match: re.Match[str]) -> str:
+    """A long value in a message, cut short (a value of a million characters helps no one)."""
+    return f"{match[0][:101]}{match[0][0]}… ({len(match[0]) - 2:,} characters)"
 
 
 def _model_at(model: type[BaseModel], loc: KeyPath) -> type[BaseModel] | None:

@@ -144,6 +144,8 @@ def _run_template(
 ) -> Any:
     """A default with ``{{ run.interval_start }}`` (or ``interval_end``) filled in."""
     names = _RUN.findall(raw)
+    if not names:  # "{{" and "run." but no template: text, judged as the parameter's type
+        return raw
     for name in names:
         if name not in RUN_NAMES:
             errors.append(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from typing import TYPE_CHECKING, Any
 
@@ -25,14 +26,24 @@ def parse_duration(value: object) -> float:
     if isinstance(value, int | float):
         if value < 0:
             raise ValueError(f"{value!r} is negative; a duration is 0 or more")
-        return float(value)
+        return _finite(value, value)
     match = _DURATION.match(str(value))
     if not match:
         raise ValueError(
             f"{str(value)!r} is not a duration; expected a number of seconds or a number "
             "with a unit: ms, s, m, h, d, w (e.g. 100ms, 30s, 5m, 2h, 7d)"
         )
-    return float(match[1]) * _UNIT_SECONDS[match[2]]
+    return _finite(float(match[1]) * _UNIT_SECONDS[match[2]], value)
+
+
+def _finite(seconds: float, value: object) -> float:
+    try:
+        seconds = float(seconds)
+    except OverflowError:  # an integer past the largest float
+        seconds = math.inf
+    if not math.isfinite(seconds):
+        raise ValueError(f"{str(value)[:40]!r} is not a duration of finite length; expected e.g. 30s, 5m, 7d")
+    return seconds
 
 
 def format_duration(seconds: float) -> str:
@@ -85,7 +96,10 @@ TYPE_NAMES = sorted({*_SIMPLE, "timestamp", "timestamp(unit[, tz])", "decimal(p,
 _PARAMETRIC = re.compile(r"^(?P<name>[a-z_0-9]+)\s*(?:\((?P<args>.*)\)|<(?P<inner>.*)>)?$")
 
 
-def parse_type(text: str) -> pa.DataType:
+_LIST_DEPTH = 32  # list<list<…>> nested deeper than this is no type anyone means
+
+
+def parse_type(text: str, _depth: int = 0) -> pa.DataType:
     """An Arrow type from its name in a job file.
 
     Accepted: ``bool``, ``int8``..``int64`` (``int``), ``uint8``..``uint64``, ``float32``,
@@ -106,7 +120,9 @@ def parse_type(text: str) -> pa.DataType:
     if inner is not None:
         if name != "list":
             raise ValueError(_unknown_type(text))
-        return pa.list_(parse_type(inner))
+        if _depth >= _LIST_DEPTH:
+            raise ValueError(f"lists nested more than {_LIST_DEPTH} deep; expected e.g. list<int64>")
+        return pa.list_(parse_type(inner, _depth + 1))
     if args is None and name in _SIMPLE:
         simple = _SIMPLE[name]
         if simple == "time64us":
@@ -200,7 +216,7 @@ def parse_timezone(name: str) -> Any:
 
     try:
         return ZoneInfo(str(name))
-    except (ZoneInfoNotFoundError, ValueError):
+    except (ZoneInfoNotFoundError, ValueError, OSError):  # OSError: a name too long for a file name
         from etl.errors import did_you_mean
 
         hint = did_you_mean(str(name), sorted(available_timezones()))

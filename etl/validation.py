@@ -17,6 +17,7 @@ from pydantic import TypeAdapter, ValidationError, create_model
 from etl.errors import ConfigError, ConfigErrors, did_you_mean
 from etl.job import Job, StageConfig
 from etl.located import located, pydantic_errors
+from etl.masking import shown
 from etl.models import JobSpec, Kind, Model, ParamSpec
 from etl.params import INVALID, render, resolve_params
 from etl.units import parse_cron
@@ -186,7 +187,7 @@ def _stage(
             located(
                 doc,
                 (*path, "type"),
-                f"unknown {kind} type {name!r}{hint} (known {kind} types: {', '.join(known)})",
+                f"unknown {kind} type {shown(name)}{hint} (known {kind} types: {', '.join(known)})",
                 sets,
             )
         )

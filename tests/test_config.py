@@ -161,6 +161,32 @@ BAD = [
     ("jitter out of range", GOOD + "retry: {jitter: 2}\n", 12, "retry.jitter", "less than or equal to 1"),
     ("retry attempts zero", GOOD + "retry: {attempts: 0}\n", 12, "retry.attempts", "greater than or equal to 1"),
     ("unknown retry key", GOOD + "retry: {attempt: 3}\n", 12, "retry.attempt", 'did you mean "attempts"?'),
+    # Hostile YAML (tests/test_fuzz_config.py has the rest): refused before validation, located.
+    (
+        "a python tag",
+        GOOD + "chunk_size: !!python/object/apply:os.system [true]\n",
+        12,
+        "chunk_size",
+        "the tag !!python/object/apply:os.system is not allowed",
+    ),
+    ("a recursive alias", GOOD.replace("{type: generate, rows: 100}", "&r [*r]"), 5, "source[0]", "recursive alias"),
+    (
+        "a control character",
+        GOOD.replace("table: forecasts", "table: fore\x07casts"),
+        11,
+        None,
+        "the character U+0007 is not allowed",
+    ),
+    (
+        "an impossible date",
+        GOOD.replace('"2026-01-01"', "2026-02-30"),
+        3,
+        "params.start_date.default",
+        "'2026-02-30' is not a valid date or timestamp: day is out of range for month",
+    ),
+    ("a huge integer", GOOD + "chunk_size: " + "9" * 700 + "\n", 12, "chunk_size", "a number of 700 characters"),
+    ("nested too deep", GOOD + "x: " + "[" * 101 + "]" * 101 + "\n", 12, None, "nested more than 100 levels deep"),
+    ("a list as a key", GOOD + "? [a]\n: b\n", 12, None, "a key is text or a number"),
 ]
 
 
@@ -173,6 +199,16 @@ def test_bad_job_files_are_reported_with_location_and_hint(text, line, key, frag
     assert error.file == "<string>"
     assert error.line == line
     assert error.key == key
+
+
+def test_merge_keys_merge_and_the_mappings_own_keys_win():
+    """``<<:`` merges mappings: the first of a list wins over the next, the mapping's own keys
+    over both, and an overridden key is no duplicate."""
+    sink = "sink:\n  type: duckdb\n  path: out/f.duckdb\n  table: forecasts\n"
+    merged = "sink:\n  <<: [{type: duckdb, path: out/f.duckdb, table: first}, {table: second, mode: replace}]\n"
+    job = load(GOOD.replace(sink, merged + "  path: out/g.duckdb\n"))
+    options = job.sink.options
+    assert (options.table, options.mode, options.path) == ("first", "replace", "out/g.duckdb")
 
 
 def test_every_problem_is_reported_in_one_pass():
