@@ -83,7 +83,19 @@ def dashboard(
         click.echo("actions need the token in ETL_DASHBOARD_TOKEN", err=True)
     click.echo(f"answers to {', '.join(hosts)} and IP addresses (--allowed-host adds names)", err=True)
     click.echo(f"queue {queue.settings.display}", err=True)
-    uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
+    # A client's address (what wrong tokens are counted by, and the scheme its cookie and form
+    # checks see) comes from X-Forwarded-For and -Proto only when sent by a proxy named in
+    # FORWARDED_ALLOW_IPS: trusted from anyone, they let a client choose its own address.
+    forwarded = os.environ.get("FORWARDED_ALLOW_IPS") or None
+    uvicorn.run(
+        app,
+        host=host,
+        port=port,
+        log_level="warning",
+        access_log=False,
+        proxy_headers=forwarded is not None,
+        forwarded_allow_ips=forwarded,
+    )
 
 
 COMMANDS = [dashboard]

@@ -221,7 +221,11 @@ class _Dashboard:
         self._may_act()
         origin = request.headers.get("origin")
         if origin and origin != f"{request.url.scheme}://{request.url.netloc}":
-            raise HTTPException(403, f"a form posted from another site ({origin}) is refused")
+            raise HTTPException(
+                403,
+                f"a form posted from another site ({origin}) is refused (behind a proxy that "
+                "terminates TLS, set FORWARDED_ALLOW_IPS to its address)",
+            )
         session = await self._session(request)
         if session is None:
             raise HTTPException(401, "sign in with the dashboard token first")

@@ -124,10 +124,15 @@ def test_wrong_tokens_from_one_address_are_slowed_down(dashboard, cli, job_file)
     assert api.status_code == 429 and "too many wrong tokens" in api.json()["error"]
     time.sleep(int(api.headers["retry-after"]) + 0.1)
     assert dashboard.post("/login", data={"token": TOKEN}).status_code == 303  # the right one clears the address
-    wrong = {"Authorization": "Bearer nope"}
-    assert [dashboard.post(f"/api/runs/{run_id}/cancel", headers=wrong).status_code for _ in range(6)] == [401] * 5 + [
-        429
+    # A client can't choose its own address: X-Forwarded-For counts only from a proxy named in
+    # FORWARDED_ALLOW_IPS.
+    answers = [
+        dashboard.post(
+            f"/api/runs/{run_id}/cancel", headers={"Authorization": "Bearer nope", "X-Forwarded-For": f"10.0.0.{i}"}
+        ).status_code
+        for i in range(6)
     ]
+    assert answers == [401] * 5 + [429]
     assert time.monotonic() - started < 30  # (a bound so that it can't hang, not a timing test)
     no_traceback(dashboard)
 
@@ -154,3 +159,13 @@ def test_signing_out_ends_the_session_for_good(dashboard, cli, job_file, redis_u
     dashboard.post("/logout", cookies=first)
     ok = dashboard.post(f"/runs/{run_id}/cancel", data={"csrf": csrf_of(dashboard, second)}, cookies=second)
     assert ok.status_code == 303 and queue().store.get_run(run_id).state == "cancelled"
+
+
+def test_behind_a_named_proxy_each_client_counts_on_its_own(start_dashboard):
+    proxied = start_dashboard(FORWARDED_ALLOW_IPS="127.0.0.1")
+    for client in range(3):
+        forwarded = {"X-Forwarded-For": f"203.0.113.{client}"}
+        answers = [proxied.post("/login", data={"token": "x"}, headers=forwarded).status_code for _ in range(6)]
+        assert answers == [401] * 5 + [429]
+    refused = proxied.post("/login", data={"token": "x"}, headers={"X-Forwarded-For": "203.0.113.2"})
+    assert "too many wrong tokens from 203.0.113.2" in text(refused)
