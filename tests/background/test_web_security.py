@@ -169,3 +169,28 @@ def test_behind_a_named_proxy_each_client_counts_on_its_own(start_dashboard):
         assert answers == [401] * 5 + [429]
     refused = proxied.post("/login", data={"token": "x"}, headers={"X-Forwarded-For": "203.0.113.2"})
     assert "too many wrong tokens from 203.0.113.2" in text(refused)
+
+
+def test_sessions_live_in_the_embedded_store_too(tmp_path, monkeypatch):
+    """Without Redis, sessions are kept in the embedded store's file: signing out ends them there."""
+    import asyncio
+
+    import httpx
+
+    from etl import api
+    from etl.web.app import DashboardSettings, create_app
+
+    for variable in ("ETL_QUEUE_URL", "REDIS_URL", "REDIS_HOST"):
+        monkeypatch.delenv(variable, raising=False)
+    app = create_app(api.open_queue(), DashboardSettings(token=TOKEN))
+
+    async def visit() -> list[bool]:
+        transport = httpx.ASGITransport(app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://localhost") as client:
+            cookie = (await client.post("/login", data={"token": TOKEN})).cookies["etl_session"]
+            before = "sign out" in (await client.get("/")).text
+            await client.post("/logout")
+            client.cookies.set("etl_session", cookie)  # replayed
+            return [before, "sign out" in (await client.get("/")).text]
+
+    assert asyncio.run(visit()) == [True, False]
