@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 READY := $(VENV)/.ready
 
-.PHONY: demo test fuzz lint schema bench bench-background bench-postgres bench-bigquery bench-dashboard bench-lifecycle clean
+.PHONY: demo test fuzz fuzz-api lint schema bench bench-background bench-postgres bench-bigquery bench-dashboard bench-lifecycle clean
 
 $(READY): pyproject.toml constraints.txt
 	@$(PYTHON) -c 'import sys; sys.exit("Python 3.11 or newer is needed; set PYTHON=python3.11" if sys.version_info < (3, 11) else 0)'
@@ -36,6 +36,13 @@ lint: $(READY)
 # Regenerate the JSON Schema that editors use (a test fails when it is stale).
 schema: $(READY)
 	$(BIN)/etl schema -o docs/etl-job.schema.json
+
+# The dashboard's API against its OpenAPI description, longer than `make test` does it: a new seed
+# each time, EXAMPLES cases an operation and STEPS calls a sequence (needs Redis).
+EXAMPLES ?= 1000
+STEPS ?= 40
+fuzz-api: $(READY)
+	ETL_API_EXAMPLES=$(EXAMPLES) ETL_API_STEPS=$(STEPS) $(BIN)/pytest -p no:cacheprovider tests/background/test_api_contract.py
 
 # Rows/s and peak memory of the demo job at 1M and 5M rows (prints figures; asserts nothing).
 bench: $(READY)

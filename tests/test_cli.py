@@ -192,7 +192,7 @@ def test_runs_status_and_the_api_show_the_same_progress_for_one_run(cli, write):
 
     async def dashboard() -> tuple[dict, dict, str]:
         transport = httpx.ASGITransport(create_app(api.open_queue()))
-        async with httpx.AsyncClient(transport=transport, base_url="http://dashboard") as client:
+        async with httpx.AsyncClient(transport=transport, base_url="http://localhost") as client:
             one = (await client.get(f"/api/runs/{run_id}")).json()
             listed = (await client.get("/api/runs")).json()[0]
             return one, listed, (await client.get(f"/runs/{run_id}")).text

@@ -51,7 +51,7 @@ def test_the_dashboard_and_the_metrics_see_a_run_in_process(cli, tmp_path):
 
     async def dashboard() -> tuple[list, str]:
         transport = httpx.ASGITransport(create_app(api.open_queue()))
-        async with httpx.AsyncClient(transport=transport, base_url="http://dashboard") as client:
+        async with httpx.AsyncClient(transport=transport, base_url="http://localhost") as client:
             runs = (await client.get("/api/runs")).json()
             return runs, (await client.get("/metrics")).text
 

@@ -1,24 +1,25 @@
 """The dashboard and the progress API: a Starlette app over the run store.
 
 Views and the JSON API are open to whoever can reach the server (it binds to loopback unless
-told otherwise). Actions (retry, cancel, clean) need ``ETL_DASHBOARD_TOKEN``: API clients send
-it as ``Authorization: Bearer TOKEN``; a browser signs in with it once and gets a session cookie
-(HttpOnly, SameSite=Strict) and every form carries a CSRF token tied to that session. Without a
-token configured, or with ``read_only``, there are no actions at all.
+told otherwise, and answers only to the host names it is allowed: :mod:`etl.web.security`).
+Actions (retry, cancel, clean) need ``ETL_DASHBOARD_TOKEN``: API clients send it as
+``Authorization: Bearer TOKEN``; a browser signs in with it once and gets a session cookie
+(HttpOnly, SameSite=Strict) for a session that the run store keeps until it signs out, and
+every form carries a CSRF token tied to that session. Wrong tokens from one address are slowed
+down. Without a token configured, or with ``read_only``, there are no actions at all.
 
 Progress is pushed as server-sent events: ``/api/runs/{id}/events`` for one run,
 ``/api/events`` for all of them. Each stream is polled from the store once every half second
-whatever the number of its subscribers (:class:`~etl.web.feeds.Feed`), so a browser holds no connection to
-Redis and any number of pages can watch.
+whatever the number of its subscribers (:class:`~etl.web.feeds.Feed`), so a browser holds no
+connection to Redis and any number of pages can watch.
 """
 
 from __future__ import annotations
 
-import hashlib
-import hmac
-import secrets
+import math
+import re
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,20 +39,21 @@ from starlette.templating import Jinja2Templates
 from etl import api
 from etl.errors import UsageError
 from etl.progress import CHUNK_STATES, RunProgress
-from etl.store import ChunkRecord, RunRecord
-from etl.store import iso_time as _iso
-from etl.units import format_duration
-from etl.web.feeds import KEEP_ALIVE, Feed, event, sse
-from etl.web.openapi import openapi_schema
+from etl.store import RunRecord
+from etl.units import format_duration, parse_duration
+from etl.web.data import MAX_PAGE, STATES, Board, run_json
+from etl.web.feeds import Feed, all_events, run_events, sse
+from etl.web.openapi import OLDER_THAN, openapi_schema
+from etl.web.security import Guesses, HostGuard, SecurityHeaders, Sessions, default_hosts, same, sign
 
 __all__ = ["DashboardSettings", "create_app"]
 
 HERE = Path(__file__).parent
-STATES = ("waiting", "active", "completed", "failed", "cancelled")
-PAGE_SIZE = 25
 POLL_SECONDS = 0.5
-LOG_LINES = 200
 SESSION_SECONDS = 12 * 3600
+COOKIE = "etl_session"
+FINISHED = STATES[2:]
+_NUMBER = re.compile(r"[0-9]{1,9}")
 
 
 @dataclass(frozen=True)
@@ -63,6 +65,8 @@ class DashboardSettings:
         read_only: serve views only, whatever the token.
         configs: a directory of job files whose schedules to show.
         cors_origins: origins whose pages may call the JSON API and event streams.
+        allowed_hosts: the host names it answers to (IP addresses always); ``*`` for any.
+        free_guesses: wrong tokens one client address may send before it must wait.
         poll: how often event streams look at the store.
     """
 
@@ -70,6 +74,8 @@ class DashboardSettings:
     read_only: bool = False
     configs: str | None = None
     cors_origins: tuple[str, ...] = ()
+    allowed_hosts: tuple[str, ...] = default_hosts("127.0.0.1")
+    free_guesses: int = 5
     poll: float = POLL_SECONDS
 
     @property
@@ -81,33 +87,37 @@ def create_app(queue: Any, settings: DashboardSettings | None = None) -> Starlet
     """The ASGI app over ``queue`` (its run store; actions send its messages)."""
     settings = settings or DashboardSettings()
     web = _Dashboard(queue, settings)
+    get, post = ["GET"], ["POST"]
     routes = [
-        Route("/", web.index),
-        Route("/runs/{run_id}", web.run_page),
+        Route("/", web.index, methods=get),
+        Route("/runs/{run_id}", web.run_page, methods=get),
         Route("/login", web.login, methods=["GET", "POST"]),
-        Route("/logout", web.logout, methods=["POST"]),
-        Route("/runs/{run_id}/retry", web.form_action("retry"), methods=["POST"]),
-        Route("/runs/{run_id}/cancel", web.form_action("cancel"), methods=["POST"]),
-        Route("/clean", web.form_clean, methods=["POST"]),
-        Route("/api/summary", web.api_summary),
-        Route("/api/runs", web.api_runs),
-        Route("/api/runs/{run_id}", web.api_run),
-        Route("/api/runs/{run_id}/chunks", web.api_chunks),
-        Route("/api/runs/{run_id}/log", web.api_log),
-        Route("/api/runs/{run_id}/events", web.api_run_events),
-        Route("/api/events", web.api_events),
-        Route("/api/workers", web.api_workers),
-        Route("/api/throughput", web.api_throughput),
-        Route("/api/schedule", web.api_schedule),
-        Route("/api/runs/{run_id}/retry", web.api_action("retry"), methods=["POST"]),
-        Route("/api/runs/{run_id}/cancel", web.api_action("cancel"), methods=["POST"]),
-        Route("/api/clean", web.api_clean, methods=["POST"]),
-        Route("/api/openapi.json", web.openapi),
-        Route("/metrics", web.metrics),
-        Route("/healthz", web.healthz),
+        Route("/logout", web.logout, methods=post),
+        Route("/runs/{run_id}/retry", web.form_action("retry"), methods=post),
+        Route("/runs/{run_id}/cancel", web.form_action("cancel"), methods=post),
+        Route("/clean", web.form_clean, methods=post),
+        Route("/api/summary", web.api_summary, methods=get),
+        Route("/api/runs", web.api_runs, methods=get),
+        Route("/api/runs/{run_id}", web.api_run, methods=get),
+        Route("/api/runs/{run_id}/chunks", web.api_chunks, methods=get),
+        Route("/api/runs/{run_id}/log", web.api_log, methods=get),
+        Route("/api/runs/{run_id}/events", web.api_run_events, methods=get),
+        Route("/api/events", web.api_events, methods=get),
+        Route("/api/workers", web.api_workers, methods=get),
+        Route("/api/throughput", web.api_throughput, methods=get),
+        Route("/api/schedule", web.api_schedule, methods=get),
+        Route("/api/runs/{run_id}/retry", web.api_action("retry"), methods=post),
+        Route("/api/runs/{run_id}/cancel", web.api_action("cancel"), methods=post),
+        Route("/api/clean", web.api_clean, methods=post),
+        Route("/api/openapi.json", web.openapi, methods=get),
+        Route("/metrics", web.metrics, methods=get),
+        Route("/healthz", web.healthz, methods=get),
         Mount("/static", StaticFiles(directory=HERE / "static"), name="static"),
     ]
-    middleware = []
+    middleware = [
+        Middleware(HostGuard, allowed=settings.allowed_hosts),
+        Middleware(SecurityHeaders),
+    ]
     if settings.cors_origins:
         middleware.append(
             Middleware(
@@ -120,19 +130,17 @@ def create_app(queue: Any, settings: DashboardSettings | None = None) -> Starlet
     return Starlette(routes=routes, middleware=middleware, exception_handlers={HTTPException: web.http_error})
 
 
-def _sign(token: str, what: str) -> str:
-    return hmac.new(token.encode(), what.encode(), hashlib.sha256).hexdigest()
-
-
 class _Dashboard:
     def __init__(self, queue: Any, settings: DashboardSettings) -> None:
         self.queue = queue
         self.store = queue.store
+        self.board = Board(queue, settings.configs)
         self.settings = settings
+        self.sessions = Sessions(self.store.kv, self.store.prefix, SESSION_SECONDS)
+        self.guesses = Guesses(free=settings.free_guesses)
         self.templates = Jinja2Templates(directory=HERE / "templates")
         self.templates.env.globals.update(format_duration=format_duration, states=STATES, chunk_states=CHUNK_STATES)
         self.templates.env.filters["when"] = _when
-        self._throughput: tuple[float, list[dict[str, Any]]] | None = None
         self._feeds: dict[str, Feed] = {}
 
     # -- helpers -----------------------------------------------------------------------------
@@ -141,21 +149,23 @@ class _Dashboard:
         """A store call (blocking I/O) in a worker thread."""
         return await to_thread.run_sync(lambda: fn(*args, **kwargs))
 
-    def render(self, request: Request, name: str, status: int = 200, **context: Any) -> HTMLResponse:
-        session = self._session(request)
+    async def render(
+        self, request: Request, name: str, status: int = 200, headers: dict[str, str] | None = None, **context: Any
+    ) -> HTMLResponse:
+        session = await self._session(request)
         context.update(
             settings=self.settings,
             signed_in=session is not None,
-            csrf=_sign(self.settings.token, f"csrf:{session}") if session and self.settings.token else "",
+            csrf=sign(self.settings.token, f"csrf:{session}") if session and self.settings.token else "",
             now=time.time(),
         )
-        return self.templates.TemplateResponse(request, name, context, status_code=status)
+        return self.templates.TemplateResponse(request, name, context, status_code=status, headers=headers)
 
     async def http_error(self, request: Request, exc: Exception) -> Response:
         assert isinstance(exc, HTTPException)
         if request.url.path.startswith("/api/") or request.url.path == "/metrics":
-            return JSONResponse({"error": exc.detail}, status_code=exc.status_code)
-        return self.render(request, "error.html", status=exc.status_code, message=exc.detail)
+            return JSONResponse({"error": exc.detail}, status_code=exc.status_code, headers=exc.headers)
+        return await self.render(request, "error.html", status=exc.status_code, headers=exc.headers, message=exc.detail)
 
     async def _run(self, run_id: str) -> RunRecord:
         run = await self.call(self.store.get_run, run_id)
@@ -165,24 +175,40 @@ class _Dashboard:
 
     # -- authentication ------------------------------------------------------------------------
 
-    def _session(self, request: Request) -> str | None:
-        """The browser's session (a value signed with the token), if it signed in."""
+    async def _session(self, request: Request) -> str | None:
+        """The browser's session, if it signed in: a cookie signed with the token, for a session
+        that the run store still keeps (not signed out, not ended)."""
+        if "session" in request.scope.setdefault("state", {}):
+            return request.scope["state"]["session"]
         token = self.settings.token
-        cookie = request.cookies.get("etl_session", "")
-        if not token or "." not in cookie:
-            return None
-        session, _, signature = cookie.rpartition(".")
-        if not hmac.compare_digest(signature, _sign(token, f"session:{session}")):
-            return None
-        issued, _, _ = session.partition("-")
-        if not issued.isdigit() or time.time() - int(issued) > SESSION_SECONDS:
-            return None  # signed in too long ago: sign in again
+        cookie = request.cookies.get(COOKIE, "")
+        session: str | None = None
+        if token and "." in cookie:
+            given, _, signature = cookie.rpartition(".")
+            if same(signature, sign(token, f"session:{given}")) and await self.call(self.sessions.valid, given):
+                session = given
+        request.scope["state"]["session"] = session
         return session
 
-    def _bearer(self, request: Request) -> bool:
-        token = self.settings.token
-        header = request.headers.get("authorization", "")
-        return bool(token) and header.startswith("Bearer ") and hmac.compare_digest(header[7:].strip(), token or "")
+    def _client(self, request: Request) -> str:
+        return request.client.host if request.client else "unknown"
+
+    def _right_token(self, request: Request, given: str) -> bool:
+        """Whether ``given`` is the token; 429 while this client must wait after wrong ones."""
+        client = self._client(request)
+        wait = self.guesses.wait(client)
+        if wait:
+            seconds = math.ceil(wait)
+            raise HTTPException(
+                429,
+                f"too many wrong tokens from {client}: try again in {seconds}s",
+                headers={"Retry-After": str(seconds)},
+            )
+        if same(given, self.settings.token or ""):
+            self.guesses.right(client)
+            return True
+        self.guesses.wrong(client)
+        return False
 
     def _may_act(self) -> None:
         if self.settings.read_only:
@@ -195,37 +221,40 @@ class _Dashboard:
         self._may_act()
         origin = request.headers.get("origin")
         if origin and origin != f"{request.url.scheme}://{request.url.netloc}":
-            raise HTTPException(403, f"a form posted from another site ({origin}) is refused")
-        session = self._session(request)
+            raise HTTPException(
+                403,
+                f"a form posted from another site ({origin}) is refused (behind a proxy that "
+                "terminates TLS, set FORWARDED_ALLOW_IPS to its address)",
+            )
+        session = await self._session(request)
         if session is None:
             raise HTTPException(401, "sign in with the dashboard token first")
         form = await request.form()
-        expected = _sign(self.settings.token or "", f"csrf:{session}")
-        if not hmac.compare_digest(str(form.get("csrf", "")), expected):
+        if not same(str(form.get("csrf", "")), sign(self.settings.token or "", f"csrf:{session}")):
             raise HTTPException(403, "the form's CSRF token is missing or wrong: reload the page and try again")
         return form
 
     def _check_bearer(self, request: Request) -> None:
         self._may_act()
-        if not self._bearer(request):
+        scheme, _, given = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not self._right_token(request, given.strip()):
             raise HTTPException(401, "send the dashboard token: Authorization: Bearer TOKEN")
 
     async def login(self, request: Request) -> Response:
         if request.method == "GET":
-            return self.render(request, "login.html")
+            return await self.render(request, "login.html")
         self._may_act()
         form = await request.form()
-        given = str(form.get("token", ""))
-        if not hmac.compare_digest(given, self.settings.token or ""):
-            return self.render(request, "login.html", status=401, message="That is not the dashboard's token.")
-        session = f"{int(time.time())}-{secrets.token_hex(16)}"
+        if not self._right_token(request, str(form.get("token", ""))):
+            return await self.render(request, "login.html", status=401, message="That is not the dashboard's token.")
+        session = await self.call(self.sessions.start)
         target = str(form.get("next") or "/")
         if not target.startswith("/") or target.startswith(("//", "/\\")):
             target = "/"  # only a page of this dashboard: never a redirect to another site
         response = RedirectResponse(target, status_code=303)
         response.set_cookie(
-            "etl_session",
-            f"{session}.{_sign(self.settings.token or '', f'session:{session}')}",
+            COOKIE,
+            f"{session}.{sign(self.settings.token or '', f'session:{session}')}",
             httponly=True,
             samesite="strict",
             secure=request.url.scheme == "https",
@@ -234,8 +263,11 @@ class _Dashboard:
         return response
 
     async def logout(self, request: Request) -> Response:
+        session = await self._session(request)
+        if session is not None:
+            await self.call(self.sessions.end, session)  # the cookie, replayed, is refused from now on
         response = RedirectResponse("/", status_code=303)
-        response.delete_cookie("etl_session")
+        response.delete_cookie(COOKIE)
         return response
 
     # -- actions ---------------------------------------------------------------------------
@@ -267,13 +299,16 @@ class _Dashboard:
 
         return handle
 
-    async def _clean(self, state: str, older_than: str) -> int:
-        from etl.units import parse_duration
-
+    async def _clean(self, state: str | None, older_than: str | None) -> int:
+        if state not in FINISHED:
+            raise HTTPException(400, f"state {state!r} is not one of: {', '.join(FINISHED)}")
+        if older_than is not None and not OLDER_THAN.fullmatch(older_than):
+            raise HTTPException(
+                400, f"older_than {older_than!r} is not a duration such as 90s, 30m, 12h, 7d or 2w (or 0)"
+            )
         try:
-            seconds = parse_duration(older_than or 0)
-            return await self.call(api.clean, state, seconds, self.queue)
-        except (ValueError, UsageError) as exc:
+            return await self.call(api.clean, state, parse_duration(older_than or 0), self.queue)
+        except UsageError as exc:
             raise HTTPException(400, str(exc)) from None
 
     async def form_clean(self, request: Request) -> Response:
@@ -283,93 +318,23 @@ class _Dashboard:
 
     async def api_clean(self, request: Request) -> Response:
         self._check_bearer(request)
-        state = request.query_params.get("state", "")
-        deleted = await self._clean(state, request.query_params.get("older_than", ""))
+        state = request.query_params.get("state")
+        deleted = await self._clean(state, request.query_params.get("older_than"))
         return JSONResponse({"deleted": deleted, "state": state})
-
-    # -- data ------------------------------------------------------------------------------
-
-    def summary(self) -> dict[str, Any]:
-        from etl.worker import WorkerOptions
-
-        counts = {state: self.store.count_runs(state) for state in STATES}
-        live = self.store.workers(WorkerOptions.from_env().heartbeat * 3)
-        return {
-            "counts": counts,
-            "workers": len(live),
-            "slots": sum(w.concurrency for w in live),
-            "stalled": counts["waiting"] + counts["active"] > 0 and not live,
-        }
-
-    def runs_page(self, state: str | None, job: str | None, page: int) -> tuple[list[RunRecord], bool]:
-        found = self.store.list_runs(state=state or None, job=job or None, limit=(page + 1) * PAGE_SIZE + 1)
-        start = page * PAGE_SIZE
-        return found[start : start + PAGE_SIZE], len(found) > start + PAGE_SIZE
-
-    def throughput(self) -> list[dict[str, Any]]:
-        """Rows read per minute over the last hour (from the chunks done in that time), as the
-        runs' rows/s count them."""
-        now = time.time()
-        if self._throughput is not None and now - self._throughput[0] < 5:
-            return self._throughput[1]
-        since = now - 3600
-        runs = {r.id: r for r in [*self.store.active_runs(limit=200), *self.store.finished_since(since)]}
-        minutes: dict[int, int] = {}
-        for run in runs.values():
-            for chunk in self.store.get_chunks(run.id, run.chunks_total):
-                if chunk.finished_at is not None and chunk.finished_at >= since:
-                    minute = int(chunk.finished_at // 60) * 60
-                    minutes[minute] = minutes.get(minute, 0) + chunk.rows_read
-        first = int(since // 60) * 60 + 60
-        points = [{"minute": _iso(m), "rows": minutes.get(m, 0)} for m in range(first, int(now // 60) * 60 + 60, 60)]
-        self._throughput = (now, points)
-        return points
-
-    def schedule(self) -> list[dict[str, Any]]:
-        if not self.settings.configs or not Path(self.settings.configs).is_dir():
-            return []
-        from etl.schedule import next_slots
-        from etl.scheduler import clock_from_env, scheduled_jobs
-
-        found = []
-        for job in scheduled_jobs(self.settings.configs)[0]:
-            spec = job.spec
-            state = self.store.schedule_state(job.name)
-            found.append(
-                {
-                    "job": job.name,
-                    "schedule": spec.schedule,
-                    "timezone": spec.timezone,
-                    "paused": bool(state.get("paused")),
-                    "next": [s.isoformat() for s in next_slots(spec.schedule, spec.timezone, clock_from_env()(), 3)],
-                }
-            )
-        return found
-
-    def log_lines(self, run_id: str) -> list[str] | None:
-        path = api.state_dir() / "runs" / run_id / "run.log"
-        if not path.is_file():
-            return None
-        with path.open(encoding="utf-8", errors="replace") as f:
-            lines = f.readlines()
-        return [line.rstrip("\n") for line in lines[-LOG_LINES:]]
 
     # -- pages -----------------------------------------------------------------------------
 
     async def index(self, request: Request) -> Response:
-        state = request.query_params.get("state") or None
+        state = request.query_params.get("state") or None  # the filter form sends "" for any state
         job = request.query_params.get("job") or None
-        if state is not None and state not in STATES:
-            raise HTTPException(400, f"state {state!r} is not one of: {', '.join(STATES)}")
-        try:
-            page = max(int(request.query_params.get("page", "0")), 0)
-        except ValueError:
-            raise HTTPException(400, "page is a number") from None
-        runs, more = await self.call(self.runs_page, state, job, page)
-        return self.render(
+        if state is not None:
+            _choice(request, "state", STATES)
+        page = _number(request, "page", 0, MAX_PAGE, 0)
+        runs, more = await self.call(self.board.runs_page, state, job, page)
+        return await self.render(
             request,
             "index.html",
-            summary=await self.call(self.summary),
+            summary=await self.call(self.board.summary),
             runs=runs,
             progress={r.id: RunProgress.of(r) for r in runs},
             more=more,
@@ -377,44 +342,39 @@ class _Dashboard:
             state=state,
             job=job,
             workers=await self.call(api.workers, self.queue),
-            throughput=await self.call(self.throughput),
-            schedule=await self.call(self.schedule),
+            throughput=await self.call(self.board.throughput),
+            schedule=await self.call(self.board.schedule),
         )
 
     async def run_page(self, request: Request) -> Response:
         run = await self._run(request.path_params["run_id"])
         chunks = await self.call(self.store.get_chunks, run.id, run.chunks_total)
-        return self.render(
+        return await self.render(
             request,
             "run.html",
             run=run,
             progress=RunProgress.of(run, chunks),
             chunks=chunks,
-            log=await self.call(self.log_lines, run.id),
+            log=await self.call(self.board.log_lines, run.id),
         )
 
     # -- the JSON API ------------------------------------------------------------------------
 
     async def api_summary(self, request: Request) -> Response:
-        return JSONResponse(await self.call(self.summary))
+        return JSONResponse(await self.call(self.board.summary))
 
     async def api_runs(self, request: Request) -> Response:
-        state = request.query_params.get("state") or None
-        if state is not None and state not in STATES:
-            raise HTTPException(400, f"state {state!r} is not one of: {', '.join(STATES)}")
-        try:
-            limit = min(max(int(request.query_params.get("limit", "50")), 1), 1000)
-        except ValueError:
-            raise HTTPException(400, "limit is a number from 1 to 1000") from None
+        state = _choice(request, "state", STATES)
+        limit = _number(request, "limit", 1, 1000, 50)
         runs = await self.call(
             self.store.list_runs, state=state, job=request.query_params.get("job") or None, limit=limit
         )
-        return JSONResponse([_progress(r) for r in runs])
+        return JSONResponse([run_json(r) for r in runs])
 
     async def api_run(self, request: Request) -> Response:
         run = await self._run(request.path_params["run_id"])
         chunks = await self.call(self.store.get_chunks, run.id, run.chunks_total)
-        return JSONResponse(_progress(run, chunks))
+        return JSONResponse(run_json(run, chunks))
 
     async def api_chunks(self, request: Request) -> Response:
         run = await self._run(request.path_params["run_id"])
@@ -423,7 +383,7 @@ class _Dashboard:
 
     async def api_log(self, request: Request) -> Response:
         run = await self._run(request.path_params["run_id"])
-        lines = await self.call(self.log_lines, run.id)
+        lines = await self.call(self.board.log_lines, run.id)
         if lines is None:
             raise HTTPException(404, f"no log of run {run.id} here: it is kept on the worker's machine, in ETL_HOME")
         return JSONResponse({"run": run.id, "lines": lines})
@@ -433,10 +393,10 @@ class _Dashboard:
         return JSONResponse([w.to_json() for w in workers])
 
     async def api_throughput(self, request: Request) -> Response:
-        return JSONResponse(await self.call(self.throughput))
+        return JSONResponse(await self.call(self.board.throughput))
 
     async def api_schedule(self, request: Request) -> Response:
-        return JSONResponse(await self.call(self.schedule))
+        return JSONResponse(await self.call(self.board.schedule))
 
     async def openapi(self, request: Request) -> Response:
         return JSONResponse(openapi_schema(str(request.base_url).rstrip("/")))
@@ -453,84 +413,37 @@ class _Dashboard:
 
     # -- event streams -------------------------------------------------------------------------
 
-    async def api_run_events(self, request: Request) -> Response:
-        run = await self._run(request.path_params["run_id"])
-        return sse(self._run_events(run.id))
-
     def _feed(self, key: str, poll: Callable[[], Any]) -> Feed:
         feed = self._feeds.get(key)
         if feed is None:
             feed = self._feeds[key] = Feed(poll, self.settings.poll, lambda: self._feeds.pop(key, None))
         return feed
 
-    def _run_snapshot(self, run_id: str) -> dict[str, Any] | None:
-        run = self.store.get_run(run_id)
-        return None if run is None else _progress(run, self.store.get_chunks(run.id, run.chunks_total))
-
-    async def _run_events(self, run_id: str) -> AsyncIterator[str]:
-        feed = self._feed(f"run:{run_id}", lambda: self._run_snapshot(run_id))
-        async for data in feed.subscribe():
-            if data is KEEP_ALIVE:
-                yield ": keep-alive\n\n"
-            elif data is None:
-                yield event("gone", {"run": run_id})
-                return
-            else:
-                yield event("progress", data)
-                if data["state"] in ("completed", "failed", "cancelled"):
-                    yield event("end", {"run": run_id, "state": data["state"]})
-                    return
+    async def api_run_events(self, request: Request) -> Response:
+        run = await self._run(request.path_params["run_id"])
+        return sse(run_events(run.id, self._feed(f"run:{run.id}", lambda: self.board.run_snapshot(run.id))))
 
     async def api_events(self, request: Request) -> Response:
-        return sse(self._all_events())
-
-    def _all_snapshot(self) -> dict[str, Any]:
-        """The counts, and the progress of every run waiting, active, or finished in the last
-        minute (so that a stream sees a run's last change)."""
-        found = [*self.store.list_runs(state="waiting", limit=200), *self.store.active_runs(limit=200)]
-        found += self.store.finished_since(time.time() - 60, limit=200)
-        return {"summary": self.summary(), "runs": {r.id: _progress(r) for r in found}}
-
-    async def _all_events(self) -> AsyncIterator[str]:
-        feed = self._feed("all", self._all_snapshot)
-        summary_last: Any = None
-        seen: dict[str, Any] = {}
-        async for data in feed.subscribe():
-            if data is KEEP_ALIVE:
-                yield ": keep-alive\n\n"
-                continue
-            if data["summary"] != summary_last:
-                summary_last = data["summary"]
-                yield event("summary", summary_last)
-            for run_id, progress in data["runs"].items():
-                if seen.get(run_id) != progress:
-                    seen[run_id] = progress
-                    yield event("progress", progress)
-            seen = {k: v for k, v in seen.items() if k in data["runs"]}
+        return sse(all_events(self._feed("all", self.board.all_snapshot)))
 
 
 def _when(ts: float | None) -> str:
     return "" if ts is None else time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(ts)) + "Z"
 
 
-def _progress(run: RunRecord, chunks: list[ChunkRecord] | None = None) -> dict[str, Any]:
-    """A run as the API and the event streams show it: the run's fields and the figures of
-    :class:`~etl.progress.RunProgress` (``RunRecord.to_json``), the same figures as text
-    (``display``, which the pages show as they are), and (given the chunks) each chunk's state."""
-    now = time.time()
-    data = run.to_json(now, chunks)
-    data.pop("signature", None)
-    data["display"] = RunProgress.of(run, chunks, now).display()
-    if chunks is not None:
-        data["chunks"] = [
-            {
-                "index": c.index,
-                "state": c.state,
-                "attempts": c.attempts,
-                "rows_read": c.rows_read,
-                "rows_written": c.rows_written,
-                "label": c.label,
-            }
-            for c in chunks
-        ]
-    return data
+def _choice(request: Request, name: str, choices: tuple[str, ...]) -> str | None:
+    """A query parameter that is one of ``choices``, or absent (``None``); 400 otherwise."""
+    value = request.query_params.get(name)
+    if value is not None and value not in choices:
+        raise HTTPException(400, f"{name} {value!r} is not one of: {', '.join(choices)}")
+    return value
+
+
+def _number(request: Request, name: str, low: int, high: int, default: int) -> int:
+    """A query parameter that is a whole number from ``low`` to ``high``; 400 otherwise."""
+    value = request.query_params.get(name)
+    if value is None:
+        return default
+    if not _NUMBER.fullmatch(value) or not low <= int(value) <= high:
+        raise HTTPException(400, f"{name} {value!r} is not a whole number from {low} to {high}")
+    return int(value)

@@ -10,7 +10,7 @@ from typing import Any
 from anyio import to_thread
 from starlette.responses import StreamingResponse
 
-__all__ = ["HEARTBEAT_SECONDS", "KEEP_ALIVE", "Feed", "event", "sse"]
+__all__ = ["HEARTBEAT_SECONDS", "KEEP_ALIVE", "Feed", "all_events", "event", "run_events", "sse"]
 
 #: A quiet stream sends a comment this often, so that proxies keep it open.
 HEARTBEAT_SECONDS = 15.0
@@ -87,3 +87,38 @@ def sse(events: AsyncIterator[str]) -> StreamingResponse:
 
 def event(name: str, data: Any) -> str:
     return f"event: {name}\ndata: {json.dumps(data, default=str)}\n\n"
+
+
+async def run_events(run_id: str, feed: Feed) -> AsyncIterator[str]:
+    """One run's stream: ``progress`` (the run) whenever it changes, then ``end`` when it has
+    finished, or ``gone`` when it was deleted."""
+    async for data in feed.subscribe():
+        if data is KEEP_ALIVE:
+            yield ": keep-alive\n\n"
+        elif data is None:
+            yield event("gone", {"run": run_id})
+            return
+        else:
+            yield event("progress", data)
+            if data["state"] in ("completed", "failed", "cancelled"):
+                yield event("end", {"run": run_id, "state": data["state"]})
+                return
+
+
+async def all_events(feed: Feed) -> AsyncIterator[str]:
+    """The stream of all runs: ``summary`` when the counts change, ``progress`` for each run of
+    the feed's snapshot that changed."""
+    summary_last: Any = None
+    seen: dict[str, Any] = {}
+    async for data in feed.subscribe():
+        if data is KEEP_ALIVE:
+            yield ": keep-alive\n\n"
+            continue
+        if data["summary"] != summary_last:
+            summary_last = data["summary"]
+            yield event("summary", summary_last)
+        for run_id, progress in data["runs"].items():
+            if seen.get(run_id) != progress:
+                seen[run_id] = progress
+                yield event("progress", progress)
+        seen = {k: v for k, v in seen.items() if k in data["runs"]}

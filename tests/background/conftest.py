@@ -165,6 +165,22 @@ def workers(queue_env, tmp_path):
 
 
 @pytest.fixture
+def start_dashboard(queue_env, tmp_path):
+    """Start an `etl dashboard` on the test's queue (its arguments, token and environment as given)."""
+    from tests.background.dashboards import Dashboards
+
+    boards = Dashboards(queue_env, tmp_path)
+    yield boards.start
+    boards.stop()
+
+
+@pytest.fixture
+def dashboard(start_dashboard):
+    """An `etl dashboard` on the test's queue, with the test token."""
+    return start_dashboard()
+
+
+@pytest.fixture
 def job_file(tmp_path):
     """Write a background test job: generated ids → the given transforms → a parquet directory."""
 

@@ -7,72 +7,17 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
+import time
 from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.background.conftest import ETL, free_port, queue, run_record, submit, wait_finished, wait_for
+from tests.background.conftest import free_port, queue, run_record, submit, wait_finished
+from tests.background.dashboards import TOKEN, Dashboard
 
-TOKEN = "s3cret-token-for-tests"
 CHROMIUM = os.environ.get("ETL_TEST_CHROMIUM", "/usr/bin/chromium")
 DOCS_IMAGES = Path(__file__).resolve().parents[2] / "docs" / "images"
-
-
-class Dashboard:
-    def __init__(self, url: str, proc: subprocess.Popen, log: Path) -> None:
-        self.url = url
-        self.proc = proc
-        self.log = log
-
-    def get(self, path: str, **kwargs) -> httpx.Response:
-        return httpx.get(self.url + path, timeout=10, **kwargs)
-
-    def post(self, path: str, **kwargs) -> httpx.Response:
-        return httpx.post(self.url + path, timeout=10, **kwargs)
-
-
-@pytest.fixture
-def start_dashboard(queue_env, tmp_path):
-    procs: list[subprocess.Popen] = []
-    files: list = []
-
-    def start(*args: str, token: str | None = TOKEN) -> Dashboard:
-        port = free_port()
-        env = {**os.environ, **queue_env}
-        env.pop("ETL_DASHBOARD_TOKEN", None)
-        if token:
-            env["ETL_DASHBOARD_TOKEN"] = token
-        log = tmp_path / f"dashboard-{port}.log"
-        out = log.open("w")
-        files.append(out)
-        proc = subprocess.Popen(
-            [str(ETL), "dashboard", "--port", str(port), *args], env=env, stdout=out, stderr=subprocess.STDOUT
-        )
-        procs.append(proc)
-        board = Dashboard(f"http://127.0.0.1:{port}", proc, log)
-
-        def up() -> bool:
-            try:
-                return board.get("/healthz").status_code == 200
-            except httpx.HTTPError:
-                return False
-
-        wait_for(up, 20, "the dashboard to answer")
-        return board
-
-    yield start
-    for proc in procs:
-        proc.terminate()
-        proc.wait(10)
-    for out in files:
-        out.close()
-
-
-@pytest.fixture
-def dashboard(start_dashboard):
-    return start_dashboard()
 
 
 @pytest.fixture(scope="module")
@@ -91,10 +36,46 @@ def browser():
 
 @pytest.fixture
 def page(browser):
+    """A page whose console must show no Content-Security-Policy violation: the dashboard's own
+    scripts and styles all run under its policy."""
     context = browser.new_context(viewport={"width": 1280, "height": 900})
     page = context.new_page()
+    refused: list[str] = []
+    page.on("console", lambda m: refused.append(m.text) if "Content Security Policy" in m.text else None)
     yield page
     context.close()
+    assert not refused, refused
+
+
+def until(page, expression: str, timeout: float = 30) -> None:
+    """Wait until ``expression`` is true in ``page``. (Playwright's wait_for_function evaluates
+    its predicate with eval(), which the dashboard's Content-Security-Policy refuses, as it should.)"""
+    from playwright.sync_api import Error
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if page.evaluate(expression):
+                return
+        except Error:  # the page is navigating: ask the next one
+            pass
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {expression}")
+        page.wait_for_timeout(100)
+
+
+def stream_item(path: str, name: str, data: dict) -> None:
+    """Check one event of the stream at ``path`` against what /api/openapi.json says of it."""
+    import jsonschema
+
+    from etl.web.openapi import openapi_schema
+
+    described = openapi_schema()
+    item = described["paths"][path]["get"]["responses"]["200"]["content"]["text/event-stream"]["itemSchema"]
+    (kind,) = [k for k in item["oneOf"] if k["properties"]["event"]["const"] == name]
+    schema = {**kind["properties"]["data"]["contentSchema"], "components": described["components"]}
+    checker = jsonschema.Draft202012Validator.FORMAT_CHECKER
+    jsonschema.Draft202012Validator(schema, format_checker=checker).validate(data)
 
 
 def screenshot(page, tmp_path: Path, name: str) -> None:
@@ -124,31 +105,31 @@ def test_a_runs_progress_advances_on_its_page_without_reloading(dashboard, page,
     workers.start(1, concurrency=2)
     page.goto(f"{dashboard.url}/runs/{run_id}")
     page.evaluate("window.loadedOnce = true")  # gone if the page reloads
-    page.wait_for_function("document.getElementById('state').textContent === 'active'", timeout=30_000)
+    until(page, "document.getElementById('state').textContent === 'active'", 30)
 
     def rows() -> int:
         return int(page.inner_text("#rows").replace(",", ""))
 
     first = rows()
-    page.wait_for_function(f"parseInt(document.getElementById('rows').textContent.replace(/,/g, '')) > {first}")
+    until(page, f"parseInt(document.getElementById('rows').textContent.replace(/,/g, '')) > {first}")
     assert rows() > first
     assert page.evaluate("window.loadedOnce") is True
     done_cells = page.locator("#grid .chunk-done").count()
     assert done_cells >= 1 and page.locator("#grid .cell").count() == 20
     assert page.inner_text("#rate") != "0"
-    page.wait_for_function("!document.getElementById('log').hidden")  # the run's log lines, as they come
+    until(page, "!document.getElementById('log').hidden")  # the run's log lines, as they come
     assert "planned slow" in page.inner_text("#log")
     screenshot(page, tmp_path, "dashboard-run")
     page.goto(dashboard.url + "/")
     page.evaluate("window.indexOnce = true")  # gone if the page reloads
     assert page.locator(f'tr[data-run="{run_id}"]').count() == 1
-    page.wait_for_function("document.querySelector('[data-count=\"active\"]').textContent === '1'")
+    until(page, "document.querySelector('[data-count=\"active\"]').textContent === '1'")
     assert "slow" in page.inner_text("#runs") and page.locator("#workers tbody tr").count() == 1
     screenshot(page, tmp_path, "dashboard-runs")
     wait_finished(run_id)
     # The row follows the run to its end without reloading: rows read, and written, as the API has them.
     cells = f'tr[data-run="{run_id}"] [data-field=rows]'
-    page.wait_for_function(f"document.querySelector('{cells}').textContent === '4,000'")
+    until(page, f"document.querySelector('{cells}').textContent === '4,000'")
     assert page.inner_text(f'tr[data-run="{run_id}"] [data-field=rows_written]') == "4,000"
     assert page.evaluate("window.indexOnce") is True
 
@@ -176,15 +157,15 @@ def test_retry_and_cancel_work_from_the_run_page(dashboard, page, workers, job_f
     marker.unlink()
     with page.expect_navigation():
         page.click("#retry")
-    page.wait_for_function("document.getElementById('state').textContent === 'completed'", timeout=60_000)
+    until(page, "document.getElementById('state').textContent === 'completed'", 60)
     assert run_record(failed_id).state == "completed"
 
     slow_id = submit(cli, slow_job(job_file, rows=20_000, name="long"))
     page.goto(f"{dashboard.url}/runs/{slow_id}")
-    page.wait_for_function("document.getElementById('state').textContent === 'active'", timeout=30_000)
+    until(page, "document.getElementById('state').textContent === 'active'", 30)
     with page.expect_navigation():
         page.click("#cancel")
-    page.wait_for_function("document.getElementById('state').textContent === 'cancelled'", timeout=30_000)
+    until(page, "document.getElementById('state').textContent === 'cancelled'", 30)
     assert wait_finished(slow_id).state == "cancelled"
 
 
@@ -262,6 +243,8 @@ def test_the_event_stream_of_a_run_reports_progress_then_its_end(dashboard, work
                     break
     progress = [data for name, data in events if name == "progress"]
     assert events[-1] == ("end", {"run": run_id, "state": "completed"})
+    for name, data in events:  # each event as the API's description says
+        stream_item("/api/runs/{run_id}/events", name, data)
     fractions = [p["fraction"] for p in progress]
     assert fractions == sorted(fractions) and fractions[-1] == 1.0 and len(set(fractions)) >= 3
     assert progress[-1]["rows_written"] == 1200 and len(progress[-1]["chunks"]) == 6
@@ -276,12 +259,15 @@ def test_the_stream_of_all_runs_and_the_json_api(dashboard, workers, job_file, c
         run_id = submit(cli, job_file(300, 100, name="all"))
         workers.start(1)
         seen = []
-        name = None
+        name = "summary"
         for line in lines:
             if line.startswith("event: "):
                 name = line[7:]
-            elif line.startswith("data: ") and name == "progress":
+            elif line.startswith("data: "):
                 data = json.loads(line[6:])
+                stream_item("/api/events", name, data)
+                if name != "progress":
+                    continue
                 seen.append(data["state"])
                 if data["id"] == run_id and data["state"] == "completed":
                     break
@@ -318,7 +304,7 @@ def test_the_openapi_schema_describes_every_api_route(dashboard):
     from etl.web.app import create_app
 
     schema = dashboard.get("/api/openapi.json").json()
-    assert schema["openapi"].startswith("3.1")
+    assert schema["openapi"] == "3.2.0"
     app = create_app(queue())
     api_paths = {
         r.path for r in app.routes if isinstance(r, Route) and r.path.startswith("/api/") and "openapi" not in r.path
@@ -338,6 +324,7 @@ def test_runs_are_paginated_and_filtered_and_clean_works_from_the_page(start_das
         'name: nightly\nschedule: "30 2 * * *"\ntimezone: Europe/Paris\n'
         "source: {type: generate, rows: 1}\nsink: {type: jsonl, path: out}\n"
     )
+    (configs / "broken.yaml").write_text("name: broken\nschedule: every day\nsource: {type: generate, rows: 1}\n")
     board = start_dashboard("--configs", str(configs))
     many, other = job_file(10, 10, name="many"), job_file(10, 10, name="other")
     ids = [api.submit(many, queue=queue()).id for _ in range(27)]
@@ -352,6 +339,11 @@ def test_runs_are_paginated_and_filtered_and_clean_works_from_the_page(start_das
     assert page.inner_text("#counts [data-count=waiting]") == "28"
     assert "nightly" in page.inner_text("#schedule") and "30 2 * * * (Europe/Paris)" in page.inner_text("#schedule")
     assert board.get("/?state=bogus").status_code == 400
+    # A job file that fails to load is shown, with what is wrong, and breaks nothing.
+    invalid = page.locator("#schedule tr.invalid")
+    assert invalid.count() == 1 and "broken.yaml" in invalid.inner_text() and "sink" in invalid.inner_text()
+    listed = board.get("/api/schedule").json()
+    assert [s.get("job") for s in listed] == ["nightly", None] and listed[1]["file"].endswith("broken.yaml")
 
     for run_id in ids[:3]:
         api.cancel(run_id, queue())
@@ -386,8 +378,8 @@ def test_the_docs_progress_widget_works_from_another_origin(start_dashboard, pag
     try:
         page.goto(f"http://127.0.0.1:{app_port}/index.html")
         workers.start(1)
-        page.wait_for_function("document.getElementById('sync-bar').value > 0", timeout=30_000)
-        page.wait_for_function("document.getElementById('sync-text').textContent === 'Sync completed'", timeout=60_000)
+        until(page, "document.getElementById('sync-bar').value > 0", 30)
+        until(page, "document.getElementById('sync-text').textContent === 'Sync completed'", 60)
         assert page.evaluate("document.getElementById('sync-bar').value") == 1
     finally:
         server.shutdown()
