@@ -325,6 +325,7 @@ def test_runs_are_paginated_and_filtered_and_clean_works_from_the_page(start_das
         "source: {type: generate, rows: 1}\nsink: {type: jsonl, path: out}\n"
     )
     (configs / "broken.yaml").write_text("name: broken\nschedule: every day\nsource: {type: generate, rows: 1}\n")
+    (configs / "ctl.yaml").write_text("name: ctl\nschedule: '@daily'\nsource: {type: generate, rows: 1}\nsink: \x01\n")
     board = start_dashboard("--configs", str(configs))
     many, other = job_file(10, 10, name="many"), job_file(10, 10, name="other")
     ids = [api.submit(many, queue=queue()).id for _ in range(27)]
@@ -341,9 +342,12 @@ def test_runs_are_paginated_and_filtered_and_clean_works_from_the_page(start_das
     assert board.get("/?state=bogus").status_code == 400
     # A job file that fails to load is shown, with what is wrong, and breaks nothing.
     invalid = page.locator("#schedule tr.invalid")
-    assert invalid.count() == 1 and "broken.yaml" in invalid.inner_text() and "sink" in invalid.inner_text()
+    broken, ctl = invalid.nth(0).inner_text(), invalid.nth(1).inner_text()
+    assert invalid.count() == 2 and "broken.yaml" in broken and "sink" in broken
+    assert "ctl.yaml" in ctl and "U+0001" in ctl
     listed = board.get("/api/schedule").json()
-    assert [s.get("job") for s in listed] == ["nightly", None] and listed[1]["file"].endswith("broken.yaml")
+    assert [s.get("job") for s in listed] == ["nightly", None, None]
+    assert listed[1]["file"].endswith("broken.yaml") and listed[2]["file"].endswith("ctl.yaml")
 
     for run_id in ids[:3]:
         api.cancel(run_id, queue())
