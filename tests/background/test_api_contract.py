@@ -87,14 +87,35 @@ def world(redis_url, tmp_path_factory):
         _forget(env["ETL_QUEUE_URL"], env["ETL_QUEUE_NAME"])
 
 
+def _keys(client, name: str) -> list[bytes]:
+    return [k for pattern in (f"{name}:*", f"huey.*{name}*") for k in client.scan_iter(match=pattern, count=1000)]
+
+
 def _forget(url: str, name: str) -> None:
     import redis
 
     client = redis.Redis.from_url(url)
-    for pattern in (f"{name}:*", f"huey.*{name}*"):
-        keys = list(client.scan_iter(match=pattern, count=1000))
-        if keys:
-            client.unlink(*keys)
+    if keys := _keys(client, name):
+        client.unlink(*keys)
+
+
+class _Snapshot:
+    """The queue's keys as they were, put back before each sequence of calls: a sequence that
+    cancels, retries or cleans runs leaves the next one the same runs to act on (hypothesis
+    replays a sequence, and refuses one whose links lead elsewhere the second time)."""
+
+    def __init__(self, queue) -> None:
+        import redis
+
+        self.name = queue.settings.name
+        self.client = redis.Redis.from_url(queue.settings.url)
+        self.dumps = {key: self.client.dump(key) for key in _keys(self.client, self.name)}
+
+    def restore(self) -> None:
+        if keys := _keys(self.client, self.name):
+            self.client.unlink(*keys)
+        for key, dumped in self.dumps.items():
+            self.client.restore(key, 0, dumped, replace=True)
 
 
 def _config(seed: int | None) -> SchemathesisConfig:
@@ -162,7 +183,13 @@ def test_sequences_of_calls_on_real_runs_keep_the_contract(app, world):
     filtered the listing): read it, its chunks, log and events; retry it; cancel it."""
     queue, _, tmp = world
     _add_runs(queue, tmp)  # the calls above cleaned some
-    schema.as_state_machine().run()
+    snapshot = _Snapshot(queue)
+
+    class Workflow(schema.as_state_machine()):
+        def setup(self) -> None:
+            snapshot.restore()
+
+    Workflow.run()
 
 
 def test_the_description_is_what_the_api_serves(app):
