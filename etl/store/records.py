@@ -72,7 +72,9 @@ class RunRecord:
     finalize_until: float | None = None
     aborted: bool = False
     submitted_by: str = ""
+    #: With ``ETL_SECRET_KEY``: the signatures of the record and of its plan (:mod:`etl.records`).
     signature: str = ""
+    plan_signature: str = ""
     #: An incremental run's window (:class:`~etl.incremental.Window` as JSON), fixed at plan time.
     window: dict[str, Any] | None = None
     #: A scheduled run: the slot it was fired for (a Unix time), and the interval it covers.
@@ -121,10 +123,11 @@ class RunRecord:
         return self.progress(now).eta_seconds
 
     def to_json(self, now: float | None = None, chunks: Sequence[ChunkRecord] | None = None) -> dict[str, Any]:
-        """The run for ``--json`` output and the API: ISO 8601 UTC times and its progress figures
-        (:meth:`RunProgress.to_json <etl.progress.RunProgress.to_json>`, with ``chunks`` their
-        counts by state); not the job text."""
-        data = {k: v for k, v in self.to_doc().items() if k not in ("job_text", "shared")}
+        """The run as every view shows it (``--json`` output, the API, the event streams): ISO
+        8601 UTC times and its progress figures (:meth:`RunProgress.to_json
+        <etl.progress.RunProgress.to_json>`, with ``chunks`` their counts by state); not the
+        job text, the plan's shared data or the signatures."""
+        data = {k: v for k, v in self.to_doc().items() if k not in _NOT_SHOWN}
         for key in ("created_at", "started_at", "finished_at", "finalize_until", "scheduled_for"):
             data[key] = iso_time(data[key])
         data.update(self.progress(now, chunks).to_json())
@@ -155,6 +158,9 @@ class ChunkRecord:
     errors: list[str] = field(default_factory=list)
     #: When the chunk was done (a Unix time): the dashboard's throughput per minute.
     finished_at: float | None = None
+    #: With ``ETL_SECRET_KEY``: the signatures of the descriptor and of the completion.
+    signature: str = ""
+    done_signature: str = ""
 
     @classmethod
     def from_doc(cls, doc: dict[str, Any]) -> ChunkRecord:
@@ -168,7 +174,7 @@ class ChunkRecord:
         return Chunk(index=self.index, rows=self.rows, args=self.args, label=self.label, attempt=self.token)
 
     def to_json(self) -> dict[str, Any]:
-        data = self.to_doc()
+        data = {k: v for k, v in self.to_doc().items() if k not in _NOT_SHOWN}
         data["lease_until"] = iso_time(self.lease_until)
         data["queued_at"] = iso_time(self.queued_at)
         data["not_before"] = iso_time(self.not_before)
@@ -207,6 +213,11 @@ class Completion:
     last: bool = False
     run: RunRecord | None = None
     chunk: ChunkRecord | None = None
+
+
+#: Fields no view shows: the job as written and the plan's shared data (big, and of no use
+#: there), and the signatures.
+_NOT_SHOWN = frozenset({"job_text", "shared", "signature", "plan_signature", "done_signature"})
 
 
 @functools.cache
