@@ -15,6 +15,7 @@ Errors pickle (they cross process boundaries) and keep their attributes when the
 from __future__ import annotations
 
 import difflib
+import re
 from collections.abc import Iterable, Sequence
 
 __all__ = [
@@ -32,6 +33,7 @@ __all__ = [
     "describe",
     "did_you_mean",
     "is_transient",
+    "mask_keyword_passwords",
 ]
 
 
@@ -265,3 +267,13 @@ def did_you_mean(word: str, choices: Iterable[str]) -> str:
     if not close and len(word) >= 3:  # an abbreviation: "prod" for "production"
         close = [c for c in choices if c.lower().startswith(word.lower())][:1]
     return f'; did you mean "{close[0]}"?' if close else ""
+
+
+#: A password in a libpq keyword/value connection string: ``host=db password='s3 cret'``.
+_KEYWORD_PASSWORD = re.compile(r"""\b((?:password|passwd|pwd)\s*=\s*)('(?:[^'\\]|\\.)*'|[^\s'"]+)""", re.I)
+
+
+def mask_keyword_passwords(text: str) -> str:
+    """``text`` with the passwords of libpq keyword/value strings in it (``password=pw``) masked
+    (``password=***``)."""
+    return _KEYWORD_PASSWORD.sub(lambda m: m[1] + "***", text)

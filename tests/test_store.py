@@ -1512,3 +1512,36 @@ def test_key_refusal_refuses_a_process_without_the_key_or_with_another(store):
     assert "this process has none" in key_refusal(store, None)
     assert "keyed with another ETL_SECRET_KEY" in key_refusal(store, "other")
     assert "k3y" not in key_refusal(store, "other"), "the key itself is never shown"
+
+
+def test_views_mask_secret_parameters_and_overrides_and_show_no_signature(store):
+    sets = [
+        'sink={type: postgres, dsn: "postgresql://etl:S3cret@db/sales", table: t}',
+        "sink.password=Pw0rd",
+        "sink.dsn=host=db password='a b' user=etl",
+        "chunk_size=1000",
+        "transforms[1].expr=value > 100",
+        "x=&a [*a, *a, *a]",
+    ]
+    params = {"db_password": "Pw0rd", "api_token": "T0ken", "day": "2026-01-02", "url": "https://u:S3cret@h/x"}
+    rid = planned(store, 2)
+    run = store.get_run(rid)
+    run.sets, run.params, run.signature = sets, params, "sig"
+    shown = run.to_json()
+    assert shown["sets"] == [
+        'sink={"type": "postgres", "dsn": "postgresql://etl:***@db/sales", "table": "t"}',
+        "sink.password=***",
+        "sink.dsn=host=db password=*** user=etl",
+        "chunk_size=1000",
+        "transforms[1].expr=value > 100",
+        "x=***",
+    ]
+    assert shown["params"] == {
+        "db_password": "***",
+        "api_token": "***",
+        "day": "2026-01-02",
+        "url": "https://u:***@h/x",
+    }
+    assert not {"signature", "plan_signature", "job_text", "shared"} & shown.keys()
+    assert not {"signature", "done_signature"} & store.get_chunk(rid, 0).to_json().keys()
+    assert run.sets == sets and run.params == params, "the record keeps what was given"

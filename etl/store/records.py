@@ -6,11 +6,14 @@ rename one, so that runs already stored keep loading.
 from __future__ import annotations
 
 import functools
+import json
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields
 from datetime import UTC, datetime
 from typing import Any, Literal
 
+from etl.errors import mask_keyword_passwords
+from etl.masking import MASK, mask
 from etl.progress import RunProgress
 from etl.runs import RunState
 from etl.stages import Chunk
@@ -125,9 +128,11 @@ class RunRecord:
     def to_json(self, now: float | None = None, chunks: Sequence[ChunkRecord] | None = None) -> dict[str, Any]:
         """The run as every view shows it (``--json`` output, the API, the event streams): ISO
         8601 UTC times and its progress figures (:meth:`RunProgress.to_json
-        <etl.progress.RunProgress.to_json>`, with ``chunks`` their counts by state); not the
-        job text, the plan's shared data or the signatures."""
+        <etl.progress.RunProgress.to_json>`, with ``chunks`` their counts by state), its
+        parameters and overrides with secrets masked (:func:`shown_params`, :func:`shown_sets`);
+        not the job text, the plan's shared data or the signatures."""
         data = {k: v for k, v in self.to_doc().items() if k not in _NOT_SHOWN}
+        data["params"], data["sets"] = shown_params(self.params), shown_sets(self.sets)
         for key in ("created_at", "started_at", "finished_at", "finalize_until", "scheduled_for"):
             data[key] = iso_time(data[key])
         data.update(self.progress(now, chunks).to_json())
@@ -218,6 +223,72 @@ class Completion:
 #: Fields no view shows: the job as written and the plan's shared data (big, and of no use
 #: there), and the signatures.
 _NOT_SHOWN = frozenset({"job_text", "shared", "signature", "plan_signature", "done_signature"})
+#: A ``--set`` value longer than this is not parsed to be shown: it is hidden whole.
+_SHOWN_SET_LIMIT = 10_000
+
+
+def shown_params(params: dict[str, str]) -> dict[str, str]:
+    """A run's parameters as views show them: the value of a parameter whose name names a
+    secret (``db_password``, ``api_token``...) and any password in a URL or connection string
+    masked (``***``), as ``etl validate --show`` masks the job's keys."""
+    return {k: _unkeyword(v) for k, v in mask(params).items()}
+
+
+def shown_sets(sets: Sequence[str]) -> list[str]:
+    """A run's ``--set`` overrides as views show them, secrets masked: the whole value of a key
+    that names a secret (``sink.password=***``), secret keys inside a mapping, and passwords in
+    URLs and connection strings (``sink={"dsn": "postgresql://etl:***@db/sales", ...}``)."""
+    return [_shown_set(item) for item in sets]
+
+
+def _shown_set(item: str) -> str:
+    from etl.yamldoc import parse_key_path
+
+    key, sep, raw = item.partition("=")
+    path = parse_key_path(key.strip()) if sep else ()
+    if not path:
+        return _unkeyword(mask(item))
+    name = path[-1]
+    value = _set_value(raw)
+    if value is _HIDDEN:
+        return f"{key}={MASK}"
+    shown = _unkeyword(mask({name: value})[name])
+    if shown == value:
+        return item
+    if isinstance(shown, str):
+        return f"{key}={shown}"
+    return f"{key}={json.dumps(shown, ensure_ascii=False, default=str)}"
+
+
+_HIDDEN = object()
+
+
+def _set_value(raw: str) -> Any:
+    """A ``--set`` value as the job loader reads it (YAML), or ``_HIDDEN`` when it is too big to
+    read here or holds aliases (an alias bomb written into the store must not stall a view)."""
+    import yaml
+
+    if not raw.strip():
+        return ""
+    if len(raw) > _SHOWN_SET_LIMIT:
+        return _HIDDEN
+    try:
+        if any(isinstance(event, yaml.AliasEvent) for event in yaml.parse(raw, Loader=yaml.SafeLoader)):
+            return _HIDDEN
+        return yaml.safe_load(raw)
+    except (yaml.YAMLError, RecursionError, ValueError):
+        return raw
+
+
+def _unkeyword(value: Any) -> Any:
+    """``value`` with the passwords of libpq keyword/value strings in it masked."""
+    if isinstance(value, str):
+        return mask_keyword_passwords(value)
+    if isinstance(value, dict):
+        return {k: _unkeyword(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_unkeyword(v) for v in value]
+    return value
 
 
 @functools.cache

@@ -1,6 +1,6 @@
-"""What someone who can write to the store (Redis) can and cannot make a worker do: everything a
-worker acts on is signed with ETL_SECRET_KEY, and a process without the queue's key refuses to
-work it.
+"""What someone who can write to the store (Redis) can and cannot make a worker do, and secrets
+that never show: everything a worker acts on is signed with ETL_SECRET_KEY, a process without
+the queue's key refuses to work it, and ``--set`` and parameter secrets are masked in every view.
 
 Most cases drive an :class:`~etl.executor.Executor` in this process over a real Redis (the very
 code a worker runs, one message at a time, with no consumer to race); a few run real `etl`
@@ -9,10 +9,12 @@ processes end to end.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import pickle
 import time
+import uuid
 from pathlib import Path
 
 import pytest
@@ -300,3 +302,54 @@ def test_with_a_secret_key_a_run_record_written_by_someone_else_is_not_executed(
     assert run.state == "failed"
     assert "not signed with this worker's ETL_SECRET_KEY" in run.error
     assert not (tmp_path / "ran.log").exists()
+
+
+# -- 2. --set and parameter secrets are masked in every view ----------------------------------
+
+
+def test_set_and_param_secrets_are_masked_in_every_view(cli, tmp_path, monkeypatch):
+    import httpx
+
+    from etl import api
+    from etl.web.app import create_app
+
+    for name in ("ETL_QUEUE_URL", "REDIS_HOST"):
+        monkeypatch.delenv(name, raising=False)
+    table = f"sec_{uuid.uuid4().hex[:8]}"
+    job = tmp_path / "masked.yaml"
+    job.write_text(
+        "name: masked\nparams: {db_password: {type: string}, day: {type: string}}\n"
+        "source: {type: generate, rows: 10}\nsink: {type: jsonl, path: out/masked}\n"
+    )
+    dsn = "postgresql://postgres:S3cretPw77@127.0.0.1:5432/test"
+    sink = f'sink={{type: postgres, dsn: "{dsn}", table: public.{table}, mode: replace}}'
+    result = cli("run", str(job), "--sync", "--set", sink, "-p", "db_password=PaRam55Pw", "-p", "day=2026-01-02")
+    assert result.returncode == 0, result.stderr
+    run_id = api.list_runs(job="masked")[0].id
+    try:
+        shown = {
+            "etl runs --json": cli("runs", "--json").stdout,
+            "etl status --json": cli("status", run_id, "--json").stdout,
+        }
+        app = create_app(api.open_queue())
+
+        async def get(*paths: str) -> list[str]:
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as client:
+                return [(await client.get(path)).text for path in paths]
+
+        shown["/api/runs"], shown["/api/runs/{id}"] = asyncio.run(get("/api/runs", f"/api/runs/{run_id}"))
+        for where, text in shown.items():
+            assert "S3cretPw77" not in text and "PaRam55Pw" not in text, where
+            data = json.loads(text)
+            run = next(r for r in data if r["id"] == run_id) if isinstance(data, list) else data
+            assert run["params"] == {"db_password": "***", "day": "2026-01-02"}, where
+            assert run["sets"] == [
+                f'sink={{"type": "postgres", "dsn": "postgresql://postgres:***@127.0.0.1:5432/test", '
+                f'"table": "public.{table}", "mode": "replace"}}'
+            ], where
+    finally:
+        import psycopg
+
+        with psycopg.connect("postgresql://postgres@127.0.0.1:5432/test", autocommit=True) as con:
+            con.execute(f"DROP TABLE IF EXISTS public.{table}")
