@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from loguru import logger
 
 from etl import records
-from etl.errors import UsageError
+from etl.errors import UsageError, hide, hide_passwords
 from etl.kv import RedisKV, SqliteKV
 from etl.settings import QueueSettings, queue_settings
 from etl.store import RunRecord, RunStore
@@ -186,6 +186,8 @@ class Queue:
 
 def open_store(settings: QueueSettings) -> RunStore:
     """The run store of the settings (runs, ledgers, workers, marks, schedules), without Huey."""
+    hide(settings.secret)  # no error or log line shows the key or the queue's password
+    hide_passwords(settings.url)
     if settings.kind == "embedded":
         kv: Any = SqliteKV(settings.directory / "state.db")
     else:

@@ -1,6 +1,7 @@
 """What someone who can write to the store (Redis) can and cannot make a worker do, and secrets
 that never show: everything a worker acts on is signed with ETL_SECRET_KEY, a process without
-the queue's key refuses to work it, and ``--set`` and parameter secrets are masked in every view.
+the queue's key refuses to work it, ``--set`` and parameter secrets are masked in every view, and
+a driver's error quoting a password is scrubbed before it is logged or stored.
 
 Most cases drive an :class:`~etl.executor.Executor` in this process over a real Redis (the very
 code a worker runs, one message at a time, with no consumer to race); a few run real `etl`
@@ -353,3 +354,70 @@ def test_set_and_param_secrets_are_masked_in_every_view(cli, tmp_path, monkeypat
 
         with psycopg.connect("postgresql://postgres@127.0.0.1:5432/test", autocommit=True) as con:
             con.execute(f"DROP TABLE IF EXISTS public.{table}")
+
+
+# -- 3. a driver's error that quotes a password is scrubbed ----------------------------------
+
+
+@pytest.mark.parametrize("password", ["Bad%zzEnvPw96", "Bad EnvPw96", "Bad@EnvPw96"])
+def test_a_malformed_password_never_reaches_a_log_a_record_or_a_view(cli, tmp_path, monkeypatch, password):
+    from etl import api
+
+    for name in ("ETL_QUEUE_URL", "REDIS_HOST"):
+        monkeypatch.delenv(name, raising=False)
+    job = tmp_path / "pg.yaml"
+    job.write_text(
+        "name: pg\nsource: {type: generate, rows: 10}\n"
+        "sink: {type: postgres, dsn: 'postgresql://postgres:${PGPASS}@127.0.0.1:5432/test', table: public.never}\n"
+    )
+    result = cli("run", str(job), "--sync", env={"PGPASS": password})
+    assert result.returncode == 1, result.stderr
+    run = api.list_runs(job="pg")[0]
+    log = (tmp_path / ".etl" / "runs" / run.id / "run.log").read_text()
+    status = cli("status", run.id, "--json").stdout
+    pieces = [password, *(p for p in password.replace("%", " ").replace("@", " ").split() if len(p) > 4)]
+    for where, text in {"stderr": result.stderr, "run.log": log, "the record": run.error, "status": status}.items():
+        for piece in pieces:
+            assert piece not in text, f"{where} shows {piece!r}: {text}"
+    assert "***" in run.error and "***" in result.stderr
+    assert "Traceback" in log, "the run log keeps its traceback, scrubbed"
+
+
+def test_a_jobs_secrets_are_scrubbed_from_every_error_and_log_line(write):
+    """The rule, in this process: what :func:`etl.logsetup.hide_job_secrets` finds in a job."""
+    import io
+
+    from loguru import logger
+
+    from etl import logsetup
+    from etl.errors import TransientError, describe
+    from etl.jobs import load_job
+
+    job = load_job(
+        write(
+            "scrub.yaml",
+            """
+            name: scrub
+            params: {api_token: {type: string}, day: {type: string}}
+            source: {type: generate, rows: 1}
+            sink: {type: postgres, dsn: "host=db password=${KWPW} user=etl", table: public.t}
+            notify:
+              - {type: webhook, url: "https://hooks.example/x", headers: {Authorization: "${HOOKAUTH}"}}
+              - {type: webhook, url: "https://u:Ur1Passw0rd@hooks.example/y"}
+            """,
+        ),
+        params={"api_token": "Par4mTok3n", "day": "Monday-is-no-secret"},
+        env={"KWPW": "Kw0rdPass", "HOOKAUTH": "Bearer Hd4eR7oken"},
+    )
+    logsetup.hide_job_secrets(job)
+    secrets = ["Kw0rdPass", "host=db password=Kw0rdPass user=etl", "Bearer Hd4eR7oken", "Par4mTok3n", "Ur1Passw0rd"]
+    text = "connecting failed: " + " | ".join(secrets) + " on Monday-is-no-secret"
+    stream = io.StringIO()
+    logsetup.configure(stream=stream)
+    try:
+        logger.bind(run="r1").opt(exception=RuntimeError(text)).error("{}", text)
+    finally:
+        logger.remove()
+    for shown in (describe(RuntimeError(text)), str(TransientError(text)), stream.getvalue()):
+        assert not any(secret in shown for secret in secrets), shown
+        assert "***" in shown and "Monday-is-no-secret" in shown
