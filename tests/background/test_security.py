@@ -243,6 +243,8 @@ def test_a_worker_without_the_key_refuses_to_start_on_a_keyed_queue(cli, workers
     result = cli("run", str(csv_job(tmp_path)), "--background")
     assert result.returncode == 2 and "ETL_SECRET_KEY" in result.stderr
     assert queue().store.list_runs() == []
+    result = cli("retry", "20261128-203731-be808a")  # refused before it looks the run up
+    assert result.returncode == 2 and "this process has none" in result.stderr
 
 
 def test_a_worker_without_the_key_stops_when_the_queue_becomes_keyed(workers, queue_env):
