@@ -197,14 +197,17 @@ def submit(
 
 def staged(run: RunRecord, planned: PlannedRun | None = None) -> list[str]:
     """What the sink of ``run`` staged for it (what a failed run keeps), as the sink names it:
-    the job of ``planned`` when given (its plugins loaded already), else the job as recorded."""
+    the job of ``planned`` when given (its plugins loaded already), else the job as recorded
+    (if its record is signed with this process's ``ETL_SECRET_KEY``, when there is one)."""
     from etl.lifecycle import Lifecycle
     from etl.pipeline import JobRun
-    from etl.records import load_recorded
+    from etl.records import Signer, load_recorded
 
     try:
         if planned is not None:
             job, pm = planned.job, planned.life.pm
+        elif Signer(queue_settings().secret).check_run(run) is not None:
+            return []  # a record someone else wrote: its job is not loaded here
         else:
             job, pm = load_recorded(run)
     except Exception:  # the record's job no longer loads here: nothing to name
@@ -242,9 +245,11 @@ def retry(run_id: str, queue: Queue | None = None) -> list[int]:
 
     Raises:
         UsageError: no such run, or it is not failed (a cancelled run is final: what it staged
-            was dropped; run the job again instead).
+            was dropped; run the job again instead), or the queue is keyed with an
+            ``ETL_SECRET_KEY`` this process lacks.
     """
     queue = queue or open_queue()
+    queue.check_key()  # before anything changes: its messages would be refused
     run = get_run(run_id, queue)
     if run.state == "cancelled":
         raise UsageError(f"run {run_id} was cancelled, and what it staged was dropped; run the job again instead")

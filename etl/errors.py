@@ -10,11 +10,20 @@ Three families:
   because of one is reported as a :class:`JobFailed`, exit 1.
 
 Errors pickle (they cross process boundaries) and keep their attributes when they do.
+
+Secrets never reach an error's text: the values :func:`hide` was given (the passwords and keys
+of the jobs this process loaded, its ``ETL_SECRET_KEY`` and Redis password) are replaced with
+``***`` (:func:`scrub`) wherever an error becomes text: in :func:`describe` (what run records
+and messages hold), in our own errors' ``str()``, and in every log line
+(:mod:`etl.logsetup`). A driver's message that quotes a malformed password, as libpq's does, is
+stored and logged without it.
 """
 
 from __future__ import annotations
 
 import difflib
+import re
+import threading
 from collections.abc import Iterable, Sequence
 
 __all__ = [
@@ -31,7 +40,11 @@ __all__ = [
     "UsageError",
     "describe",
     "did_you_mean",
+    "hide",
+    "hide_passwords",
     "is_transient",
+    "mask_keyword_passwords",
+    "scrub",
 ]
 
 
@@ -40,6 +53,9 @@ class EtlError(Exception):
 
     #: Exit code of the ``etl`` command when this error ends it.
     exit_code = 1
+
+    def __str__(self) -> str:
+        return scrub(super().__str__())
 
     def __reduce__(self):
         # Exceptions pickle their ``args`` only; keep the attributes too.
@@ -97,7 +113,7 @@ class ConfigError(EtlError):
 
     def __str__(self) -> str:
         parts = [p for p in (self.where, self.key) if p]
-        return ": ".join([*parts, self.message])
+        return scrub(": ".join([*parts, self.message]))
 
 
 class ConfigErrors(ConfigError):
@@ -251,11 +267,12 @@ def is_transient(error: BaseException) -> bool:
 
 
 def describe(error: BaseException) -> str:
-    """An error as one line: our own errors by their message, others with their type too."""
+    """An error as one line, secrets scrubbed: our own errors by their message, others with
+    their type too."""
     text = str(error).strip() or type(error).__name__
     if not isinstance(error, EtlError):  # not one of ours: say what kind of error it was
         text = f"{type(error).__name__}: {text}"
-    return text
+    return scrub(text)
 
 
 def did_you_mean(word: str, choices: Iterable[str]) -> str:
@@ -265,3 +282,73 @@ def did_you_mean(word: str, choices: Iterable[str]) -> str:
     if not close and len(word) >= 3:  # an abbreviation: "prod" for "production"
         close = [c for c in choices if c.lower().startswith(word.lower())][:1]
     return f'; did you mean "{close[0]}"?' if close else ""
+
+
+# -- secrets scrubbed from every error's text ------------------------------------------------
+
+#: A password in a libpq keyword/value connection string: ``host=db password='s3 cret'``.
+_KEYWORD_PASSWORD = re.compile(r"""\b((?:password|passwd|pwd)\s*=\s*)('(?:[^'\\]|\\.)*'|[^\s'"]+)""", re.I)
+
+
+def mask_keyword_passwords(text: str) -> str:
+    """``text`` with the passwords of libpq keyword/value strings in it (``password=pw``) masked
+    (``password=***``)."""
+    return _KEYWORD_PASSWORD.sub(lambda m: m[1] + "***", text)
+
+
+#: Shorter values are not scrubbed: replacing every "ab" would garble every message.
+MIN_SECRET_LENGTH = 4
+_secrets: set[str] = set()
+_pattern: re.Pattern[str] | None = None
+_lock = threading.Lock()
+_SCHEME = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789+.-")
+
+
+def hide(*values: str | None) -> None:
+    """Scrub these values (passwords, keys, tokens: whatever this process resolved that must
+    not be shown) from every error text and log line of this process, from now on."""
+    global _pattern
+    new = {v for v in values if isinstance(v, str) and len(v) >= MIN_SECRET_LENGTH} - _secrets
+    if not new:
+        return
+    with _lock:
+        _secrets.update(new)
+        # Longest first: a secret that contains another is replaced whole.
+        ordered = sorted(_secrets, key=len, reverse=True)
+        _pattern = re.compile("|".join(re.escape(v) for v in ordered))
+
+
+def hide_passwords(text: str) -> None:
+    """:func:`hide` the passwords written in ``text``: a URL's (``postgresql://user:pw@host``,
+    as written and percent-decoded; spaces included when ``text`` is the URL) and a libpq
+    keyword/value string's (``password=pw``). The parts of a password around an ``@`` are
+    hidden too: libpq cuts a URL's password there, and names the rest as a host. Linear in the
+    length of ``text``."""
+    from urllib.parse import unquote
+
+    found: list[str] = []
+    at = text.find("://")
+    while at >= 0:
+        start = at
+        while start > 0 and text[start - 1] in _SCHEME:  # stops at the previous URL's "://"
+            start -= 1
+        end = at + 3  # the end of the URL's user, password and host: "/", "?" or "#"
+        while end < len(text) and text[end] not in "/?#" and (start == 0 or not text[end].isspace()):
+            end += 1
+        userinfo, at_sign, _ = text[at + 3 : end].rpartition("@")
+        user, colon, password = userinfo.partition(":")
+        if start < at and text[start].isalpha() and at_sign and colon and password:
+            found += [password, unquote(password), *password.split("@")]
+        at = text.find("://", at + 3)
+    for match in _KEYWORD_PASSWORD.finditer(text):
+        value = match[2]
+        found += [value, value.strip("'").replace("\\'", "'")]
+    hide(*found)
+
+
+def scrub(text: str) -> str:
+    """``text`` with every value given to :func:`hide` replaced with ``***``."""
+    pattern = _pattern
+    if pattern is None or not text:
+        return text
+    return pattern.sub("***", text)

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from loguru import logger
 
-from etl.errors import ConfigErrors, TransientError, describe
+from etl.errors import ConfigErrors, PermanentError, TransientError, describe
 from etl.incremental import Window
 from etl.jobs import state_dir
 from etl.lifecycle import ChunkDone, Failed, LeaseKeeper, Lifecycle, Retry, Stopped, kept
@@ -33,6 +33,7 @@ if TYPE_CHECKING:
 
     from etl.config import Job
     from etl.metrics import WorkerMetrics
+    from etl.records import Signer
     from etl.store import RunStore
 
 __all__ = ["Executor", "LeaseKeeper"]
@@ -45,15 +46,17 @@ RETAIN_FAILED_AT_ONCE = 20
 
 class Queue(Protocol):
     """What the executor needs of the queue (:class:`etl.queue.Queue`): its run store, sending
-    messages, and checking a run's signature. The executor never loads Huey itself."""
+    messages, and its key: checking what a run's records hold, and whether this process may
+    work the queue at all. The executor never loads Huey itself."""
 
     store: RunStore
+    signer: Signer
 
     def send(self, name: str, *args: Any, delay: float = 0.0) -> None: ...
 
     def dispatch(self, run: RunRecord, slots: int, delay: float = 0.0) -> list[int]: ...
 
-    def verify(self, run: RunRecord) -> bool: ...
+    def refusal(self, *, fresh: bool = False) -> str | None: ...
 
 
 @dataclass
@@ -181,12 +184,18 @@ class Executor:
         bound = logger.bind(job=run.job, run=run.id)
         return bound.bind(chunk=chunk) if chunk is not None else bound
 
+    def _unsigned(self, what: str) -> str:
+        """The error of a record that fails its signature's check."""
+        return (
+            f"{what} is not signed with this worker's ETL_SECRET_KEY (worker {self.worker_id}): it was written "
+            "into the store by someone else, or by a process without the same key; nothing was read or written"
+        )
+
     def _load_or_fail(self, run: RunRecord) -> _Loaded | None:
-        if not self.queue.verify(run):
-            reason = (
-                f"the run's record is not signed with this worker's ETL_SECRET_KEY (worker {self.worker_id}): "
-                "it was not submitted with the same key, or was written into the store by someone else"
-            )
+        signer = self.queue.signer
+        unsigned = signer.check_run(run) or signer.check_plan(run)
+        if unsigned is not None:
+            reason = self._unsigned(unsigned)
             self._log(run).error(reason)
             self._fail_unloaded(run, reason)
             return None
@@ -286,7 +295,11 @@ class Executor:
             self._fail(loaded, run.id, f"planning failed: {describe(exc)}", exc)
             return
         # Submitted with its plan (`etl run`), the run only starts; else its plan is recorded now.
-        now = self.store.activate(run.id) if run.planned else record_plan(self.store, run.id, info, plan)
+        now = (
+            self.store.activate(run.id)
+            if run.planned
+            else record_plan(self.store, run.id, info, plan, secret=self.queue.signer.secret)
+        )
         if now is None:
             return
         total = f"{now.rows_total:,}" if now.rows_total is not None else "an unknown number of"
@@ -319,10 +332,18 @@ class Executor:
         # ``attempts`` counts this chunk's tries (for the retry policy, hooks and logs); ``token``
         # only grows, fencing out older attempts even across `etl retry`.
         index, token, attempt = record.index, record.token, record.attempts
+        log = self._log(run, index)
+        unsigned = self.queue.signer.check_chunk(record)
+        if unsigned is not None:  # refused before the source reads anything
+            reason = self._unsigned(unsigned)
+            failed = self.store.fail_chunk(run.id, index, token, reason)
+            log.error("chunk {} refused: {}", index, reason)
+            if failed is not None:
+                self._failed(loaded, failed, PermanentError(reason), index)
+            return
         member = f"{run.id}|{index}"
         with self._lock:
             self.in_hand[member] = token  # what release_all gives back on shutdown
-        log = self._log(run, index)
         keeper = LeaseKeeper(
             lambda: self.store.renew(run.id, index, token, self.lease), self.lease / 3, f"chunk {index} of {run.id}"
         )
@@ -365,7 +386,8 @@ class Executor:
     def _chunk_done(self, run: RunRecord, record: ChunkRecord, loaded: _Loaded, result: ChunkResult) -> None:
         index = record.index
         log = self._log(run, index)
-        completion = self.store.complete(run.id, index, record.token, result)
+        signed = self.queue.signer.done(run.id, index, record.token, result.rows_written)
+        completion = self.store.complete(run.id, index, record.token, result, signed)
         if not completion.accepted:
             log.warning(
                 "chunk {} attempt {}: another attempt took it over meanwhile; its result is not recorded",
@@ -403,6 +425,12 @@ class Executor:
             f"finalizing {run.id}",
         )
         chunks = self.store.get_chunks(run.id, run.chunks_total)
+        unsigned = self._unfinished(run, chunks)
+        if unsigned is not None:  # the sink is not told to make anything visible
+            reason = f"finalizing refused: {self._unsigned(unsigned)}"
+            log.error(reason)
+            self._fail(loaded, run.id, reason, PermanentError(reason))
+            return
         with keeper:
             outcome = loaded.life.finalize({c.index: c.rows_written for c in chunks}, run.finalize_attempts)
         if isinstance(outcome, Retry):
@@ -428,6 +456,18 @@ class Executor:
         loaded.life.completed(loaded.life.result(done))
         self._forget(run.id)
         self._retain()
+
+    def _unfinished(self, run: RunRecord, chunks: list[ChunkRecord]) -> str | None:
+        """With a key: what says that a chunk of the run was not written, though the store
+        counts every chunk done (a chunk missing, or its completion not signed); else ``None``."""
+        signer = self.queue.signer
+        if not signer.secret:
+            return None
+        seen = {c.index for c in chunks}
+        missing = [i for i in range(run.chunks_total) if i not in seen]
+        if missing:
+            return f"the ledger of chunk {missing[0]}"
+        return next((why for c in chunks if (why := signer.check_done(c)) is not None), None)
 
     def _retain(self) -> None:
         """Keep the store from growing without bound. A failed run beyond the ones kept is
@@ -456,6 +496,8 @@ class Executor:
         run = self.store.get_run(run_id)
         if run is None or run.state != "cancelled" or run.aborted:
             return True
+        if self.queue.refusal() is not None:
+            return False  # this process lacks the queue's key: a worker that has it drops the staging
         if self.store.in_flight(run_id, run.chunks_total):
             self.queue.send("etl.abort", run_id, delay=self.lease)
             return False

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 from loguru import logger
 
 from etl.errors import Interrupted, PermanentError, describe, is_transient
+from etl.logsetup import hide_job_secrets
 from etl.pipeline import JobRun, check_thresholds
 from etl.preflight import check_columns
 from etl.retry import Clock, RetryPolicy
@@ -87,6 +88,7 @@ class Lifecycle:
     """The decisions and hooks of one run, around its stages (:class:`~etl.pipeline.JobRun`)."""
 
     def __init__(self, work: JobRun, *, rng: random.Random | None = None) -> None:
+        hide_job_secrets(work.job)  # no error or log line of the run shows the job's secrets
         self.work = work
         self.job = work.job
         self.pm = work.pm

@@ -2,7 +2,9 @@
 
 Applications (the CLI, a worker) call :func:`configure`; the library itself stays disabled
 until they do. Every line of a run carries ``job`` and ``run`` (and ``chunk`` where it
-applies) in its ``extra``.
+applies) in its ``extra``. Every sink writes lines scrubbed of secrets (:func:`etl.errors.scrub`),
+tracebacks included: a driver's error that quotes a password never reaches a terminal or a
+run log. :func:`hide_job_secrets` names a job's secrets for it.
 """
 
 from __future__ import annotations
@@ -10,12 +12,18 @@ from __future__ import annotations
 import json
 import sys
 import traceback
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal, TextIO
+from typing import TYPE_CHECKING, Any, Literal, TextIO
 
 from loguru import logger
 
-__all__ = ["add_run_log", "add_run_logs", "configure"]
+from etl.errors import hide, hide_passwords, scrub
+
+if TYPE_CHECKING:
+    from etl.config import Job
+
+__all__ = ["add_run_log", "add_run_logs", "configure", "hide_job_secrets"]
 
 LogFormat = Literal["text", "json"]
 _FIELDS = ("job", "run", "chunk")
@@ -41,16 +49,38 @@ def _json_sink(stream: TextIO):
         data = {
             "time": record["time"].isoformat(),
             "level": record["level"].name,
-            "message": record["message"],
+            "message": scrub(record["message"]),
             **{k: record["extra"][k] for k in _FIELDS if k in record["extra"]},
         }
         error = record["exception"]
         if error is not None and error.type is not None:
-            data["exception"] = "".join(traceback.format_exception(error.type, error.value, error.traceback))
+            data["exception"] = scrub("".join(traceback.format_exception(error.type, error.value, error.traceback)))
         stream.write(json.dumps(data, default=str) + "\n")
         stream.flush()
 
     return write
+
+
+class _Scrubbed:
+    """A sink writing each formatted line (its traceback included) to ``stream`` with secrets
+    scrubbed; ``owned``: the stream is this sink's, closed when the sink is removed."""
+
+    def __init__(self, stream: TextIO, *, owned: bool = False) -> None:
+        self.stream = stream
+        self.owned = owned
+
+    def write(self, message: str) -> None:
+        self.stream.write(scrub(message))
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+    def stop(self) -> None:
+        if self.owned:
+            self.stream.close()
+
+    def isatty(self) -> bool:
+        return hasattr(self.stream, "isatty") and self.stream.isatty()
 
 
 def configure(level: str = "INFO", fmt: LogFormat = "text", stream: TextIO | None = None) -> None:
@@ -62,8 +92,8 @@ def configure(level: str = "INFO", fmt: LogFormat = "text", stream: TextIO | Non
     if fmt == "json":
         logger.add(_json_sink(stream), level=level, format="{message}", backtrace=False, diagnose=False)
     else:
-        colorize = hasattr(stream, "isatty") and stream.isatty()
-        logger.add(stream, level=level, format=_text_format, colorize=colorize, backtrace=False, diagnose=False)
+        sink = _Scrubbed(stream)
+        logger.add(sink, level=level, format=_text_format, colorize=sink.isatty(), backtrace=False, diagnose=False)
 
 
 def add_run_log(path: Path, run_id: str) -> int:
@@ -73,13 +103,13 @@ def add_run_log(path: Path, run_id: str) -> int:
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     return logger.add(
-        path,
+        _Scrubbed(open(path, "a", encoding="utf-8"), owned=True),  # noqa: SIM115 - closed by logger.remove()
         level="DEBUG",
         format=_file_format,
         filter=lambda record: record["extra"].get("run") == run_id,
+        colorize=False,
         backtrace=False,
         diagnose=False,
-        encoding="utf-8",
     )
 
 
@@ -97,6 +127,72 @@ def add_run_logs(home: Path) -> int:
         path = home / "runs" / str(run) / "run.log"
         path.parent.mkdir(parents=True, exist_ok=True)
         with open(path, "a", encoding="utf-8") as f:
-            f.write(str(message))
+            f.write(scrub(str(message)))
 
     return logger.add(write, level="DEBUG", format=_file_format, backtrace=False, diagnose=False)
+
+
+def hide_job_secrets(job: Job) -> None:
+    """Scrub ``job``'s secrets from every error and log line of this process
+    (:func:`etl.errors.hide`): the values of options declared secret (``SecretStr``), of
+    parameters whose name names a secret, and of keys whose name names one (``password``,
+    ``token``...) where a ``${VAR}`` reference gave it; and the passwords in the URLs and
+    connection strings of every value."""
+    from pydantic import BaseModel, SecretStr
+
+    from etl.masking import MASK, mask
+
+    def named_secret(key: Any) -> bool:
+        return mask({str(key): "x"}) == {str(key): MASK}
+
+    found: list[str] = []
+
+    def walk(value: Any) -> None:
+        if isinstance(value, SecretStr):
+            found.append(value.get_secret_value())
+            walk(value.get_secret_value())
+        elif isinstance(value, BaseModel):
+            for name in type(value).model_fields:
+                walk(getattr(value, name))
+        elif isinstance(value, Mapping):
+            for item in value.values():
+                walk(item)
+        elif isinstance(value, list | tuple):
+            for item in value:
+                walk(item)
+        elif isinstance(value, str):
+            hide_passwords(value)
+
+    walk([job.spec, dict(job.extras), *(stage.options for stage in job.stages())])
+    params = {k: str(v) for k, v in job.params.items() if v is not None}
+    walk(params)
+    found += [v for k, v in params.items() if named_secret(k)]
+    found += [v for path in job.written if path and named_secret(path[-1]) for v in [_value_at(job, path)] if v]
+    hide(*found)
+
+
+def _value_at(job: Job, path: tuple[Any, ...]) -> str | None:
+    """The resolved text at a key path of ``job`` (``("sink", "password")``), if there is one."""
+    from pydantic import BaseModel, SecretStr
+
+    head, *rest = path
+    if head in ("source", "sink"):
+        value: Any = getattr(job, head).options
+    elif head == "transforms" and rest and isinstance(rest[0], int) and rest[0] < len(job.transforms):
+        value, rest = job.transforms[rest[0]].options, rest[1:]
+    elif head in job.extras:
+        value = job.extras[head]
+    else:
+        value = getattr(job.spec, str(head), None)
+    for key in rest:
+        if isinstance(value, BaseModel):
+            value = getattr(value, str(key), None)
+        elif isinstance(value, Mapping):
+            value = value.get(key)
+        elif isinstance(value, list | tuple) and isinstance(key, int) and key < len(value):
+            value = value[key]
+        else:
+            return None
+    if isinstance(value, SecretStr):
+        value = value.get_secret_value()
+    return value if isinstance(value, str) else None

@@ -2,18 +2,21 @@
 
 Messages are ``etl.plan(run_id)``, ``etl.chunk(run_id, index)``, ``etl.finalize(run_id)`` and
 ``etl.abort(run_id)``: never rows, never credentials. What they act on lives in the
-:class:`~etl.store.RunStore`. With ``ETL_SECRET_KEY`` set, messages are signed, so that someone
-who can write to Redis cannot make workers run a forged task.
+:class:`~etl.store.RunStore`. With ``ETL_SECRET_KEY`` set, messages are signed (and so is what
+they act on: :mod:`etl.records`), so that someone who can write to Redis cannot make workers run
+a forged task; once a process has used a key, processes without it may not send or execute.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from loguru import logger
 
 from etl import records
+from etl.errors import UsageError, hide, hide_passwords
 from etl.kv import RedisKV, SqliteKV
 from etl.settings import QueueSettings, queue_settings
 from etl.store import RunRecord, RunStore
@@ -28,6 +31,8 @@ if TYPE_CHECKING:
 __all__ = ["Queue", "open_queue", "open_store"]
 
 TASKS = ("etl.plan", "etl.chunk", "etl.finalize", "etl.abort")
+#: How long a process trusts what it found of the queue's key before it looks again.
+KEY_RECHECK_SECONDS = 30.0
 
 
 def _huey(settings: QueueSettings) -> huey_module.Huey:
@@ -58,6 +63,10 @@ class Queue:
         self.huey = _huey(settings)
         self.handlers: dict[str, Callable[..., Any]] = {}
         self._tasks = {name: self.huey.task(name=name, retries=0)(self._dispatcher(name)) for name in TASKS}
+        #: Signs and checks what workers act on, with ``ETL_SECRET_KEY``.
+        self.signer = records.Signer(settings.secret)
+        self._refusal: str | None = None
+        self._key_checked = -KEY_RECHECK_SECONDS
 
     def _dispatcher(self, name: str) -> Callable[..., Any]:
         def task(*args: Any) -> Any:
@@ -82,9 +91,34 @@ class Queue:
         """Fail with one clear line when the queue can't be reached or refuses us."""
         self.store.kv.ping()
 
+    # -- the queue's key -----------------------------------------------------------------
+
+    def refusal(self, *, fresh: bool = False) -> str | None:
+        """Why this process must not send messages or execute runs on this queue (it lacks the
+        key the queue's processes share, or has another: :func:`etl.records.key_refusal`), or
+        ``None``. Looked up again after ``KEY_RECHECK_SECONDS`` (at once when ``fresh``); a keyed
+        process records its key's id if the store has none."""
+        now = time.monotonic()
+        if fresh or now - self._key_checked >= KEY_RECHECK_SECONDS:
+            self._refusal = records.key_refusal(self.store, self.settings.secret)
+            self._key_checked = now
+        return self._refusal
+
+    def check_key(self, *, fresh: bool = False) -> None:
+        """Raise :class:`~etl.errors.UsageError` (exit 2) if :meth:`refusal` gives a reason."""
+        why = self.refusal(fresh=fresh)
+        if why is not None:
+            raise UsageError(why)
+
     # -- sending messages ----------------------------------------------------------------
 
     def send(self, name: str, *args: Any, delay: float = 0.0) -> None:
+        """Send a message (signed with ``ETL_SECRET_KEY``).
+
+        Raises:
+            UsageError: the queue is keyed, and this process lacks its key.
+        """
+        self.check_key()
         task = self._tasks[name]
         if delay > 0:
             task.schedule(args=args, delay=delay)
@@ -132,21 +166,19 @@ class Queue:
         if busy is not None:
             raise records.busy(job, busy)
         if planned is not None:
-            records.record_plan(self.store, record.id, *planned, activate=False)
+            records.record_plan(self.store, record.id, *planned, activate=False, secret=self.settings.secret)
         logger.bind(job=job.name, run=record.id).info("queued run {} of {}", record.id, job.name)
         self.send("etl.plan", record.id)
         return record
 
     def record(self, job: Job, **fields: Any) -> RunRecord:
-        """A new run of ``job``, signed with this queue's key, not yet stored."""
+        """A new run of ``job``, signed with this queue's key, not yet stored.
+
+        Raises:
+            UsageError: the queue is keyed, and this process lacks its key.
+        """
+        self.check_key()
         return records.new_record(job, secret=self.settings.secret, **fields)
-
-    def signature(self, run: RunRecord) -> str:
-        return records.signature(run, self.settings.secret)
-
-    def verify(self, run: RunRecord) -> bool:
-        """Whether a run may be executed here: always without a key, with one only if signed with it."""
-        return records.verify(run, self.settings.secret)
 
     def close(self) -> None:
         self.store.kv.close()
@@ -154,6 +186,8 @@ class Queue:
 
 def open_store(settings: QueueSettings) -> RunStore:
     """The run store of the settings (runs, ledgers, workers, marks, schedules), without Huey."""
+    hide(settings.secret)  # no error or log line shows the key or the queue's password
+    hide_passwords(settings.url)
     if settings.kind == "embedded":
         kv: Any = SqliteKV(settings.directory / "state.db")
     else:

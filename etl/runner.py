@@ -14,13 +14,14 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
-from etl.errors import EtlError, JobFailed, TransientError, describe
+from etl.errors import EtlError, JobFailed, TransientError, UsageError, describe
 from etl.lifecycle import ChunkDone, Failed, LeaseKeeper, PlannedRun, Retry, Stopped, kept
 from etl.pipeline import ReadAhead
 from etl.progress import chunk_line
-from etl.records import busy, new_record, record_plan
+from etl.records import Signer, busy, key_refusal, new_record, record_plan
 from etl.retry import Clock, SystemClock
 from etl.units import format_duration
 
@@ -56,12 +57,13 @@ def run_job(
     their sinks keep what they staged, for ``etl retry``).
 
     Raises:
-        UsageError: the job's ``concurrency:`` is reached.
+        UsageError: the job's ``concurrency:`` is reached, or the store's queue is keyed
+            (``ETL_SECRET_KEY``) and ``secret`` is not its key.
         TransientError: the run store can't be reached (the run did not start).
     """
-    driver = _InProcess(planned, store, clock or SystemClock(), lease)
+    driver = _InProcess(planned, store, clock or SystemClock(), lease, Signer(secret))
     try:
-        driver.record(secret)
+        driver.record()
     except BaseException:
         planned.close()
         raise
@@ -84,8 +86,9 @@ class _End(Exception):
 
 
 class _InProcess:
-    def __init__(self, planned: PlannedRun, store: RunStore, clock: Clock, lease: float) -> None:
+    def __init__(self, planned: PlannedRun, store: RunStore, clock: Clock, lease: float, signer: Signer) -> None:
         self.planned = planned
+        self.signer = signer
         self.life = planned.life
         self.job = planned.job
         self.store = store
@@ -101,9 +104,10 @@ class _InProcess:
         self.held: tuple[int, int] | None = None
         self.keeper = LeaseKeeper(self._renew, lease / 3, f"the chunks of {self.run_id}")
 
-    def record(self, secret: str) -> None:
-        """Record the run, planned and active."""
-        info, plan = self.planned.info, self.planned.plan
+    def record(self) -> None:
+        """Record the run, planned and active, signed as a submitter signs it (``etl retry``
+        hands a failed in-process run to the workers)."""
+        info, plan, secret = self.planned.info, self.planned.plan, self.signer.secret
         record = new_record(
             self.job,
             secret=secret,
@@ -114,10 +118,13 @@ class _InProcess:
             driver="process",
         )
         try:
+            refused = key_refusal(self.store, secret)
+            if refused is not None:
+                raise UsageError(refused)
             unfinished = self.store.create_run(record, limit=self.job.spec.concurrency)
             if unfinished is not None:
                 raise busy(self.job, unfinished)
-            record_plan(self.store, self.run_id, info, plan)
+            record_plan(self.store, self.run_id, info, plan, secret=secret)
         except TransientError as exc:
             raise TransientError(
                 f"the run store ({self.store.kv.display}) can't be reached, and in-process runs are recorded "
@@ -194,9 +201,11 @@ class _InProcess:
             read = ahead.take(planned) if ahead is not None and first else None
             first = False
             self.held = (planned.index, token)
+            # The chunk as this process planned it (the store's copy is for the workers).
+            chunk = replace(planned, attempt=token)
             try:
                 outcome = self.life.attempt(
-                    record.descriptor(),
+                    chunk,
                     self.planned.plan.shared,
                     record.attempts,
                     clock=self.clock,
@@ -209,13 +218,14 @@ class _InProcess:
                 _discard(ahead)  # a retry (or the failure) has the stages to itself
             if isinstance(outcome, ChunkDone):
                 result = outcome.result
-                completion = self.store.complete(self.run_id, planned.index, token, result)
+                signed = self.signer.done(self.run_id, planned.index, token, result.rows_written)
+                completion = self.store.complete(self.run_id, planned.index, token, result, signed)
                 if not completion.accepted or completion.run is None:
                     raise _End(None)
                 self.written[planned.index] = result.rows_written
                 run = completion.run
                 log.info("{}", chunk_line(run, planned.index, result))
-                too_many = self.life.written(record.descriptor(), result, run.rows_rejected)
+                too_many = self.life.written(chunk, result, run.rows_rejected)
                 if too_many is not None:
                     self._fail_run(describe(too_many), planned.index)
                     raise _End(too_many, planned.index)

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from loguru import logger
 
-from etl.errors import describe
+from etl.errors import UsageError, describe
 from etl.executor import Executor
 from etl.store import WorkerInfo
 from etl.version import __version__
@@ -124,6 +124,8 @@ class Worker:
         )
         queue.bind(self.executor.handlers())
         self._stop = threading.Event()
+        #: Why the worker stopped on its own: the queue's key is not its key.
+        self.refused: str | None = None
         self._threads: list[threading.Thread] = []
         self.consumer: Any = None
         self._run_logs: int | None = None
@@ -149,6 +151,7 @@ class Worker:
 
         route_huey_logs()
         self.queue.check()
+        self.queue.check_key(fresh=True)  # a worker without the queue's key never starts
         self._run_logs = logsetup.add_run_logs(state_dir())
         self._beat()
         self.consumer = self.queue.huey.create_consumer(
@@ -196,10 +199,17 @@ class Worker:
         self._stop.set()
 
     def wait(self) -> None:
-        """Block until a signal (or :meth:`stop` from another thread) ends the worker."""
+        """Block until a signal (or :meth:`stop` from another thread) ends the worker.
+
+        Raises:
+            UsageError: the worker stopped because the queue became keyed with an
+                ``ETL_SECRET_KEY`` it lacks.
+        """
         while not self._stop.wait(0.2):
             pass
         self.stop()
+        if self.refused is not None:
+            raise UsageError(self.refused)
 
     def stop(self) -> None:
         """Stop taking messages, let chunks in hand finish within the grace period, give the
@@ -231,6 +241,12 @@ class Worker:
         with self.executor._lock:
             self.info.current = sorted(self.executor.in_hand)
         self.queue.store.heartbeat(self.info)
+        refused = self.queue.refusal(fresh=True)
+        if refused is not None and self.refused is None:
+            # A process with a key used the queue after this worker started without it.
+            self.refused = refused
+            logger.error("stopping: {}", refused)
+            self._stop.set()
 
     def _heartbeat_loop(self) -> None:
         while not self._stop.wait(self.options.heartbeat):

@@ -1439,3 +1439,109 @@ def test_the_queued_chunks_of_a_stopped_run_are_parked_not_resent(store, fake_cl
     assert [c.state for c in store.get_chunks(rid)] == ["pending"] * 3
     if how == "fail":
         assert store.retry_failed(rid) == [0, 1, 2]  # a retry runs them all again
+
+
+# -- signatures, the queue's key and what views show ----------------------------------------
+
+
+def test_set_plan_stores_the_signatures_of_the_plan_and_of_each_chunk(store):
+    from etl.records import Signer
+
+    signer = Signer("k3y")
+    run = new_run(store)
+    shared = {"schema": {"v": "int64"}, "columns": ("v",), 3: "keys become text"}
+    planned_run = store.set_plan(
+        run.id, rows=40, exact=True, chunks=chunks(4), shared=shared, sign=(signer.plan, signer.chunk)
+    )
+    stored = store.get_run(run.id)
+    assert stored.plan_signature and stored.plan_signature == planned_run.plan_signature
+    assert signer.check_plan(stored) is None, "what was signed is what the store gives back (JSON)"
+    records = store.get_chunks(run.id)
+    assert all(c.signature for c in records) and len({c.signature for c in records}) == 4
+    assert all(signer.check_chunk(c) is None for c in records)
+    # Any change, or another key, fails the check.
+    assert Signer("another").check_plan(stored) is not None
+    stored.shared = {**stored.shared, "columns": ["w"]}
+    assert signer.check_plan(stored) == "the run's plan (its shared data, window or number of chunks)"
+    records[1].args = {**records[1].args, "hi": 99}
+    assert signer.check_chunk(records[1]) == "chunk 1's descriptor (what the source reads for it)"
+    records[2].index = 3  # chunk 2's descriptor as chunk 3's
+    assert signer.check_chunk(records[2]) is not None
+    # Without a key nothing is signed, and nothing is checked.
+    unsigned = new_run(store)
+    store.set_plan(unsigned.id, rows=None, exact=True, chunks=chunks(1), shared={})
+    assert (
+        store.get_run(unsigned.id).plan_signature == "" and Signer(None).check_plan(store.get_run(unsigned.id)) is None
+    )
+
+
+def test_a_window_given_with_the_run_stays_when_it_is_planned(store):
+    given = {"cursor": "id", "low": None, "high": {"type": "integer", "value": 5}}
+    run = new_run(store, window=given)
+    store.set_plan(run.id, rows=None, exact=True, chunks=chunks(1), shared={}, window={**given, "extra": 1})
+    assert store.get_run(run.id).window == given
+
+
+def test_complete_stores_the_completions_signature(store):
+    rid = planned(store, 2)
+    store.dispatch(rid, 2)
+    record = take(store, rid, 0)
+    assert store.complete(rid, 0, record.token, result(), "sig-0").accepted
+    assert store.get_chunk(rid, 0).done_signature == "sig-0"
+    assert store.get_chunk(rid, 1).done_signature == ""
+
+
+def test_the_first_key_id_recorded_is_the_queues(store, fake_clock):
+    assert store.key_marker() is None
+    first = store.key_marker("aaaa")
+    assert first["id"] == "aaaa" and first["at"] == fake_clock.now and ":" in first["by"]
+    assert store.key_marker("bbbb")["id"] == "aaaa", "a second key does not replace the first"
+    assert store.key_marker()["id"] == "aaaa"
+    store.forget_key()
+    assert store.key_marker() is None
+    assert store.key_marker("bbbb")["id"] == "bbbb"
+
+
+def test_key_refusal_refuses_a_process_without_the_key_or_with_another(store):
+    from etl.records import key_id, key_refusal
+
+    assert key_refusal(store, None) is None, "no key anywhere: nothing to refuse"
+    assert key_refusal(store, "k3y") is None  # the first key used is recorded
+    assert store.key_marker()["id"] == key_id("k3y") and key_id("k3y") != key_id("other")
+    assert key_refusal(store, "k3y") is None
+    assert "this process has none" in key_refusal(store, None)
+    assert "keyed with another ETL_SECRET_KEY" in key_refusal(store, "other")
+    assert "k3y" not in key_refusal(store, "other"), "the key itself is never shown"
+
+
+def test_views_mask_secret_parameters_and_overrides_and_show_no_signature(store):
+    sets = [
+        'sink={type: postgres, dsn: "postgresql://etl:S3cret@db/sales", table: t}',
+        "sink.password=Pw0rd",
+        "sink.dsn=host=db password='a b' user=etl",
+        "chunk_size=1000",
+        "transforms[1].expr=value > 100",
+        "x=&a [*a, *a, *a]",
+    ]
+    params = {"db_password": "Pw0rd", "api_token": "T0ken", "day": "2026-01-02", "url": "https://u:S3cret@h/x"}
+    rid = planned(store, 2)
+    run = store.get_run(rid)
+    run.sets, run.params, run.signature = sets, params, "sig"
+    shown = run.to_json()
+    assert shown["sets"] == [
+        'sink={"type": "postgres", "dsn": "postgresql://etl:***@db/sales", "table": "t"}',
+        "sink.password=***",
+        "sink.dsn=host=db password=*** user=etl",
+        "chunk_size=1000",
+        "transforms[1].expr=value > 100",
+        "x=***",
+    ]
+    assert shown["params"] == {
+        "db_password": "***",
+        "api_token": "***",
+        "day": "2026-01-02",
+        "url": "https://u:***@h/x",
+    }
+    assert not {"signature", "plan_signature", "job_text", "shared"} & shown.keys()
+    assert not {"signature", "done_signature"} & store.get_chunk(rid, 0).to_json().keys()
+    assert run.sets == sets and run.params == params, "the record keeps what was given"

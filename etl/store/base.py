@@ -9,7 +9,8 @@ Every key starts with the store's prefix (``etl`` unless the settings name anoth
   ``leases`` and ``waiting`` (chunks as ``RUN|INDEX``, by lease end or by when they were queued
   or are due), ``pending:RUN`` (a run's pending chunks, by index), ``finalize`` (by finalize
   lease end) and ``workers`` (by last heartbeat);
-* ``PREFIX:mark:JOB``, ``PREFIX:schedule:JOB``, ``PREFIX:scheduler`` and ``PREFIX:worker:ID``.
+* ``PREFIX:mark:JOB``, ``PREFIX:schedule:JOB``, ``PREFIX:scheduler``, ``PREFIX:worker:ID`` and
+  ``PREFIX:key`` (the id of the queue's ``ETL_SECRET_KEY``).
 """
 
 from __future__ import annotations

@@ -84,15 +84,17 @@ class Chunks(StoreBase):
         # The run is only read: another chunk's completion must not make each renewal start over.
         return self._change_chunk(run_id, index, renew, watch_run=False) or "lost"
 
-    def complete(self, run_id: str, index: int, token: int, result: Any) -> Completion:
-        """Record attempt ``token`` as done, with its counters (a :class:`~etl.runs.ChunkResult`).
-        ``last`` is true for exactly one completion: the one that makes every chunk done. The
-        completion holds the run with its new counters and the chunk, done."""
+    def complete(self, run_id: str, index: int, token: int, result: Any, signature: str = "") -> Completion:
+        """Record attempt ``token`` as done, with its counters (a :class:`~etl.runs.ChunkResult`)
+        and the completion's ``signature``. ``last`` is true for exactly one completion: the one
+        that makes every chunk done. The completion holds the run with its new counters and the
+        chunk, done."""
 
         def complete(tx: Tx, run: RunRecord, chunk: ChunkRecord) -> Completion | None:
             if chunk.state != "running" or chunk.token != token:
                 return None
             chunk.state, chunk.worker, chunk.lease_until, chunk.error = "done", None, None, None
+            chunk.done_signature = signature
             chunk.rows_read, chunk.rows_written = result.rows_read, result.rows_written
             chunk.rows_rejected, chunk.seconds = result.rows_rejected, result.seconds
             chunk.finished_at = self.clock()

@@ -6,11 +6,14 @@ rename one, so that runs already stored keep loading.
 from __future__ import annotations
 
 import functools
+import json
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields
 from datetime import UTC, datetime
 from typing import Any, Literal
 
+from etl.errors import mask_keyword_passwords
+from etl.masking import MASK, mask
 from etl.progress import RunProgress
 from etl.runs import RunState
 from etl.stages import Chunk
@@ -72,7 +75,9 @@ class RunRecord:
     finalize_until: float | None = None
     aborted: bool = False
     submitted_by: str = ""
+    #: With ``ETL_SECRET_KEY``: the signatures of the record and of its plan (:mod:`etl.records`).
     signature: str = ""
+    plan_signature: str = ""
     #: An incremental run's window (:class:`~etl.incremental.Window` as JSON), fixed at plan time.
     window: dict[str, Any] | None = None
     #: A scheduled run: the slot it was fired for (a Unix time), and the interval it covers.
@@ -121,10 +126,13 @@ class RunRecord:
         return self.progress(now).eta_seconds
 
     def to_json(self, now: float | None = None, chunks: Sequence[ChunkRecord] | None = None) -> dict[str, Any]:
-        """The run for ``--json`` output and the API: ISO 8601 UTC times and its progress figures
-        (:meth:`RunProgress.to_json <etl.progress.RunProgress.to_json>`, with ``chunks`` their
-        counts by state); not the job text."""
-        data = {k: v for k, v in self.to_doc().items() if k not in ("job_text", "shared")}
+        """The run as every view shows it (``--json`` output, the API, the event streams): ISO
+        8601 UTC times and its progress figures (:meth:`RunProgress.to_json
+        <etl.progress.RunProgress.to_json>`, with ``chunks`` their counts by state), its
+        parameters and overrides with secrets masked (:func:`shown_params`, :func:`shown_sets`);
+        not the job text, the plan's shared data or the signatures."""
+        data = {k: v for k, v in self.to_doc().items() if k not in _NOT_SHOWN}
+        data["params"], data["sets"] = shown_params(self.params), shown_sets(self.sets)
         for key in ("created_at", "started_at", "finished_at", "finalize_until", "scheduled_for"):
             data[key] = iso_time(data[key])
         data.update(self.progress(now, chunks).to_json())
@@ -155,6 +163,9 @@ class ChunkRecord:
     errors: list[str] = field(default_factory=list)
     #: When the chunk was done (a Unix time): the dashboard's throughput per minute.
     finished_at: float | None = None
+    #: With ``ETL_SECRET_KEY``: the signatures of the descriptor and of the completion.
+    signature: str = ""
+    done_signature: str = ""
 
     @classmethod
     def from_doc(cls, doc: dict[str, Any]) -> ChunkRecord:
@@ -168,7 +179,7 @@ class ChunkRecord:
         return Chunk(index=self.index, rows=self.rows, args=self.args, label=self.label, attempt=self.token)
 
     def to_json(self) -> dict[str, Any]:
-        data = self.to_doc()
+        data = {k: v for k, v in self.to_doc().items() if k not in _NOT_SHOWN}
         data["lease_until"] = iso_time(self.lease_until)
         data["queued_at"] = iso_time(self.queued_at)
         data["not_before"] = iso_time(self.not_before)
@@ -207,6 +218,77 @@ class Completion:
     last: bool = False
     run: RunRecord | None = None
     chunk: ChunkRecord | None = None
+
+
+#: Fields no view shows: the job as written and the plan's shared data (big, and of no use
+#: there), and the signatures.
+_NOT_SHOWN = frozenset({"job_text", "shared", "signature", "plan_signature", "done_signature"})
+#: A ``--set`` value longer than this is not parsed to be shown: it is hidden whole.
+_SHOWN_SET_LIMIT = 10_000
+
+
+def shown_params(params: dict[str, str]) -> dict[str, str]:
+    """A run's parameters as views show them: the value of a parameter whose name names a
+    secret (``db_password``, ``api_token``...) and any password in a URL or connection string
+    masked (``***``), as ``etl validate --show`` masks the job's keys."""
+    return {k: _unkeyword(v) for k, v in mask(params).items()}
+
+
+def shown_sets(sets: Sequence[str]) -> list[str]:
+    """A run's ``--set`` overrides as views show them, secrets masked: the whole value of a key
+    that names a secret (``sink.password=***``), secret keys inside a mapping, and passwords in
+    URLs and connection strings (``sink={"dsn": "postgresql://etl:***@db/sales", ...}``)."""
+    return [_shown_set(item) for item in sets]
+
+
+def _shown_set(item: str) -> str:
+    from etl.yamldoc import parse_key_path
+
+    key, sep, raw = item.partition("=")
+    path = parse_key_path(key.strip()) if sep else ()
+    if not path:
+        return _unkeyword(mask(item))
+    name = path[-1]
+    value = _set_value(raw)
+    if value is _HIDDEN:
+        return f"{key}={MASK}"
+    shown = _unkeyword(mask({name: value})[name])
+    if shown == value:
+        return item
+    if isinstance(shown, str):
+        return f"{key}={shown}"
+    return f"{key}={json.dumps(shown, ensure_ascii=False, default=str)}"
+
+
+_HIDDEN = object()
+
+
+def _set_value(raw: str) -> Any:
+    """A ``--set`` value as the job loader reads it (YAML), or ``_HIDDEN`` when it is too big to
+    read here or holds aliases (an alias bomb written into the store must not stall a view)."""
+    import yaml
+
+    if not raw.strip():
+        return ""
+    if len(raw) > _SHOWN_SET_LIMIT:
+        return _HIDDEN
+    try:
+        if any(isinstance(event, yaml.AliasEvent) for event in yaml.parse(raw, Loader=yaml.SafeLoader)):
+            return _HIDDEN
+        return yaml.safe_load(raw)
+    except (yaml.YAMLError, RecursionError, ValueError):
+        return raw
+
+
+def _unkeyword(value: Any) -> Any:
+    """``value`` with the passwords of libpq keyword/value strings in it masked."""
+    if isinstance(value, str):
+        return mask_keyword_passwords(value)
+    if isinstance(value, dict):
+        return {k: _unkeyword(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_unkeyword(v) for v in value]
+    return value
 
 
 @functools.cache

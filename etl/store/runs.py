@@ -3,7 +3,7 @@ cancelled, retried)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from etl.kv import Tx
@@ -77,19 +77,28 @@ class Runs(StoreBase):
         shared: dict[str, Any],
         window: dict[str, Any] | None = None,
         activate: bool = True,
+        sign: tuple[Callable[[RunRecord], str], Callable[[ChunkRecord], str]] | None = None,
     ) -> RunRecord | None:
         """Record the plan of a ``waiting`` run and make it ``active`` (or, with ``activate=False``,
         leave it waiting, planned, for a worker to :meth:`activate`). Returns the run; ``None`` if
-        it was not waiting (cancelled meanwhile, or planned already by a re-delivered task)."""
+        it was not waiting (cancelled meanwhile, or planned already by a re-delivered task).
+
+        A window the run was submitted with stays (its plan was opened with it). ``sign`` gives
+        the plan's signature (of the run, planned) and each chunk's (of its record)."""
 
         def plan(tx: Tx, run: RunRecord) -> RunRecord | None:
             if run.state != "waiting" or run.planned:
                 return None
             for chunk in chunks:
-                self._save_chunk(tx, ChunkRecord(run_id, chunk.index, chunk.label, chunk.rows, dict(chunk.args)))
+                record = ChunkRecord(run_id, chunk.index, chunk.label, chunk.rows, dict(chunk.args))
+                if sign is not None:
+                    record.signature = sign[1](record)
+                self._save_chunk(tx, record)
             run.rows_total, run.rows_exact, run.shared = rows, exact, dict(shared)
-            run.window = window if window is not None else run.window
+            run.window = run.window if run.window is not None else window
             run.chunks_total, run.planned = len(chunks), True
+            if sign is not None:
+                run.plan_signature = sign[0](run)
             if activate:
                 run.started_at = self.clock()
                 self._set_state(tx, run, "active")

@@ -1,9 +1,13 @@
 """Live workers: each registers itself with a heartbeat (``PREFIX:worker:ID``, indexed by last
-heartbeat); one not seen for a while is forgotten."""
+heartbeat); one not seen for a while is forgotten. ``PREFIX:key`` holds the id of the
+``ETL_SECRET_KEY`` the queue's processes share, once one has used a key."""
 
 from __future__ import annotations
 
+import os
+import socket
 from dataclasses import asdict
+from typing import Any
 
 from etl.kv import Tx
 from etl.store.base import StoreBase
@@ -37,3 +41,29 @@ class Workers(StoreBase):
         live = [m for m, _ in self.kv.zrange(self._z("workers"), now - ttl, FOREVER, 1000)]
         docs = self.kv.get_many([self._worker_key(w) for w in live])
         return [WorkerInfo(**d) for d in docs if d]
+
+    # -- the queue's key ---------------------------------------------------------------------
+
+    def _key_key(self) -> str:
+        return f"{self.prefix}:key"
+
+    def key_marker(self, claim: str | None = None) -> dict[str, Any] | None:
+        """The id of the key the queue's processes share (``{"id", "by", "at"}``), or ``None``.
+        With ``claim`` (this process's key id), it becomes the queue's when it has none yet."""
+        key = self._key_key()
+        if claim is None:
+            return self.kv.get(key)
+
+        def mark(tx: Tx) -> dict[str, Any]:
+            current = tx.get(key)
+            if current is None:
+                current = {"id": claim, "by": f"{socket.gethostname()}:{os.getpid()}", "at": self.clock()}
+                tx.put(key, current)
+            return current
+
+        return self.kv.atomic(mark, [key])
+
+    def forget_key(self) -> None:
+        """Forget the queue's key id (to change ``ETL_SECRET_KEY``: the next process with a key
+        records its own)."""
+        self.kv.atomic(lambda tx: tx.delete(self._key_key()), [self._key_key()])

@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import json
-import pickle
 import shutil
 import signal
 import subprocess
 import time
-from pathlib import Path
 
 import pytest
 
@@ -202,39 +200,6 @@ def test_a_lost_message_is_sent_again(cli, workers, job_file, queue_env):
     assert "its message was lost; sent again" in workers.all_logs()
 
 
-class _Payload:
-    """A pickle that runs code when it is loaded: what a forged queue message can carry."""
-
-    def __init__(self, marker: Path) -> None:
-        self.marker = marker
-
-    def __reduce__(self):
-        return (Path.touch, (self.marker,))
-
-
-def test_with_a_secret_key_a_forged_message_is_never_unpickled(cli, workers, queue_env, tmp_path):
-    import redis
-
-    client = redis.Redis.from_url(queue_env["ETL_QUEUE_URL"])
-    key = f"huey.redis.{queue_env['ETL_QUEUE_NAME']}"
-
-    def forge(marker: Path) -> None:
-        client.lpush(key, pickle.dumps(_Payload(marker)))
-        wait_for(lambda: client.llen(key) == 0, 20, "a worker to take the message")
-        time.sleep(1)
-
-    signed = workers.start(1, ETL_SECRET_KEY="s3cret")[0]
-    forge(tmp_path / "ran-with-key")
-    assert not (tmp_path / "ran-with-key").exists()
-    assert "Signature" in workers.log(signed) or "Separator" in workers.log(signed)
-    signed.terminate()
-    signed.wait(20)
-    # The same message, to a worker without the key: this is what signing prevents.
-    workers.start(1)
-    forge(tmp_path / "ran-without-key")
-    assert (tmp_path / "ran-without-key").exists()
-
-
 @pytest.mark.parametrize("runs", [100_000])
 def test_cleaning_many_runs_never_blocks_redis(queue_env, runs):
     import redis
@@ -266,17 +231,3 @@ def test_cleaning_many_runs_never_blocks_redis(queue_env, runs):
         client.config_set("slowlog-log-slower-than", slowlog)
     assert store.get_run("old-000000") is None
     assert not list(client.scan_iter(match=f"{queue_env['ETL_QUEUE_NAME']}:run:old-*", count=5000))
-
-
-def test_with_a_secret_key_a_run_record_written_by_someone_else_is_not_executed(cli, workers, job_file, tmp_path):
-    import etl
-    from etl.store import RunRecord
-
-    job = etl.load_job(job_file(1_000, 500, '[{type: crash, on_id: 1, log: "' + str(tmp_path / "ran.log") + '"}]'))
-    queue().store.create_run(RunRecord(id="forged-1", job=job.name, job_text=job.text, job_file=job.file))
-    queue().send("etl.plan", "forged-1")
-    workers.start(1, ETL_SECRET_KEY="s3cret")
-    run = wait_finished("forged-1", timeout=30)
-    assert run.state == "failed"
-    assert "not signed with this worker's ETL_SECRET_KEY" in run.error
-    assert not (tmp_path / "ran.log").exists()
