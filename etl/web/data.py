@@ -2,9 +2,8 @@
 method is blocking I/O: the app calls them in a worker thread.
 
 Every run the pages' scripts, the JSON API and the event streams show goes through one function,
-:func:`run_json`: ``RunRecord.to_json`` (the one place that decides what of a run is shown: the
-place to mask what must not be), less the record's signature, plus the figures as text and its
-chunks' states.
+:func:`run_json`: ``RunRecord.to_json`` (the one place that decides what of a run is shown: secrets in its
+parameters and overrides masked, no signature), plus the figures as text and its chunks' states.
 """
 
 from __future__ import annotations
@@ -33,7 +32,6 @@ def run_json(run: RunRecord, chunks: list[ChunkRecord] | None = None) -> dict[st
     (``display``, which the pages show as they are), and (given the chunks) each chunk's state."""
     now = time.time()
     data = run.to_json(now, chunks)
-    data.pop("signature", None)
     data["display"] = RunProgress.of(run, chunks, now).display()
     if chunks is not None:
         data["chunks"] = [
