@@ -1,7 +1,26 @@
-"""Casting columns without ever altering a value: what cannot be cast is rejected, row by row.
+"""Casting columns without ever altering a value: what can't be cast exactly is rejected, row by row.
 
-Shared by the ``cast`` transform and by sinks that convert rows to their target's types (the
-``postgres`` sink). Not a plugin itself.
+Shared by the ``cast`` transform and by the stages that convert rows to a target's types (the
+``postgres``, ``bigquery`` and ``duckdb`` sinks) or read text as typed values (the ``jsonl``
+source). Not a plugin itself.
+
+A value is cast when the target holds the very same value, and refused otherwise (Arrow's safe
+cast alone lets several changes through: each is named below where it is refused):
+
+* Numbers stay the same number. A float is the number its shortest text shows (``0.1``, not
+  ``0.1000000000000000055…``): text, a decimal or a narrower float becomes a float only when
+  the float shows that number (``0.1`` yes; ``0.12345678901234567890`` or ``1e400`` no), and
+  a float becomes a decimal as the number it shows, when the scale holds it (``2.5612`` to
+  ``decimal(8, 2)`` is refused, not rounded). Integers are written in decimal digits: Arrow
+  reads ``0x10`` as 16 and wraps ``0xFFFFFFFFFFFFFFFF`` to -1, so hexadecimal is refused.
+* A number becomes a boolean only when it is 0 or 1 (Arrow makes 2 ``true``).
+* Timestamps: between two zones, the same instant; without zones, the same wall clock; from
+  no zone to a zone, the wall clock is taken in the target's zone, and back, the wall clock of
+  the source's zone (a time the zone skips or sees twice is refused). A timestamp becomes a
+  date only at midnight (of its zone), never a time of day (the date would go).
+* Text becomes a date, time or timestamp as ISO 8601 (read strictly: ``2026-02-30`` and
+  ``24:00`` are refused; digits after the second beyond what the unit holds are refused unless
+  zeros), or by a ``format`` (see :mod:`._timeformat`: read exactly, never normalized).
 """
 
 from __future__ import annotations
@@ -14,6 +33,17 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from etl import PermanentError, StageContext
+
+from ._timeformat import assume_zone, compile_format, parse, zone_trouble
+
+
+class Unfit(ValueError):
+    """Values that can't be cast exactly: a mask over the array's rows, and why, row by row."""
+
+    def __init__(self, mask: np.ndarray, reasons: list[str]) -> None:
+        self.mask = mask
+        self.reasons = reasons
+        super().__init__(reasons[0] if reasons else "values that don't fit")
 
 
 def cast_batch(
@@ -36,75 +66,315 @@ def cast_batch(
     received = batch if received is None else received
     positions = np.arange(batch.num_rows) if positions is None else positions
     for column, (target, fmt) in targets.items():
-        array = batch.column(column)
-        if array.type == target and fmt is None:
+        if batch.column(column).type == target and fmt is None:
             continue
         convert = converter(target, fmt)
-        try:
-            converted = convert(array)
-        except pa.ArrowNotImplementedError as exc:
-            raise PermanentError(
-                f"{context.label}: cannot cast {column!r} from {array.type} to {target}: {exc}"
-            ) from None
-        except (pa.ArrowInvalid, pa.ArrowTypeError, ValueError, OverflowError) as exc:
-            bad = failing_rows(array, convert)
-            if not bad:
-                raise PermanentError(f"{context.label}: casting {column!r} to {target} failed: {exc}") from None
-            reasons = [reason(array, row, convert, target) for row in bad]
+        while True:  # each round rejects at least one row, or ends
+            array = batch.column(column)
+            try:
+                converted = convert(array)
+                break
+            except pa.ArrowNotImplementedError as exc:
+                raise PermanentError(
+                    f"{context.label}: cannot cast {column!r} from {array.type} to {target}: {exc}"
+                ) from None
+            except Unfit as exc:
+                bad, reasons = np.flatnonzero(exc.mask), exc.reasons
+            except (pa.ArrowInvalid, pa.ArrowTypeError, ValueError, OverflowError) as exc:
+                bad = np.array(failing_rows(array, convert), dtype=np.int64)
+                if not len(bad):
+                    raise PermanentError(f"{context.label}: casting {column!r} to {target} failed: {exc}") from None
+                reasons = [reason(array, int(row), convert, target) for row in bad]
             context.reject(received.take(positions[bad]), positions[bad].tolist(), reasons, column=column)
             keep = np.ones(batch.num_rows, dtype=bool)
             keep[bad] = False
             batch = batch.filter(pa.array(keep))
             positions = positions[keep]
-            converted = convert(batch.column(column))
         batch = batch.set_column(batch.schema.get_field_index(column), column, converted)
     return batch
 
 
 def converter(target: pa.DataType, fmt: str | None) -> Callable[[pa.Array], pa.Array]:
+    """The exact conversion of an array to ``target``; text read by ``fmt`` when given."""
     if fmt is None:
         return lambda array: lossless_cast(array, target)
+    try:
+        time_format = compile_format(fmt, target)
+    except ValueError as exc:  # the cast transform checks this when the job is validated
+        raise PermanentError(str(exc)) from None
 
-    def parse(array: pa.Array) -> pa.Array:
-        if not pa.types.is_string(array.type) and not pa.types.is_large_string(array.type):
+    def read(array: pa.Array) -> pa.Array:
+        if not _is_text(array.type):
             raise pa.ArrowNotImplementedError(f"`format` applies to text columns, not {array.type}")
-        unit = target.unit if pa.types.is_timestamp(target) else "s"
-        parsed = pc.strptime(array, format=fmt, unit=unit, error_is_null=False)
-        return parsed.cast(target, safe=True)
+        parsed = parse(_as_string(array), time_format, target)
+        if parsed.bad.any():
+            raise Unfit(parsed.bad, [f"cannot cast to {target}: {why}" for why in parsed.reasons])
+        return parsed.values
 
-    return parse
+    return read
 
 
 def lossless_cast(array: pa.Array, target: pa.DataType) -> pa.Array:
-    """``array.cast(target)``, refusing what Arrow's safe cast would still change.
+    """``array`` cast to ``target`` when every value stays the same (see the module's doc).
 
-    Arrow's safe cast refuses overflow and truncation of integers, but rounds a float cast to a
-    decimal (2.5612 → 2.56), turns a float too big for a narrower float into infinity, loses an
-    int64's low digits in a float64 above 2**53, and drops a timestamp's time of day in a date.
-    Each is a changed value, so each is an error here. (A float64 rounded to the nearest float32
-    is what a float32 is, and allowed.)
+    Raises:
+        Unfit: the rows whose values would change, each with its reason.
+        pa.ArrowInvalid: values Arrow can't convert at all (``'x'`` to an integer).
+        pa.ArrowNotImplementedError: a cast with no meaning (a date to a boolean).
     """
-    if pa.types.is_integer(array.type) and pa.types.is_decimal(target):
+    source = array.type
+    if source == target:
+        return array
+    if pa.types.is_dictionary(source):
+        return lossless_cast(array.dictionary_decode(), target)
+    if pa.types.is_dictionary(target):
+        return lossless_cast(array, target.value_type).cast(target)
+    if _is_list(source) and _is_list(target):
+        return _cast_list(array, target)
+    if _is_text(source) and not (_is_text(target) or pa.types.is_binary(target) or isinstance(target, pa.JsonType)):
+        return _from_text(_as_string(array), target)
+    if pa.types.is_floating(target) and (pa.types.is_floating(source) or pa.types.is_decimal(source)):
+        return _to_float(array, target)
+    if pa.types.is_decimal(target) and pa.types.is_integer(source):
         # Arrow refuses int64 → decimal(10, 0) outright, whatever the values: go through a
         # decimal wide enough for any integer, then narrow it value by value.
-        wide = pa.decimal128(min(38, 20 + target.scale), target.scale)
+        wide = pa.decimal128(38, target.scale) if target.scale <= 18 else pa.decimal256(76, target.scale)
         return array.cast(wide, safe=True).cast(target, safe=True)
-    converted = array.cast(target, safe=True)
-    if not len(array):
-        return converted
-    if pa.types.is_floating(array.type) and pa.types.is_floating(target):
-        same = pc.or_(pc.invert(pc.is_finite(array)), pc.is_finite(converted))
-    elif pa.types.is_floating(array.type) and pa.types.is_decimal(target):
-        same = pc.equal(pc.round(array, ndigits=target.scale), array)
-    elif pa.types.is_timestamp(array.type) and (pa.types.is_date(target) or pa.types.is_time(target)):
-        same = pc.equal(converted.cast(array.type, safe=False), array)
-    else:
-        return converted
-    same = pc.fill_null(same, True)
-    if not pc.all(same).as_py():
-        first = pc.index(same, False).as_py()
-        raise pa.ArrowInvalid(f"{array[first].as_py()!r} would not be kept exactly as {target}")
-    return converted
+    if pa.types.is_decimal(target) and pa.types.is_floating(source):
+        # As the number the float shows: Arrow alone rounds 2.5612 to 2.56, and turns 0.1 into
+        # 0.1000000000000000055… at a scale of 20.
+        return _from_text(array.cast(pa.string()), target)
+    if pa.types.is_boolean(target) and (_is_number(source)):
+        return _to_bool(array, target)
+    if pa.types.is_timestamp(target) and (pa.types.is_timestamp(source) or pa.types.is_date(source)):
+        return _to_timestamp(array, target)
+    if pa.types.is_date(target) and pa.types.is_timestamp(source):
+        return _to_date(array, target)
+    if pa.types.is_time(target) and pa.types.is_timestamp(source):
+        raise pa.ArrowNotImplementedError(
+            "a timestamp cast to a time of day would lose its date; take the time of day with a `derive` "
+            "transform (e.g. CAST(col AS TIME))"
+        )
+    return array.cast(target, safe=True)
+
+
+# -- text ---------------------------------------------------------------------------------------
+
+_HEX = r"^[+-]?0[xX]"
+_ZONED = r"(?i)[t ]\d\d(:?\d\d(:?\d\d(\.\d+)?)?)?(z|[+-]\d\d(:?\d\d)?)$"
+_OFFSET = r"(?i:z|[+-]\d\d(?::?\d\d)?)"
+
+
+def _from_text(text: pa.Array, target: pa.DataType) -> pa.Array:
+    if pa.types.is_integer(target):
+        hexadecimal = _mask(pc.match_substring_regex(text, _HEX), False)
+        refuse(hexadecimal, lambda row: f"cannot cast to {target}: {text[row].as_py()!r} is not in decimal digits")
+        return text.cast(target, safe=True)
+    if pa.types.is_floating(target):
+        values = text.cast(target, safe=True)  # the nearest float, correctly rounded
+        _refuse_changed_numbers(text, values, target)
+        return values
+    if pa.types.is_timestamp(target):
+        return _text_to_timestamp(_trim_fraction(text), target)
+    if pa.types.is_time(target):
+        try:
+            stamps = _text_to_timestamp(
+                _trim_fraction(pc.binary_join_element_wise("1970-01-01T", text, "")), pa.timestamp(target.unit)
+            )
+        except pa.ArrowInvalid:
+            shown = repr(text[0].as_py()) if len(text) == 1 else "a value"
+            raise pa.ArrowInvalid(f"{shown} is not a time of day such as 08:30:00 or 08:30:00.25") from None
+        return stamps.cast(target)
+    return text.cast(target, safe=True)
+
+
+def _trim_fraction(text: pa.Array) -> pa.Array:
+    """Times with the zeros ending their fraction of a second dropped (``10:00:00.1230`` →
+    ``10:00:00.123``, ``10:00:00.000`` → ``10:00:00``): the same time, which Arrow then reads
+    into a unit as coarse as its digits, where it refuses more digits than the unit holds."""
+    text = pc.replace_substring_regex(text, rf"(:\d\d\.\d*?)0+({_OFFSET}?)$", r"\1\2")
+    return pc.replace_substring_regex(text, rf"(:\d\d)\.({_OFFSET}?)$", r"\1\2")
+
+
+def _text_to_timestamp(text: pa.Array, target: pa.DataType) -> pa.Array:
+    """ISO 8601 text as ``target``. Without a zone in the target, text with an offset is refused
+    (by Arrow); with one, text without an offset is a wall-clock time of the target's zone."""
+    if target.tz is None:
+        return text.cast(target, safe=True)
+    zoned = pc.fill_null(pc.match_substring_regex(text, _ZONED), True)
+    if pc.all(zoned).as_py():
+        return text.cast(target, safe=True)
+    naive = pc.if_else(zoned, pa.scalar(None, pa.string()), text).cast(pa.timestamp(target.unit), safe=True)
+    wall_clock = _zoned(naive, target)
+    if not pc.any(zoned).as_py():
+        return wall_clock
+    with_offset = pc.if_else(zoned, text, pa.scalar(None, pa.string())).cast(target, safe=True)
+    return pc.if_else(zoned, with_offset, wall_clock)
+
+
+# -- numbers ------------------------------------------------------------------------------------
+
+_NUMBER = r"^(?P<sign>[+-]?)(?P<whole>\d*)(?:\.(?P<part>\d*))?(?:[eE](?P<exp>[+-]?\d{1,6}))?$"
+
+
+def number_key(text: pa.Array) -> pa.Array:
+    """Each number written in ``text`` as one spelling per number (``1.50``, ``+1.5`` and
+    ``15e-1`` all ``15e-1``; zero ``0``; ``nan``, ``inf``, ``-inf``), null for text that is no
+    number: equal keys, equal numbers."""
+    parts = pc.extract_regex(text, _NUMBER)
+    whole, part = parts.field("whole"), parts.field("part")
+    digits = pc.binary_join_element_wise(whole, part, "")
+    lead = pc.utf8_ltrim(digits, "0")
+    core = pc.utf8_rtrim(lead, "0")
+    exp = pc.replace_substring(parts.field("exp"), "+", "")
+    exp = pc.if_else(pc.equal(exp, ""), "0", exp).cast(pa.int64())
+    exp = pc.add(pc.subtract(exp, pc.utf8_length(part).cast(pa.int64())), pc.utf8_length(lead).cast(pa.int64()))
+    exp = pc.subtract(exp, pc.utf8_length(core).cast(pa.int64()))
+    sign = pc.if_else(pc.equal(parts.field("sign"), "-"), "-", "")
+    key = pc.binary_join_element_wise(sign, core, "e", exp.cast(pa.string()), "")
+    key = pc.if_else(pc.equal(core, ""), "0", key)
+    key = pc.if_else(pc.equal(digits, ""), pa.scalar(None, pa.string()), key)
+    lower = pc.utf8_lower(text)
+    key = pc.if_else(pc.match_substring_regex(lower, r"^[+-]?nan$"), "nan", key)
+    key = pc.if_else(pc.match_substring_regex(lower, r"^\+?inf(inity)?$"), "inf", key)
+    return pc.if_else(pc.match_substring_regex(lower, r"^-inf(inity)?$"), "-inf", key)
+
+
+def _refuse_changed_numbers(shown: pa.Array, floats: pa.Array, target: pa.DataType) -> None:
+    """Refuse the rows where the float ``floats`` doesn't show the number ``shown`` holds."""
+    back = floats.cast(pa.string())
+    same = _mask(pc.equal(number_key(shown), number_key(back)), True)
+    same |= ~shown.is_valid().to_numpy(zero_copy_only=False)
+
+    def why(row: int) -> str:
+        value, nearest = shown[row].as_py(), back[row].as_py()
+        if nearest in ("inf", "-inf") or nearest in ("0", "-0"):
+            return f"cannot cast to {target}: {value} is beyond the range of {target}"
+        return f"cannot cast to {target}: {target} can't hold {value} exactly (the nearest is {nearest})"
+
+    refuse(~same, why)
+
+
+def _to_float(array: pa.Array, target: pa.DataType) -> pa.Array:
+    if pa.types.is_floating(array.type) and target.bit_width >= array.type.bit_width:
+        return array.cast(target)  # a wider float holds every value exactly
+    shown = array.cast(pa.string())  # a float's shortest text, or a decimal's digits
+    # Arrow divides a decimal in floating point (0.1 would become 0.09999999999999999): the
+    # text is read correctly rounded instead.
+    floats = shown.cast(target) if pa.types.is_decimal(array.type) else array.cast(target, safe=False)
+    _refuse_changed_numbers(shown, floats, target)
+    return floats
+
+
+def _to_bool(array: pa.Array, target: pa.DataType) -> pa.Array:
+    values = array.cast(target, safe=True)
+    same = _mask(pc.equal(values.cast(array.type), array), True)
+    refuse(~same, lambda row: f"cannot cast to bool: {array[row].as_py()} is neither 0 nor 1")
+    return values
+
+
+# -- dates and times ----------------------------------------------------------------------------
+
+
+def _to_timestamp(array: pa.Array, target: pa.DataType) -> pa.Array:
+    source = array.type
+    if pa.types.is_date(source):  # midnight: a wall clock
+        naive = array.cast(pa.timestamp(target.unit), safe=True)
+        return naive if target.tz is None else _zoned(naive, target)
+    if (source.tz is None) == (target.tz is None):  # the same instant, or the same wall clock
+        return array.cast(target, safe=True)
+    if source.tz is None:
+        return _zoned(array.cast(pa.timestamp(target.unit), safe=True), target)
+    return _wall_clock(array).cast(target, safe=True)
+
+
+def _zoned(naive: pa.Array, target: pa.DataType) -> pa.Array:
+    """Wall-clock times of the target's zone as instants of ``target``."""
+    if target.tz == "UTC":
+        return naive.cast(target)
+    zoned, unclear = assume_zone(naive, target.tz)
+    refuse(unclear, lambda row: f"cannot cast to {target}: {zone_trouble(naive[row].as_py(), target.tz)}")
+    return zoned.cast(target)
+
+
+def _wall_clock(array: pa.Array) -> pa.Array:
+    """The wall-clock time of each instant in its own zone, refusing those the zone sees twice
+    (once the zone is gone, which of the two was meant can't be told)."""
+    tz = array.type.tz
+    local = pc.local_timestamp(array)
+    if tz == "UTC":
+        return local
+    _, unclear = assume_zone(local, tz)
+    refuse(
+        unclear,
+        lambda row: (
+            f"cannot cast to a timestamp without a time zone: {local[row].as_py()} happens twice in {tz} "
+            "(the clocks go back), so without its zone it is not one instant"
+        ),
+    )
+    return local
+
+
+def _to_date(array: pa.Array, target: pa.DataType) -> pa.Array:
+    local = array if array.type.tz is None else pc.local_timestamp(array)
+    dates = local.cast(pa.date32())
+    midnight = _mask(pc.equal(dates.cast(local.type), local), True)
+    refuse(
+        ~midnight,
+        lambda row: f"cannot cast to {target}: {local[row].as_py()} has a time of day, which a date can't hold",
+    )
+    return dates.cast(target)
+
+
+# -- lists, helpers -----------------------------------------------------------------------------
+
+
+def _cast_list(array: pa.Array, target: pa.DataType) -> pa.Array:
+    if not (pa.types.is_list(array.type) or pa.types.is_large_list(array.type)) or not (
+        pa.types.is_list(target) or pa.types.is_large_list(target)
+    ):
+        return array.cast(target, safe=True)
+    flat = array.flatten()
+    try:
+        values = lossless_cast(flat, target.value_type)
+    except Unfit as exc:  # rows of the elements at fault, each with its first element's reason
+        parents = pc.list_parent_indices(array).to_numpy(zero_copy_only=False)
+        mask, reasons = np.zeros(len(array), dtype=bool), {}
+        for element, why in zip(np.flatnonzero(exc.mask), exc.reasons, strict=True):
+            mask[parents[element]] = True
+            reasons.setdefault(int(parents[element]), why)
+        raise Unfit(mask, [reasons[int(row)] for row in np.flatnonzero(mask)]) from None
+    lengths = pc.fill_null(pc.list_value_length(array), 0).to_numpy(zero_copy_only=False)
+    offsets = np.concatenate([[0], np.cumsum(lengths)])
+    kind = pa.LargeListArray if pa.types.is_large_list(target) else pa.ListArray
+    index = pa.int64() if pa.types.is_large_list(target) else pa.int32()
+    return kind.from_arrays(pa.array(offsets, index), values, type=target, mask=array.is_null())
+
+
+def refuse(mask: np.ndarray, reason: Callable[[int], str]) -> None:
+    """Raise :class:`Unfit` for the rows of ``mask``, if any, each with ``reason(row)``."""
+    if mask.any():
+        raise Unfit(mask, [reason(int(row)) for row in np.flatnonzero(mask)])
+
+
+def _mask(values: pa.Array, null: bool) -> np.ndarray:
+    return pc.fill_null(values, null).to_numpy(zero_copy_only=False).astype(bool)
+
+
+def _is_text(t: pa.DataType) -> bool:
+    return pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_string_view(t)
+
+
+def _as_string(array: pa.Array) -> pa.Array:
+    return array if pa.types.is_string(array.type) else array.cast(pa.string())
+
+
+def _is_number(t: pa.DataType) -> bool:
+    return pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_decimal(t)
+
+
+def _is_list(t: pa.DataType) -> bool:
+    return pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t)
 
 
 def failing_rows(array: pa.Array, convert: Callable[[pa.Array], Any]) -> list[int]:
@@ -126,6 +396,13 @@ def failing_rows(array: pa.Array, convert: Callable[[pa.Array], Any]) -> list[in
 def reason(array: pa.Array, row: int, convert: Callable[[pa.Array], Any], target: pa.DataType) -> str:
     try:
         convert(array.slice(row, 1))
-    except Exception as exc:  # the message Arrow gives for this very value
-        return f"cannot cast to {target}: {str(exc).splitlines()[0]}"
+    except Unfit as exc:
+        return exc.reasons[0]
+    except Exception as exc:  # the message Arrow gives for this very value, which it may not name
+        message = str(exc).splitlines()[0]
+        value = array[row].as_py()
+        shown = repr(value) if isinstance(value, str) else str(value)
+        if shown not in message:
+            message = f"{shown}: {message}"
+        return f"cannot cast to {target}: {message}"
     return f"cannot cast to {target}"
