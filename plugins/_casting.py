@@ -34,7 +34,7 @@ import pyarrow.compute as pc
 
 from etl import PermanentError, StageContext
 
-from ._timeformat import assume_zone, compile_format, parse, zone_trouble
+from ._timeformat import assume_zone, compile_format, parse, shown_value, zone_trouble
 
 
 class Unfit(ValueError):
@@ -247,7 +247,7 @@ def _refuse_changed_numbers(shown: pa.Array, floats: pa.Array, target: pa.DataTy
     same |= ~shown.is_valid().to_numpy(zero_copy_only=False)
 
     def why(row: int) -> str:
-        value, nearest = shown[row].as_py(), back[row].as_py()
+        value, nearest = shown_value(shown, row).strip("'"), back[row].as_py()
         if nearest in ("inf", "-inf") or nearest in ("0", "-0"):
             return f"cannot cast to {target}: {value} is beyond the range of {target}"
         return f"cannot cast to {target}: {target} can't hold {value} exactly (the nearest is {nearest})"
@@ -269,7 +269,7 @@ def _to_float(array: pa.Array, target: pa.DataType) -> pa.Array:
 def _to_bool(array: pa.Array, target: pa.DataType) -> pa.Array:
     values = array.cast(target, safe=True)
     same = _mask(pc.equal(values.cast(array.type), array), True)
-    refuse(~same, lambda row: f"cannot cast to bool: {array[row].as_py()} is neither 0 nor 1")
+    refuse(~same, lambda row: f"cannot cast to bool: {shown_value(array, row)} is neither 0 nor 1")
     return values
 
 
@@ -293,7 +293,7 @@ def _zoned(naive: pa.Array, target: pa.DataType) -> pa.Array:
     if target.tz == "UTC":
         return naive.cast(target)
     zoned, unclear = assume_zone(naive, target.tz)
-    refuse(unclear, lambda row: f"cannot cast to {target}: {zone_trouble(naive[row].as_py(), target.tz)}")
+    refuse(unclear, lambda row: f"cannot cast to {target}: {zone_trouble(naive, row, target.tz)}")
     return zoned.cast(target)
 
 
@@ -308,7 +308,7 @@ def _wall_clock(array: pa.Array) -> pa.Array:
     refuse(
         unclear,
         lambda row: (
-            f"cannot cast to a timestamp without a time zone: {local[row].as_py()} happens twice in {tz} "
+            f"cannot cast to a timestamp without a time zone: {shown_value(local, row)} happens twice in {tz} "
             "(the clocks go back), so without its zone it is not one instant"
         ),
     )
@@ -321,7 +321,7 @@ def _to_date(array: pa.Array, target: pa.DataType) -> pa.Array:
     midnight = _mask(pc.equal(dates.cast(local.type), local), True)
     refuse(
         ~midnight,
-        lambda row: f"cannot cast to {target}: {local[row].as_py()} has a time of day, which a date can't hold",
+        lambda row: f"cannot cast to {target}: {shown_value(local, row)} has a time of day, which a date can't hold",
     )
     return dates.cast(target)
 
@@ -400,9 +400,8 @@ def reason(array: pa.Array, row: int, convert: Callable[[pa.Array], Any], target
         return exc.reasons[0]
     except Exception as exc:  # the message Arrow gives for this very value, which it may not name
         message = str(exc).splitlines()[0]
-        value = array[row].as_py()
-        shown = repr(value) if isinstance(value, str) else str(value)
-        if shown not in message:
+        shown = shown_value(array, row)
+        if shown not in message and shown.strip("'") not in message:
             message = f"{shown}: {message}"
         return f"cannot cast to {target}: {message}"
     return f"cannot cast to {target}"

@@ -263,7 +263,7 @@ def parse(text: pa.Array, f: TimeFormat, target: pa.DataType) -> Parsed:
         values = pa.array(instants, type=pa.timestamp(unit, target.tz), mask=~ok)
     else:  # the written time is the target zone's wall clock
         values, unclear = assume_zone(pa.array(np.where(ok, local, 0), pa.timestamp(unit), mask=~ok), target.tz)
-        refuse(unclear & ok, lambda row: f"{text[row].as_py()!r}: {zone_trouble(stamps[row].as_py(), target.tz)}")
+        refuse(unclear & ok, lambda row: f"{text[row].as_py()!r}: {zone_trouble(stamps, row, target.tz)}")
         ok &= ~unclear
     bad = present & ~ok
     return Parsed(values, bad, [why[row] for row in np.flatnonzero(bad)])
@@ -303,18 +303,31 @@ def assume_zone(naive: pa.Array, tz: str) -> tuple[pa.Array, np.ndarray]:
     return earliest, unclear
 
 
-def zone_trouble(wall_clock, tz: str) -> str:
-    """Why a wall-clock time of ``tz`` is no single instant (for a reason)."""
+def zone_trouble(naive: pa.Array, row: int, tz: str) -> str:
+    """Why the wall-clock time ``naive[row]`` of ``tz`` is no single instant (for a reason)."""
     import zoneinfo
 
+    shown = shown_value(naive, row)
+    try:
+        wall_clock = naive.slice(row, 1).cast(pa.timestamp("us"), safe=False)[0].as_py()
+    except (ValueError, OverflowError):  # beyond Python's years
+        return f"{shown} is no single instant in {tz}"
     zone = zoneinfo.ZoneInfo(tz)
-    first, second = wall_clock.replace(tzinfo=zone, fold=0), wall_clock.replace(tzinfo=zone, fold=1)
-    if first.utcoffset() == second.utcoffset():
-        return f"{wall_clock} is not a time of {tz}"
-    twice = first.astimezone(zoneinfo.ZoneInfo("UTC")).astimezone(zone).replace(tzinfo=None) == wall_clock
-    if twice:
-        return f"{wall_clock} happens twice in {tz} (the clocks go back): write it with its UTC offset"
-    return f"{wall_clock} doesn't exist in {tz} (the clocks go forward then)"
+    instant = wall_clock.replace(tzinfo=zone).astimezone(zoneinfo.ZoneInfo("UTC"))
+    if instant.astimezone(zone).replace(tzinfo=None) == wall_clock:
+        return f"{shown} happens twice in {tz} (the clocks go back): write it with its UTC offset"
+    return f"{shown} doesn't exist in {tz} (the clocks go forward then)"
+
+
+def shown_value(array: pa.Array, row: int) -> str:
+    """``array[row]`` as a reason shows it: text quoted, anything else as Arrow writes it
+    (which, unlike Python, holds nanoseconds and every year)."""
+    if pa.types.is_string(array.type) or pa.types.is_large_string(array.type):
+        return repr(array[row].as_py())
+    try:
+        return str(array.slice(row, 1).cast(pa.string())[0].as_py())
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        return str(array[row])
 
 
 def _days_from_civil(year: np.ndarray, month: np.ndarray, day: np.ndarray) -> np.ndarray:
