@@ -8,8 +8,9 @@ A value is cast when the target holds the very same value, and refused otherwise
 cast alone lets several changes through: each is named below where it is refused):
 
 * Numbers stay the same number. A float is the number its shortest text shows (``0.1``, not
-  ``0.1000000000000000055…``): text, a decimal or a narrower float becomes a float only when
-  the float shows that number (``0.1`` yes; ``0.12345678901234567890`` or ``1e400`` no), and
+  ``0.1000000000000000055…``): text, a decimal or a float of another width becomes a float
+  only when the float shows that number (``0.1`` yes; ``0.12345678901234567890`` or ``1e400``
+  no; a float32 ``0.1`` becomes the float64 ``0.1``, not Arrow's ``0.10000000149011612``), and
   a float becomes a decimal as the number it shows, when the scale holds it (``2.5612`` to
   ``decimal(8, 2)`` is refused, not rounded). Integers are written in decimal digits: Arrow
   reads ``0x10`` as 16 and wraps ``0xFFFFFFFFFFFFFFFF`` to -1, so hexadecimal is refused.
@@ -53,22 +54,28 @@ def cast_batch(
     *,
     received: pa.RecordBatch | None = None,
     positions: np.ndarray | None = None,
+    checks: Mapping[str, Callable[[pa.Array], None]] | None = None,
 ) -> pa.RecordBatch:
     """``batch`` with each named column cast to its type (``(type, strptime format or None)``).
 
     Rows whose value doesn't fit are handed to ``context.reject`` (the run fails, or with
     ``on_error: skip`` they go to the rejects file, as the rows that arrived) and left out.
     When ``batch`` is what is left of the batch the stage ``received`` after other rows were
-    rejected, ``positions`` says where each of its rows was in it.
+    rejected, ``positions`` says where each of its rows was in it. ``checks`` refuse more of a
+    column's values once cast, by raising :class:`Unfit` (what the target's type would still
+    change: :func:`digits_after_the_second`, :func:`characters`).
     """
     # Where each current row was in the batch this stage received: rejects name that row,
     # and record it as it arrived (not with the columns already cast).
     received = batch if received is None else received
     positions = np.arange(batch.num_rows) if positions is None else positions
-    for column, (target, fmt) in targets.items():
-        if batch.column(column).type == target and fmt is None:
+    checks = checks or {}
+    for column in dict.fromkeys([*targets, *checks]):
+        target, fmt = targets.get(column, (batch.column(column).type, None))
+        check = checks.get(column)
+        if batch.column(column).type == target and fmt is None and check is None:
             continue
-        convert = converter(target, fmt)
+        convert = converter(target, fmt) if check is None else _checked(converter(target, fmt), check)
         while True:  # each round rejects at least one row, or ends
             array = batch.column(column)
             try:
@@ -92,6 +99,40 @@ def cast_batch(
             positions = positions[keep]
         batch = batch.set_column(batch.schema.get_field_index(column), column, converted)
     return batch
+
+
+def _checked(convert: Callable[[pa.Array], pa.Array], check: Callable[[pa.Array], None]):
+    def checked(array: pa.Array) -> pa.Array:
+        converted = convert(array)
+        check(converted)
+        return converted
+
+    return checked
+
+
+def digits_after_the_second(digits: int, what: str) -> Callable[[pa.Array], None]:
+    """A check refusing times and timestamps with more than ``digits`` digits after the second,
+    which a column of type ``what`` (PostgreSQL's ``timestamp(3)``) would round."""
+
+    def check(array: pa.Array) -> None:
+        held = {"s": 0, "ms": 3, "us": 6, "ns": 9}[array.type.unit]
+        if digits >= held:
+            return
+        finer = _mask(pc.not_equal(pc.remainder(array.cast(pa.int64()), 10 ** (held - digits)), 0), False)
+        refuse(finer, lambda row: f"{shown_value(array, row)} has more digits after the second than {what} keeps")
+
+    return check
+
+
+def characters(limit: int, what: str) -> Callable[[pa.Array], None]:
+    """A check refusing text longer than ``limit`` characters, which a column of type ``what``
+    (``character varying(10)``) refuses, or cuts when the excess is spaces."""
+
+    def check(array: pa.Array) -> None:
+        longer = _mask(pc.greater(pc.utf8_length(_as_string(array)), limit), False)
+        refuse(longer, lambda row: f"{shown_value(array, row)} is longer than {what} holds ({limit} characters)")
+
+    return check
 
 
 def converter(target: pa.DataType, fmt: str | None) -> Callable[[pa.Array], pa.Array]:
@@ -256,9 +297,11 @@ def _refuse_changed_numbers(shown: pa.Array, floats: pa.Array, target: pa.DataTy
 
 
 def _to_float(array: pa.Array, target: pa.DataType) -> pa.Array:
-    if pa.types.is_floating(array.type) and target.bit_width >= array.type.bit_width:
-        return array.cast(target)  # a wider float holds every value exactly
     shown = array.cast(pa.string())  # a float's shortest text, or a decimal's digits
+    if pa.types.is_floating(array.type) and target.bit_width >= array.type.bit_width:
+        # The wider float that shows the same number: a float32 0.1 is 0.1, not Arrow's
+        # 0.10000000149011612 (every float32's text has few enough digits to be kept).
+        return shown.cast(target)
     # Arrow divides a decimal in floating point (0.1 would become 0.09999999999999999): the
     # text is read correctly rounded instead.
     floats = shown.cast(target) if pa.types.is_decimal(array.type) else array.cast(target, safe=False)

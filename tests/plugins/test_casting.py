@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import uuid
 from decimal import Decimal
 from pathlib import Path
 from zoneinfo import ZoneInfo
@@ -18,8 +19,9 @@ import pytest
 from etl_plugins._casting import cast_batch, converter, lossless_cast
 
 import etl
-from etl import ConfigErrors, JobFailed, StageContext
+from etl import Chunk, ConfigErrors, JobFailed, StageContext
 from etl.stages import Rejects, current_rejects
+from tests.contract.framework import make_stage
 
 PARIS = ZoneInfo("Europe/Paris")
 
@@ -336,3 +338,101 @@ def test_timestamps_that_would_change_are_refused():
     assert "out of bounds" in refused([dt.datetime(3000, 1, 1)], pa.timestamp("ns"), pa.timestamp("us"))[0]
     with pytest.raises(pa.ArrowNotImplementedError, match="would lose its date"):
         lossless_cast(pa.array([dt.datetime(2026, 1, 1, 10)]), pa.time64("us"))
+
+
+# -- the sinks convert rows by the same rules -------------------------------------------------------
+
+
+@pytest.fixture
+def pg_schema():
+    import psycopg
+
+    from tests.contract.cases_postgres import DSN
+
+    name = f"etl_cast_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(DSN, autocommit=True) as con:
+        con.execute(f'CREATE SCHEMA "{name}"')
+    yield name
+    with psycopg.connect(DSN, autocommit=True) as con:
+        con.execute(f'DROP SCHEMA IF EXISTS "{name}" CASCADE')
+
+
+def sink_rows(options: dict, batch: pa.RecordBatch) -> dict[int, str]:
+    """Write ``batch`` with ``on_error: skip``; the rows rejected, with their reasons."""
+    collected = Collected()
+    token = current_rejects.set(collected)
+    sink = make_stage("sink", options, on_error="skip")
+    try:
+        sink.prepare()
+        written = sink.write(Chunk(0), iter([batch]))
+        sink.finalize()
+    finally:
+        sink.close()
+        current_rejects.reset(token)
+    assert written == batch.num_rows - len(collected.rows)
+    return collected.rows
+
+
+def test_the_postgres_sink_refuses_what_its_column_types_would_round_or_cut(pg_schema):
+    import psycopg
+
+    from tests.contract.cases_postgres import DSN
+
+    table = f"{pg_schema}.exact"
+    with psycopg.connect(DSN, autocommit=True) as con:
+        con.execute(
+            f'CREATE TABLE "{pg_schema}".exact (i integer, t3 timestamp(3), z0 timestamptz(0), c varchar(3), '
+            "b boolean, r real)"
+        )
+    ms = dt.datetime(2026, 1, 1, 10, 0, 0, 123_000)
+    batch = pa.record_batch(
+        {
+            "i": pa.array([1.0, 1.5, 2.0, 3.0, 4.0, 5.0, 6.0]),  # PostgreSQL alone: 1.5 → 2
+            "t3": pa.array([ms, ms, ms.replace(microsecond=123_400), ms, ms, ms, ms]),  # PostgreSQL: .123
+            "z0": pa.array(["2026-01-01T10:00:00Z"] * 3 + ["2026-01-01T10:00:00.5Z"] + ["2026-01-01T10:00:00Z"] * 3),
+            "c": pa.array(["abc", "abc", "abc", "abc", "abc  ", "abc", "ab"]),  # PostgreSQL: "abc  " → "abc"
+            "b": pa.array([1, 1, 1, 1, 1, 2, 0]),
+            "r": pa.array([0.1] * 6 + [0.123456789]),
+        }
+    )
+    rejected = sink_rows({"type": "postgres", "dsn": DSN, "table": table}, batch)
+    assert sorted(rejected) == [1, 2, 3, 4, 5, 6]
+    assert "cannot cast to int32" in rejected[1]
+    assert (
+        "2026-01-01 10:00:00.123400 has more digits after the second than timestamp(3) without time zone"
+        in (rejected[2])
+    )
+    assert "has more digits after the second than timestamp(0) with time zone keeps" in rejected[3]
+    assert "'abc  ' is longer than character varying(3) holds (3 characters)" in rejected[4]
+    assert "2 is neither 0 nor 1" in rejected[5]
+    assert "real can't hold" not in rejected[6] and "float can't hold 0.123456789 exactly" in rejected[6]
+    with psycopg.connect(DSN) as con:
+        assert con.execute(f"SELECT i, t3, c, b FROM {table}").fetchall() == [(1, ms, "abc", True)]
+
+
+def test_the_duckdb_sink_converts_rows_to_its_table_exactly_first():
+    with duckdb.connect("out.duckdb") as con:
+        con.execute("CREATE TABLE t (a INTEGER, b DECIMAL(5, 2), c TIMESTAMP, d INTEGER[])")
+    nanos = pa.array([0, 1_767_225_600_123_456_000, 1_767_225_600_123_456_789, 0, 0], pa.timestamp("ns"))
+    batch = pa.record_batch(
+        {
+            "a": pa.array([1.0, 1.5, 2.0, 3.0, 4.0]),  # DuckDB alone: 2
+            "b": pa.array([2.56, 2.56, 2.56, 2.5612, 1.0]),  # DuckDB alone: 2.56
+            "c": nanos,  # DuckDB alone: the nanoseconds cut
+            "d": pa.array([[1], [2], [3], [4], [2**40]], pa.list_(pa.int64())),
+        }
+    )
+    rejected = sink_rows({"type": "duckdb", "path": "out.duckdb", "table": "t"}, batch)
+    assert sorted(rejected) == [1, 2, 3, 4]
+    assert "would lose data" in rejected[2] and "Rescaling" in rejected[3] and "not in range" in rejected[4]
+    with duckdb.connect("out.duckdb", read_only=True) as con:
+        assert con.execute("SELECT a, b, c, d FROM t").fetchall() == [
+            (1, Decimal("2.56"), dt.datetime(1970, 1, 1), [1])
+        ]
+
+
+def test_a_duckdb_table_made_from_rows_keeps_their_values_or_refuses_them():
+    zoned = pa.array([1_767_225_600_123_456_000, 1_767_225_600_123_456_789], pa.timestamp("ns", "UTC"))
+    # DuckDB's TIMESTAMP WITH TIME ZONE holds microseconds: the second value can't go in as it is.
+    rejected = sink_rows({"type": "duckdb", "path": "out.duckdb", "table": "z"}, pa.record_batch({"z": zoned}))
+    assert list(rejected) == [1] and "would lose data" in rejected[1]
