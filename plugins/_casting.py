@@ -7,12 +7,13 @@ source). Not a plugin itself.
 A value is cast when the target holds the very same value, and refused otherwise (Arrow's safe
 cast alone lets several changes through: each is named below where it is refused):
 
-* Numbers stay the same number. A float is the number its shortest text shows (``0.1``, not
-  ``0.1000000000000000055…``): text, a decimal or a float of another width becomes a float
-  only when the float shows that number (``0.1`` yes; ``0.12345678901234567890`` or ``1e400``
-  no; a float32 ``0.1`` becomes the float64 ``0.1``, not Arrow's ``0.10000000149011612``), and
-  a float becomes a decimal as the number it shows, when the scale holds it (``2.5612`` to
-  ``decimal(8, 2)`` is refused, not rounded). Integers are written in decimal digits: Arrow
+* Numbers stay the same number. Text, a decimal or a float of another width becomes a float
+  when the float, written back with as many significant digits, is that number: ``0.1`` and
+  ``0.10000000000000001`` yes (both the float 0.1), ``0.12345678901234567890``, ``1e400`` or
+  ``1e-400`` no. A float is the number its shortest text shows (``0.1``, not
+  ``0.1000000000000000055…``): a float32 ``0.1`` becomes the float64 ``0.1`` (Arrow:
+  ``0.10000000149011612``), and a float becomes a decimal as that number, when the scale
+  holds it (``2.5612`` to ``decimal(8, 2)`` is refused, not rounded). Integers are written in decimal digits: Arrow
   reads ``0x10`` as 16 and wraps ``0xFFFFFFFFFFFFFFFF`` to -1, so hexadecimal is refused.
 * A number becomes a boolean only when it is 0 or 1 (Arrow makes 2 ``true``).
 * Timestamps: between two zones, the same instant; without zones, the same wall clock; from
@@ -26,6 +27,7 @@ cast alone lets several changes through: each is named below where it is refused
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -262,6 +264,11 @@ def number_key(text: pa.Array) -> pa.Array:
     """Each number written in ``text`` as one spelling per number (``1.50``, ``+1.5`` and
     ``15e-1`` all ``15e-1``; zero ``0``; ``nan``, ``inf``, ``-inf``), null for text that is no
     number: equal keys, equal numbers."""
+    return _number(text)[0]
+
+
+def _number(text: pa.Array) -> tuple[pa.Array, pa.Array]:
+    """:func:`number_key`, and how many significant digits each number is written with."""
     parts = pc.extract_regex(text, _NUMBER)
     whole, part = parts.field("whole"), parts.field("part")
     digits = pc.binary_join_element_wise(whole, part, "")
@@ -278,14 +285,32 @@ def number_key(text: pa.Array) -> pa.Array:
     lower = pc.utf8_lower(text)
     key = pc.if_else(pc.match_substring_regex(lower, r"^[+-]?nan$"), "nan", key)
     key = pc.if_else(pc.match_substring_regex(lower, r"^\+?inf(inity)?$"), "inf", key)
-    return pc.if_else(pc.match_substring_regex(lower, r"^-inf(inity)?$"), "-inf", key)
+    key = pc.if_else(pc.match_substring_regex(lower, r"^-inf(inity)?$"), "-inf", key)
+    return key, pc.utf8_length(core)
+
+
+#: Significant digits that any number written with at most as many keeps through a float of
+#: each width (DBL_DIG, FLT_DIG; half precision 3), and the smallest normal float of each
+#: (below it, fewer digits are kept).
+_DIGITS = {16: 3, 32: 6, 64: 15}
+_NORMAL = {16: 6.103515625e-05, 32: 1.1754943508222875e-38, 64: 2.2250738585072014e-308}
 
 
 def _refuse_changed_numbers(shown: pa.Array, floats: pa.Array, target: pa.DataType) -> None:
-    """Refuse the rows where the float ``floats`` doesn't show the number ``shown`` holds."""
+    """Refuse the rows whose number ``shown`` (text, or a decimal's or a float's text) the float
+    in ``floats`` doesn't keep: a float keeps a number when, written back with as many
+    significant digits as the number has, it is that number. So ``0.1`` and
+    ``0.10000000000000001`` (17 digits, as some writers give every float64) are both the float
+    0.1, but ``0.12345678901234567890`` is no float64, ``1e400`` no float (Arrow: inf) and
+    ``1e-400`` neither (Arrow: 0)."""
     back = floats.cast(pa.string())
-    same = _mask(pc.equal(number_key(shown), number_key(back)), True)
-    same |= ~shown.is_valid().to_numpy(zero_copy_only=False)
+    key, digits = _number(shown)
+    kept = _mask(pc.equal(key, number_key(back)), False)  # the float's shortest text: the same number
+    normal = _mask(pc.and_(pc.is_finite(floats), pc.greater_equal(pc.abs(floats), _NORMAL[target.bit_width])), False)
+    few = _mask(pc.less_equal(digits, _DIGITS[target.bit_width]), False)
+    kept |= (few & normal) | ~shown.is_valid().to_numpy(zero_copy_only=False)
+    for row in np.flatnonzero(~kept):  # more digits than a float always keeps: write it back
+        kept[row] = _written_back(shown[row].as_py(), floats[row].as_py())
 
     def why(row: int) -> str:
         value, nearest = shown_value(shown, row).strip("'"), back[row].as_py()
@@ -293,7 +318,21 @@ def _refuse_changed_numbers(shown: pa.Array, floats: pa.Array, target: pa.DataTy
             return f"cannot cast to {target}: {value} is beyond the range of {target}"
         return f"cannot cast to {target}: {target} can't hold {value} exactly (the nearest is {nearest})"
 
-    refuse(~same, why)
+    refuse(~kept, why)
+
+
+def _written_back(text: str, value: float) -> bool:
+    """Whether ``value`` written with as many significant digits as ``text`` is its number."""
+    from decimal import Decimal, InvalidOperation
+
+    try:
+        number = Decimal(text)
+    except InvalidOperation:
+        return False
+    if not number.is_finite() or not math.isfinite(value):
+        return number.is_nan() == math.isnan(value) and (number.is_nan() or number == Decimal(value))
+    digits = len(number.normalize().as_tuple().digits) if number else 1
+    return Decimal(format(float(value), f".{digits - 1}e")) == number
 
 
 def _to_float(array: pa.Array, target: pa.DataType) -> pa.Array:

@@ -211,6 +211,8 @@ def test_a_format_that_cannot_give_the_type_is_a_config_error(write, type_, fmt,
         ("1E-1", pa.decimal128(3, 1), Decimal("0.1")),
         ("+1.5", pa.decimal128(3, 1), Decimal("1.5")),
         ("1e3", pa.float64(), 1000.0),
+        ("0.10000000000000001", pa.float64(), 0.1),  # 17 digits, as some writers give every float
+        ("0.30000000000000004", pa.float64(), 0.1 + 0.2),
         ("0.1", pa.float32(), pa.scalar(0.1, pa.float32()).as_py()),
         ("-Infinity", pa.float64(), float("-inf")),
         ("TRUE", pa.bool_(), True),
@@ -242,6 +244,8 @@ def test_text_becomes_the_value_it_writes(text, target, value):
         ("1e-400", pa.float64(), "1e-400 is beyond the range of double"),  # Arrow: 0.0
         ("1e39", pa.float32(), "1e39 is beyond the range of float"),
         ("0.12345678901234567890", pa.float64(), "double can't hold 0.12345678901234567890 exactly"),
+        ("0.10000000000000004", pa.float64(), "(the nearest is 0.10000000000000003)"),
+        ("1.234567e-320", pa.float64(), "(the nearest is 1.2347e-320)"),  # subnormal: fewer digits
         ("0.123456789", pa.float32(), "(the nearest is 0.12345679)"),
         ("yes", pa.bool_(), "Failed to parse value: yes"),
         ("2", pa.bool_(), "Failed to parse value: 2"),
