@@ -267,8 +267,9 @@ def number_key(text: pa.Array) -> pa.Array:
     return _number(text)[0]
 
 
-def _number(text: pa.Array) -> tuple[pa.Array, pa.Array]:
-    """:func:`number_key`, and how many significant digits each number is written with."""
+def _number(text: pa.Array) -> tuple[pa.Array, pa.Array, pa.Array]:
+    """:func:`number_key`, how many significant digits each number is written with, and the
+    power of ten of its last one (-2 for ``1.25``)."""
     parts = pc.extract_regex(text, _NUMBER)
     whole, part = parts.field("whole"), parts.field("part")
     digits = pc.binary_join_element_wise(whole, part, "")
@@ -286,7 +287,7 @@ def _number(text: pa.Array) -> tuple[pa.Array, pa.Array]:
     key = pc.if_else(pc.match_substring_regex(lower, r"^[+-]?nan$"), "nan", key)
     key = pc.if_else(pc.match_substring_regex(lower, r"^\+?inf(inity)?$"), "inf", key)
     key = pc.if_else(pc.match_substring_regex(lower, r"^-inf(inity)?$"), "-inf", key)
-    return key, pc.utf8_length(core)
+    return key, pc.utf8_length(core), exp
 
 
 #: Significant digits that any number written with at most as many keeps through a float of
@@ -303,22 +304,67 @@ def _refuse_changed_numbers(shown: pa.Array, floats: pa.Array, target: pa.DataTy
     ``0.10000000000000001`` (17 digits, as some writers give every float64) are both the float
     0.1, but ``0.12345678901234567890`` is no float64, ``1e400`` no float (Arrow: inf) and
     ``1e-400`` neither (Arrow: 0)."""
-    back = floats.cast(pa.string())
-    key, digits = _number(shown)
-    kept = _mask(pc.equal(key, number_key(back)), False)  # the float's shortest text: the same number
-    normal = _mask(pc.and_(pc.is_finite(floats), pc.greater_equal(pc.abs(floats), _NORMAL[target.bit_width])), False)
-    few = _mask(pc.less_equal(digits, _DIGITS[target.bit_width]), False)
-    kept |= (few & normal) | ~shown.is_valid().to_numpy(zero_copy_only=False)
-    for row in np.flatnonzero(~kept):  # more digits than a float always keeps: write it back
-        kept[row] = _written_back(shown[row].as_py(), floats[row].as_py())
+    limit, normal = _DIGITS[target.bit_width], _NORMAL[target.bit_width]
+    # Text too short to hold more digits than the float keeps (of a float in the normal range)
+    # is kept at once; the rest is written back at the scale of its last digit, as decimals.
+    regular = pc.and_(pc.is_finite(floats), pc.greater_equal(pc.abs(floats), normal))
+    kept = _mask(pc.and_(pc.less_equal(pc.utf8_length(shown), limit), regular), False)
+    kept |= ~shown.is_valid().to_numpy(zero_copy_only=False)
+    rest = np.flatnonzero(~kept)
+    if len(rest):  # the float's shortest text, as Arrow spells it (repr() mostly does too)?
+        kept[rest] = _mask(pc.equal(shown.take(rest), floats.take(rest).cast(pa.string())), False)
+        rest = np.flatnonzero(~kept)
+    if len(rest):
+        same = np.zeros(len(rest), dtype=bool)
+        unknown = _written_back_at(shown.take(rest), floats.take(rest), same)
+        kept[rest] = same
+        for row in rest[unknown]:  # beyond what decimals hold (inf, nan, 1e-300): one by one
+            kept[row] = _written_back(shown[row].as_py(), floats[row].as_py())
 
     def why(row: int) -> str:
-        value, nearest = shown_value(shown, row).strip("'"), back[row].as_py()
+        value, nearest = shown_value(shown, row).strip("'"), shown_value(floats, row)
         if nearest in ("inf", "-inf") or nearest in ("0", "-0"):
             return f"cannot cast to {target}: {value} is beyond the range of {target}"
         return f"cannot cast to {target}: {target} can't hold {value} exactly (the nearest is {nearest})"
 
     refuse(~kept, why)
+
+
+def _written_back_at(shown: pa.Array, floats: pa.Array, same: np.ndarray) -> np.ndarray:
+    """Whether each float, written back down to the digit that its number ends on, is that
+    number, marked in ``same``; returns the rows it can't tell. Arrow casts a float to a
+    decimal correctly rounded, and text to a decimal exactly, so the two decimals at that
+    scale are equal exactly when the float writes back as the number."""
+    scales = _scales(shown)
+    # Within 20 digits before the point and 56 after, a decimal256 holds both (Arrow
+    # crashes casting a float to a scale beyond its precision).
+    small = _mask(pc.less(pc.abs(floats), 1e20), False) & (scales <= 56)
+    for scale in np.unique(scales[small]):
+        rows = np.flatnonzero((scales == scale) & small)
+        try:
+            kind = pa.decimal256(76, int(max(scale, 0)))
+            written = shown.take(rows).cast(kind)
+            back = floats.take(rows).cast(kind)
+        except (pa.ArrowInvalid, ValueError, OverflowError):
+            small[rows] = False
+            continue
+        same[rows] = _mask(pc.equal(written, back), False)
+    return ~small
+
+
+def _scales(text: pa.Array) -> np.ndarray:
+    """The scale of each number written in ``text``: how many digits after the point, zeros
+    ending it aside (``1.2500``: 2; ``1e-3``: 3; ``100``: 0, or less); 99 for text that is no
+    plain number."""
+    length = pc.utf8_length(text).to_numpy(zero_copy_only=False).astype(np.int64)
+    dot = pc.find_substring(text, ".").to_numpy(zero_copy_only=False).astype(np.int64)
+    zeros = length - pc.utf8_length(pc.utf8_rtrim(text, "0")).to_numpy(zero_copy_only=False)
+    scales = np.where(dot >= 0, length - dot - 1 - zeros, 0)
+    exponent = np.flatnonzero(_mask(pc.match_substring_regex(text, "[eE]"), False))
+    if len(exponent):  # 1.5e-3: from the number's parts
+        last = _number(text.take(exponent))[2]
+        scales[exponent] = -pc.fill_null(last, -99).to_numpy(zero_copy_only=False)
+    return scales
 
 
 def _written_back(text: str, value: float) -> bool:

@@ -440,3 +440,26 @@ def test_a_duckdb_table_made_from_rows_keeps_their_values_or_refuses_them():
     # DuckDB's TIMESTAMP WITH TIME ZONE holds microseconds: the second value can't go in as it is.
     rejected = sink_rows({"type": "duckdb", "path": "out.duckdb", "table": "z"}, pa.record_batch({"z": zoned}))
     assert list(rejected) == [1] and "would lose data" in rejected[1]
+
+
+# -- sources read numbers by the same rules -----------------------------------------------------------
+
+
+def read_csv(text: str, **options) -> pa.Table:
+    Path("in.csv").write_text(text)
+    source = make_stage("source", {"type": "csv", "path": "in.csv", **options})
+    plan = source.plan(1000)
+    return pa.Table.from_batches([b for chunk in plan.chunks for b in source.read(chunk, plan.shared)])
+
+
+def test_the_csv_source_reads_numbers_exactly():
+    table = read_csv("id,code,v\n1,0x10,0.10000000000000001\n2,0x1F, 2.5 \n")
+    assert table.schema.field("code").type == pa.string(), "hexadecimal codes are identifiers, like 007"
+    assert table.column("code").to_pylist() == ["0x10", "0x1F"]
+    assert table.column("v").to_pylist() == [0.1, 2.5]
+    with pytest.raises(etl.PermanentError, match=r"line 3, column 'n': '0xFFFFFFFFFFFFFFFF' is not a valid int64: "):
+        read_csv("id,n\n1,5\n2,0xFFFFFFFFFFFFFFFF\n", schema={"n": "int64"})  # pyarrow alone: -1
+    with pytest.raises(etl.PermanentError, match=r"line 3, column 'v': '1e400' is not a valid double: 1e400 is beyond"):
+        read_csv("id,v\n1,2.5\n2,1e400\n")  # pyarrow alone: inf
+    with pytest.raises(etl.PermanentError, match=r"'0.12345678901234567890' is not a valid double: double can't hold"):
+        read_csv("id,v\n1,2.5\n2,0.12345678901234567890\n")
