@@ -219,15 +219,19 @@ def _from_text(text: pa.Array, target: pa.DataType) -> pa.Array:
         return values
     if pa.types.is_timestamp(target):
         return _text_to_timestamp(_trim_fraction(text), target)
-    if pa.types.is_time(target):
+    if pa.types.is_time(target):  # Arrow reads text as timestamps, and casts those to times
+
+        def stamps(times: pa.Array) -> pa.Array:
+            dated = _trim_fraction(pc.binary_join_element_wise("1970-01-01T", times, ""))
+            return _text_to_timestamp(dated, pa.timestamp(target.unit))
+
         try:
-            stamps = _text_to_timestamp(
-                _trim_fraction(pc.binary_join_element_wise("1970-01-01T", text, "")), pa.timestamp(target.unit)
-            )
+            return stamps(text).cast(target)
         except pa.ArrowInvalid:
-            shown = repr(text[0].as_py()) if len(text) == 1 else "a value"
-            raise pa.ArrowInvalid(f"{shown} is not a time of day such as 08:30:00 or 08:30:00.25") from None
-        return stamps.cast(target)
+            first = (failing_rows(text, stamps) or [0])[0]
+            raise pa.ArrowInvalid(
+                f"{text[first].as_py()!r} is not a time of day such as 08:30:00 or 08:30:00.25"
+            ) from None
     return text.cast(target, safe=True)
 
 

@@ -15,7 +15,10 @@ field NULL in every sampled row is text. Files whose fields differ are read toge
 lacking a field has NULL there); a field that two files type differently is an error.
 
 A field that first appears after the sample, or a value that doesn't fit its column's type,
-is an error naming the file and where; nothing is dropped or changed silently. Declare such
+is an error naming the file and where; nothing is dropped or changed silently. Dates, times
+and timestamps are read as text and converted by the casting rules of the ``cast``
+transform (a timestamp with an offset in a column without a zone is an error); JSON numbers
+are the nearest float64, as JSON parsers read them, or exact in a declared decimal. Declare such
 columns with ``schema:`` (``{amount: float64, code: string, day: date}``).
 
 Incremental: with ``incremental: {cursor: mtime}`` in the job, each run reads only the files
@@ -45,6 +48,7 @@ import pyarrow.json as pajson
 
 from etl import Chunk, PermanentError, Sink, Source, hookimpl, parse_type
 
+from ._casting import Unfit, lossless_cast
 from ._files import (
     LineSource,
     TextFile,
@@ -69,14 +73,19 @@ class JsonlOptions(TextOptions):
 
 
 def _as_read(kind: pa.DataType) -> pa.DataType:
-    """The type the JSON reader parses a column as: dates and times come as text, cast after."""
-    return pa.string() if pa.types.is_date(kind) or pa.types.is_time(kind) else kind
+    """The type the JSON reader parses a column as: dates, times and timestamps come as text,
+    and narrower floats as float64, converted after by the casting rules (the reader alone
+    turns 10:00+02:00 into 08:00 in a column without a zone, and 1e39 into a float32 inf)."""
+    if pa.types.is_date(kind) or pa.types.is_time(kind) or pa.types.is_timestamp(kind):
+        return pa.string()
+    return pa.float64() if pa.types.is_floating(kind) else kind
 
 
-def _from_text(column: pa.Array, kind: pa.DataType) -> pa.Array:
-    if pa.types.is_time(kind):  # Arrow casts text to timestamps, and timestamps to times
-        column = pc.cast(pc.binary_join_element_wise("1970-01-01T", column, ""), pa.timestamp("ns"))
-    return pc.cast(column, kind)
+def _converted(column: pa.Array, kind: pa.DataType) -> pa.Array:
+    try:
+        return lossless_cast(column, kind)
+    except Unfit as exc:  # said as Arrow says a value it can't convert, for the chunk's error
+        raise pa.ArrowInvalid(exc.reasons[0]) from None
 
 
 def _temporal(values: pa.ChunkedArray) -> pa.DataType | None:
@@ -168,7 +177,7 @@ class JsonlSource(LineSource):
         for batch in reader:
             if cast:
                 columns = [
-                    _from_text(c, f.type) if c.type != f.type else c for c, f in zip(batch.columns, schema, strict=True)
+                    _converted(c, f.type) if c.type != f.type else c for c, f in zip(batch.columns, schema, strict=True)
                 ]
                 batch = pa.RecordBatch.from_arrays(columns, schema=schema)
             yield batch

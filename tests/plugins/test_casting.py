@@ -463,3 +463,28 @@ def test_the_csv_source_reads_numbers_exactly():
         read_csv("id,v\n1,2.5\n2,1e400\n")  # pyarrow alone: inf
     with pytest.raises(etl.PermanentError, match=r"'0.12345678901234567890' is not a valid double: double can't hold"):
         read_csv("id,v\n1,2.5\n2,0.12345678901234567890\n")
+
+
+def read_jsonl(lines: list[str], **options) -> pa.Table:
+    Path("in.jsonl").write_text("".join(line + "\n" for line in lines))
+    source = make_stage("source", {"type": "jsonl", "path": "in.jsonl", **options})
+    plan = source.plan(1000)
+    return pa.Table.from_batches([b for chunk in plan.chunks for b in source.read(chunk, plan.shared)])
+
+
+def test_the_jsonl_source_reads_dates_times_and_narrow_floats_exactly():
+    table = read_jsonl(
+        ['{"t": "2026-01-01T10:00:00", "at": "10:00:00.5", "f": 0.1}'] * 2,
+        schema={"at": "time", "f": "float32"},
+    )
+    assert table.column("t").to_pylist() == [dt.datetime(2026, 1, 1, 10)] * 2
+    assert table.column("at").to_pylist() == [dt.time(10, 0, 0, 500_000)] * 2
+    assert table.column("f").cast(pa.string()).to_pylist() == ["0.1"] * 2
+    # The sample has no zone; a value after it has one (pyarrow alone: 08:00, with no zone).
+    late = ['{"t": "2026-01-01T10:00:00"}'] * 30_000 + ['{"t": "2026-01-01T10:00:00+02:00"}']
+    with pytest.raises(etl.PermanentError, match="expected no zone offset"):
+        read_jsonl(late)
+    with pytest.raises(etl.PermanentError, match="1e.39 is beyond the range of float"):
+        read_jsonl(['{"f": 1.5}', '{"f": 1e39}'], schema={"f": "float32"})  # pyarrow alone: inf
+    with pytest.raises(etl.PermanentError, match="'24:00:00' is not a time of day"):
+        read_jsonl(['{"at": "10:00:00"}', '{"at": "24:00:00"}'], schema={"at": "time"})
