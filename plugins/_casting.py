@@ -37,7 +37,8 @@ import pyarrow.compute as pc
 
 from etl import PermanentError, StageContext
 
-from ._timeformat import assume_zone, compile_format, parse, shown_value, zone_trouble
+from ._timeformat import compile_format, parse
+from ._zones import assume_zone, shown_value, wall_clock, zone_trouble
 
 
 class Unfit(ValueError):
@@ -212,11 +213,13 @@ def _from_text(text: pa.Array, target: pa.DataType) -> pa.Array:
     if pa.types.is_integer(target):
         hexadecimal = _mask(pc.match_substring_regex(text, _HEX), False)
         refuse(hexadecimal, lambda row: f"cannot cast to {target}: {text[row].as_py()!r} is not in decimal digits")
-        return text.cast(target, safe=True)
+        return pc.replace_substring_regex(text, r"^\+(\d)", r"\1").cast(target, safe=True)  # +12 is 12
     if pa.types.is_floating(target):
         values = text.cast(target, safe=True)  # the nearest float, correctly rounded
         _refuse_changed_numbers(text, values, target)
         return values
+    if pa.types.is_decimal(target):
+        return _text_to_decimal(text, target)
     if pa.types.is_timestamp(target):
         return _text_to_timestamp(_trim_fraction(text), target)
     if pa.types.is_time(target):  # Arrow reads text as timestamps, and casts those to times
@@ -233,6 +236,20 @@ def _from_text(text: pa.Array, target: pa.DataType) -> pa.Array:
                 f"{text[first].as_py()!r} is not a time of day such as 08:30:00 or 08:30:00.25"
             ) from None
     return text.cast(target, safe=True)
+
+
+def _text_to_decimal(text: pa.Array, target: pa.DataType) -> pa.Array:
+    """Text as a decimal, checked: Arrow reads some numbers too big for the type as others
+    (11229318108390970000000 to decimal(38, 18) is 705708.637954751649021952) and some too
+    small as 0 (2.3049299995636403e-95 to decimal(36, 18)), where it refuses the rest."""
+    values = text.cast(target, safe=True)
+    back = values.cast(pa.string())
+    same = _mask(pc.equal(text, back), True)
+    rest = np.flatnonzero(~same)
+    if len(rest):  # spelled otherwise (12.5 is 12.50, 1e3 is 1000): the same number?
+        same[rest] = _mask(pc.equal(number_key(text.take(rest)), number_key(back.take(rest))), False)
+    refuse(~same, lambda row: f"cannot cast to {target}: {text[row].as_py()!r} doesn't fit {target}")
+    return values
 
 
 def _trim_fraction(text: pa.Array) -> pa.Array:
@@ -340,15 +357,18 @@ def _written_back_at(shown: pa.Array, floats: pa.Array, same: np.ndarray) -> np.
     decimal correctly rounded, and text to a decimal exactly, so the two decimals at that
     scale are equal exactly when the float writes back as the number."""
     scales = _scales(shown)
-    # Within 20 digits before the point and 56 after, a decimal256 holds both (Arrow
-    # crashes casting a float to a scale beyond its precision).
-    small = _mask(pc.less(pc.abs(floats), 1e20), False) & (scales <= 56)
+    # A decimal256 at the scale holds both when 70 digits reach the number (Arrow crashes
+    # casting a float to a scale beyond its precision: scales stay within ±56).
+    magnitude = np.abs(np.nan_to_num(floats.to_numpy(zero_copy_only=False).astype(np.float64), nan=np.inf))
+    small = (np.abs(scales) <= 56) & (magnitude < np.power(10.0, 70 - np.clip(scales, -56, 56)))
     for scale in np.unique(scales[small]):
         rows = np.flatnonzero((scales == scale) & small)
         try:
             kind = pa.decimal256(76, int(max(scale, 0)))
             written = shown.take(rows).cast(kind)
             back = floats.take(rows).cast(kind)
+            if scale < 0:  # whole numbers: Arrow rounds a float to tens or more wrongly, so round the integer
+                back = pc.round(back, ndigits=int(scale), round_mode="half_to_even")
         except (pa.ArrowInvalid, ValueError, OverflowError):
             small[rows] = False
             continue
@@ -357,13 +377,21 @@ def _written_back_at(shown: pa.Array, floats: pa.Array, same: np.ndarray) -> np.
 
 
 def _scales(text: pa.Array) -> np.ndarray:
-    """The scale of each number written in ``text``: how many digits after the point, zeros
-    ending it aside (``1.2500``: 2; ``1e-3``: 3; ``100``: 0, or less); 99 for text that is no
-    plain number."""
-    length = pc.utf8_length(text).to_numpy(zero_copy_only=False).astype(np.int64)
+    """The scale of each number written in ``text``: the power of ten of its last significant
+    digit, negated (``1.2500``: 2; ``1e-3``: 3; ``1200`` and ``1200.00``: -2; zero: 0; text
+    that is no plain number: anything, which the decimals then refuse)."""
+
+    def length(array: pa.Array) -> np.ndarray:
+        return pc.utf8_length(array).to_numpy(zero_copy_only=False).astype(np.int64)
+
     dot = pc.find_substring(text, ".").to_numpy(zero_copy_only=False).astype(np.int64)
-    zeros = length - pc.utf8_length(pc.utf8_rtrim(text, "0")).to_numpy(zero_copy_only=False)
-    scales = np.where(dot >= 0, length - dot - 1 - zeros, 0)
+    fraction = pc.utf8_rtrim(text, "0")  # 1.25 of 1.2500; 1200. of 1200.00
+    whole = pc.utf8_rtrim(pc.utf8_rtrim(fraction, "."), "0")  # 12 of 1200 and of 1200.00
+    nothing = _mask(pc.match_substring_regex(whole, r"^[+-]?\.?$"), False)  # all zeros: 0, 0.00
+    in_fraction = (dot >= 0) & (length(fraction) > dot + 1)
+    digits_before = np.where(dot >= 0, dot, length(text))
+    scales = np.where(in_fraction, length(fraction) - dot - 1, length(whole) - digits_before)
+    scales = np.where(nothing, 0, scales)
     exponent = np.flatnonzero(_mask(pc.match_substring_regex(text, "[eE]"), False))
     if len(exponent):  # 1.5e-3: from the number's parts
         last = _number(text.take(exponent))[2]
@@ -433,7 +461,7 @@ def _wall_clock(array: pa.Array) -> pa.Array:
     """The wall-clock time of each instant in its own zone, refusing those the zone sees twice
     (once the zone is gone, which of the two was meant can't be told)."""
     tz = array.type.tz
-    local = pc.local_timestamp(array)
+    local = wall_clock(array)
     if tz == "UTC":
         return local
     _, unclear = assume_zone(local, tz)
@@ -448,7 +476,7 @@ def _wall_clock(array: pa.Array) -> pa.Array:
 
 
 def _to_date(array: pa.Array, target: pa.DataType) -> pa.Array:
-    local = array if array.type.tz is None else pc.local_timestamp(array)
+    local = array if array.type.tz is None else wall_clock(array)
     dates = local.cast(pa.date32())
     midnight = _mask(pc.equal(dates.cast(local.type), local), True)
     refuse(

@@ -19,6 +19,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from ._zones import assume_zone, zone_trouble
+
 MONTHS = ["January", "February", "March", "April", "May", "June"]
 MONTHS += ["July", "August", "September", "October", "November", "December"]
 DAYS = ["Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday"]  # Arrow's day_of_week order
@@ -292,42 +294,6 @@ def _offsets(fields: Fields, ok: np.ndarray) -> np.ndarray:
     hours = pc.utf8_slice_codeunits(body, 0, 2).cast(pa.int64()).to_numpy(zero_copy_only=False)
     minutes = pc.utf8_slice_codeunits(body, 2, 4).cast(pa.int64()).to_numpy(zero_copy_only=False)
     return sign * (hours * 60 + minutes)
-
-
-def assume_zone(naive: pa.Array, tz: str) -> tuple[pa.Array, np.ndarray]:
-    """Wall-clock times of the zone ``tz`` as instants, and which of them are no single instant:
-    skipped when the clocks go forward, or seen twice when they go back."""
-    earliest = pc.assume_timezone(naive, tz, ambiguous="earliest", nonexistent="earliest")
-    latest = pc.assume_timezone(naive, tz, ambiguous="latest", nonexistent="latest")
-    unclear = pc.fill_null(pc.not_equal(earliest, latest), False).to_numpy(zero_copy_only=False)
-    return earliest, unclear
-
-
-def zone_trouble(naive: pa.Array, row: int, tz: str) -> str:
-    """Why the wall-clock time ``naive[row]`` of ``tz`` is no single instant (for a reason)."""
-    import zoneinfo
-
-    shown = shown_value(naive, row)
-    try:
-        wall_clock = naive.slice(row, 1).cast(pa.timestamp("us"), safe=False)[0].as_py()
-    except (ValueError, OverflowError):  # beyond Python's years
-        return f"{shown} is no single instant in {tz}"
-    zone = zoneinfo.ZoneInfo(tz)
-    instant = wall_clock.replace(tzinfo=zone).astimezone(zoneinfo.ZoneInfo("UTC"))
-    if instant.astimezone(zone).replace(tzinfo=None) == wall_clock:
-        return f"{shown} happens twice in {tz} (the clocks go back): write it with its UTC offset"
-    return f"{shown} doesn't exist in {tz} (the clocks go forward then)"
-
-
-def shown_value(array: pa.Array, row: int) -> str:
-    """``array[row]`` as a reason shows it: text quoted, anything else as Arrow writes it
-    (which, unlike Python, holds nanoseconds and every year)."""
-    if pa.types.is_string(array.type) or pa.types.is_large_string(array.type):
-        return repr(array[row].as_py())
-    try:
-        return str(array.slice(row, 1).cast(pa.string())[0].as_py())
-    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-        return str(array[row])
 
 
 def _days_from_civil(year: np.ndarray, month: np.ndarray, day: np.ndarray) -> np.ndarray:

@@ -264,8 +264,9 @@ class CsvSource(LineSource):
 
     def parse(self, stream: pa.NativeFile, schema: pa.Schema) -> Iterator[pa.RecordBatch]:
         # Numbers are read as text and converted by the casting rules: pyarrow's reader alone
-        # reads 0x10 as 16 (and 0xFFFFFFFFFFFFFFFF as -1), 1e400 as inf and 1e-400 as 0.
-        numbers = [i for i, t in enumerate(schema.types) if pa.types.is_integer(t) or pa.types.is_floating(t)]
+        # reads 0x10 as 16 (and 0xFFFFFFFFFFFFFFFF as -1), 1e400 as inf, 1e-400 as 0, and
+        # 11229318108390970000000 as 705708.637954751649021952 in a decimal(38, 18).
+        numbers = [i for i, t in enumerate(schema.types) if _is_number(t)]
         types = {f.name: pa.string() if i in numbers else f.type for i, f in enumerate(schema)}
         for batch in self._reader(stream, schema.names, types):
             for i in numbers:
@@ -307,6 +308,10 @@ class CsvSource(LineSource):
                     return seen + found
                 seen += batch.num_rows
         return -1
+
+
+def _is_number(t: pa.DataType) -> bool:
+    return pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_decimal(t)
 
 
 class _Unconverted(pa.ArrowInvalid):

@@ -88,6 +88,18 @@ def _converted(column: pa.Array, kind: pa.DataType) -> pa.Array:
         raise pa.ArrowInvalid(exc.reasons[0]) from None
 
 
+def _check_decimals(decimals: pa.Array, floats: pa.ChunkedArray) -> None:
+    """Refuse decimals that pyarrow's JSON reader got wrong: it reads some numbers too big for
+    the type as others (11229318108390970000000 in a decimal(38, 18) as 705708.6379…) and some
+    too small as 0, where it refuses the rest. Each decimal must be the float read from the same
+    number, but for the float's rounding."""
+    near = pc.multiply(pc.abs(floats), 1e-12)
+    off = pc.greater(pc.abs(pc.subtract(decimals.cast(pa.float64()), floats)), near)
+    first = pc.index(pc.fill_null(off, False), True).as_py()
+    if first >= 0:
+        raise pa.ArrowInvalid(f"{floats[first].as_py()!r} doesn't fit {decimals.type}")
+
+
 def _temporal(values: pa.ChunkedArray) -> pa.DataType | None:
     """date32 or a timestamp type, when every sampled text value is one in ISO form."""
     values = values.drop_null()
@@ -172,14 +184,28 @@ class JsonlSource(LineSource):
     def parse(self, stream: pa.NativeFile, schema: pa.Schema) -> Iterator[pa.RecordBatch]:
         open_json = getattr(pajson, "open_json", None)  # streaming, from pyarrow 19
         options = self._options(schema)
+        decimals = [f for f in schema if pa.types.is_decimal(f.type)]
+        if decimals:  # read again as floats, to check each decimal (see _check_decimals)
+            data = stream.read()
+            floats = pa.schema([pa.field(f.name, pa.float64()) for f in decimals])
+            check = pajson.read_json(
+                pa.BufferReader(data),
+                read_options=options["read_options"],
+                parse_options=pajson.ParseOptions(explicit_schema=floats, unexpected_field_behavior="ignore"),
+            )
+            stream = pa.BufferReader(data)
         reader = open_json(stream, **options) if open_json else pajson.read_json(stream, **options).to_reader()
         cast = any(_as_read(f.type) != f.type for f in schema)
+        seen = 0
         for batch in reader:
             if cast:
                 columns = [
                     _converted(c, f.type) if c.type != f.type else c for c, f in zip(batch.columns, schema, strict=True)
                 ]
                 batch = pa.RecordBatch.from_arrays(columns, schema=schema)
+            for field in decimals:
+                _check_decimals(batch.column(field.name), check.column(field.name).slice(seen, batch.num_rows))
+            seen += batch.num_rows
             yield batch
 
     def explain(self, error: Exception, chunk: Chunk, schema: pa.Schema) -> PermanentError:

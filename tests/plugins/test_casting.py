@@ -239,6 +239,8 @@ def test_text_becomes_the_value_it_writes(text, target, value):
         ("12.0", pa.int64(), "Failed to parse string"),
         ("256", pa.uint8(), "Failed to parse string: '256'"),
         ("1.55", pa.decimal128(3, 1), "'1.55': Rescaling Decimal value would cause data loss"),
+        ("11229318108390970000000", pa.decimal128(38, 18), "doesn't fit decimal128(38, 18)"),  # Arrow: 705708.63…
+        ("2.3049299995636403e-95", pa.decimal128(36, 18), "doesn't fit decimal128(36, 18)"),  # Arrow: 0
         ("1e3", pa.decimal128(3, 1), "does not fit in precision 3"),
         ("1e400", pa.float64(), "1e400 is beyond the range of double"),  # Arrow: inf
         ("1e-400", pa.float64(), "1e-400 is beyond the range of double"),  # Arrow: 0.0
@@ -463,6 +465,13 @@ def test_the_csv_source_reads_numbers_exactly():
         read_csv("id,v\n1,2.5\n2,1e400\n")  # pyarrow alone: inf
     with pytest.raises(etl.PermanentError, match=r"'0.12345678901234567890' is not a valid double: double can't hold"):
         read_csv("id,v\n1,2.5\n2,0.12345678901234567890\n")
+    # pyarrow's reader alone: 705708.637954751649021952
+    with pytest.raises(etl.PermanentError, match=r"'11229318108390970000000' doesn't fit decimal128\(38, 18\)"):
+        read_csv("id,v\n1,2.5\n2,11229318108390970000000\n", schema={"v": "decimal(38, 18)"})
+    assert read_csv("v\n1.50\n 2.5\n", schema={"v": "decimal(38, 18)"}).column("v").to_pylist() == [
+        Decimal("1.5"),
+        Decimal("2.5"),
+    ]
 
 
 def read_jsonl(lines: list[str], **options) -> pa.Table:
@@ -486,5 +495,11 @@ def test_the_jsonl_source_reads_dates_times_and_narrow_floats_exactly():
         read_jsonl(late)
     with pytest.raises(etl.PermanentError, match="1e.39 is beyond the range of float"):
         read_jsonl(['{"f": 1.5}', '{"f": 1e39}'], schema={"f": "float32"})  # pyarrow alone: inf
+    decimals = ['{"d": 1.5}', '{"d": 11229318108390970000000}']  # pyarrow alone: 705708.6379…
+    with pytest.raises(etl.PermanentError, match=r"1.122931810839097e\+22 doesn't fit decimal128\(38, 18\)"):
+        read_jsonl(decimals, schema={"d": "decimal(38, 18)"})
+    with pytest.raises(etl.PermanentError, match=r"2.3049299995636403e-95 doesn't fit decimal128\(36, 18\)"):
+        read_jsonl(['{"d": 2.3049299995636403e-95}'], schema={"d": "decimal(36, 18)"})  # pyarrow alone: 0
+    assert read_jsonl(decimals[:1], schema={"d": "decimal(38, 18)"}).column("d").to_pylist() == [Decimal("1.5")]
     with pytest.raises(etl.PermanentError, match="'24:00:00' is not a time of day"):
         read_jsonl(['{"at": "10:00:00"}', '{"at": "24:00:00"}'], schema={"at": "time"})
