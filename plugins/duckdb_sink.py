@@ -11,6 +11,10 @@ and a chunk that fails half-way leaves nothing behind.
   (``MERGE INTO``). Where one run holds a key more than once, the last one wins: the row from
   the highest chunk, and within a chunk the later row.
 
+Rows are converted to the column types of the table they end in before DuckDB sees them, by
+the casting rules of the ``cast`` transform: a value that would change is rejected with its
+row and column (DuckDB's own casts round 1.5 into an INTEGER to 2).
+
 DuckDB lets one process at a time open a database file for writing; use it for runs in one
 process, and a server database for runs spread over workers.
 """
