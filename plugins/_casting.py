@@ -1,8 +1,8 @@
 """Casting columns without ever altering a value: what can't be cast exactly is rejected, row by row.
 
-Shared by the ``cast`` transform and by the stages that convert rows to a target's types (the
-``postgres``, ``bigquery`` and ``duckdb`` sinks) or read text as typed values (the ``jsonl``
-source). Not a plugin itself.
+Shared by the ``cast`` transform, by the stages that convert rows to a target's types (the
+``postgres``, ``bigquery`` and ``duckdb`` sinks, the part files' sinks) and by the sources
+that read text as typed values (``csv`` numbers, ``jsonl`` dates and times). Not a plugin.
 
 A value is cast when the target holds the very same value, and refused otherwise (Arrow's safe
 cast alone lets several changes through: each is named below where it is refused):
@@ -13,13 +13,16 @@ cast alone lets several changes through: each is named below where it is refused
   ``1e-400`` no. A float is the number its shortest text shows (``0.1``, not
   ``0.1000000000000000055…``): a float32 ``0.1`` becomes the float64 ``0.1`` (Arrow:
   ``0.10000000149011612``), and a float becomes a decimal as that number, when the scale
-  holds it (``2.5612`` to ``decimal(8, 2)`` is refused, not rounded). Integers are written in decimal digits: Arrow
-  reads ``0x10`` as 16 and wraps ``0xFFFFFFFFFFFFFFFF`` to -1, so hexadecimal is refused.
+  holds it (``2.5612`` to ``decimal(8, 2)`` is refused, not rounded). Text becomes a decimal
+  only as the number written (Arrow wraps some numbers too big for the type into others).
+  Integers are written in decimal digits: Arrow reads ``0x10`` as 16 and wraps
+  ``0xFFFFFFFFFFFFFFFF`` to -1, so hexadecimal is refused.
 * A number becomes a boolean only when it is 0 or 1 (Arrow makes 2 ``true``).
 * Timestamps: between two zones, the same instant; without zones, the same wall clock; from
   no zone to a zone, the wall clock is taken in the target's zone, and back, the wall clock of
-  the source's zone (a time the zone skips or sees twice is refused). A timestamp becomes a
-  date only at midnight (of its zone), never a time of day (the date would go).
+  the source's zone (a time the zone skips or sees twice is refused; zone rules from 2038 on
+  per :mod:`._zones`). A timestamp becomes a date only at midnight (of its zone), never a
+  time of day (the date would go).
 * Text becomes a date, time or timestamp as ISO 8601 (read strictly: ``2026-02-30`` and
   ``24:00`` are refused; digits after the second beyond what the unit holds are refused unless
   zeros), or by a ``format`` (see :mod:`._timeformat`: read exactly, never normalized).
