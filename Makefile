@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 READY := $(VENV)/.ready
 
-.PHONY: demo test fuzz fuzz-api lint schema bench bench-background bench-postgres bench-bigquery bench-dashboard bench-lifecycle clean
+.PHONY: demo test test-casting-long fuzz fuzz-api lint schema bench bench-background bench-postgres bench-bigquery bench-dashboard bench-lifecycle clean
 
 $(READY): pyproject.toml constraints.txt
 	@$(PYTHON) -c 'import sys; sys.exit("Python 3.11 or newer is needed; set PYTHON=python3.11" if sys.version_info < (3, 11) else 0)'
@@ -27,6 +27,11 @@ FUZZ_EXAMPLES ?= 5000
 fuzz: $(READY)
 	ETL_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(BIN)/pytest -p no:cacheprovider tests/test_fuzz_config.py tests/test_masking.py
 	$(BIN)/python benchmarks/hostile_jobs.py
+
+# The casting layer's property tests (tests/plugins/test_casting_properties.py) with many
+# more generated values than `make test` gives them (needs PostgreSQL; about 20 minutes).
+test-casting-long: $(READY)
+	ETL_CAST_EXAMPLES=1000 $(BIN)/pytest -p no:cacheprovider tests/plugins/test_casting_properties.py
 
 lint: $(READY)
 	$(BIN)/ruff check etl plugins tests benchmarks

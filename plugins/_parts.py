@@ -20,6 +20,7 @@ from pydantic import Field
 
 from etl import Chunk, Interrupted, PermanentError, Sink, StageOptions
 
+from ._casting import lossless_cast
 from ._files import display, schema_difference
 
 
@@ -175,9 +176,10 @@ def conform(batch: pa.RecordBatch, schema: pa.Schema) -> pa.RecordBatch:
     if batch.schema.equals(schema):
         return batch
     if batch.schema.names == schema.names:
-        try:
-            return batch.cast(schema)
-        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        try:  # each value kept exactly (Arrow's cast alone would round a float64 to a float32)
+            columns = [lossless_cast(c, f.type) for c, f in zip(batch.columns, schema, strict=True)]
+            return pa.RecordBatch.from_arrays(columns, schema=schema)
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError, ValueError):
             pass
     raise PermanentError(
         f"the batches of one chunk differ: {schema_difference(schema, batch.schema)}; a part file has one schema"

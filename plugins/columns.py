@@ -1,8 +1,8 @@
 """Transforms on columns: ``rename``, ``select``, ``drop`` and ``cast``.
 
 All four work on Arrow arrays directly (no copy for rename, select and drop). ``cast`` never
-alters a value silently: a value that does not fit its new type is rejected (the run fails,
-or with ``on_error: skip`` the row goes to the rejects file).
+alters a value: a value that its new type can't hold exactly is rejected (the run fails, or
+with ``on_error: skip`` the row goes to the rejects file); :mod:`._casting` says what is kept.
 """
 
 from __future__ import annotations
@@ -10,11 +10,12 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 import pyarrow as pa
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from etl import ConfigError, ConfigErrors, PermanentError, StageOptions, Transform, hookimpl, parse_type
 
 from ._casting import cast_batch
+from ._timeformat import compile_format
 
 
 def _require(batch: pa.RecordBatch, names: list[str], stage: str) -> None:
@@ -107,13 +108,21 @@ class Drop(Transform):
 class CastTo(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     type: str = Field(description="the new type, e.g. int64, decimal(18, 2), timestamp(us, UTC)")
-    format: str | None = Field(None, description="strptime format for text → date/timestamp, e.g. %d/%m/%Y")
+    format: str | None = Field(
+        None, description="strptime format for text → date, time or timestamp, read exactly, e.g. %d/%m/%Y"
+    )
 
     @field_validator("type")
     @classmethod
     def _known(cls, value: str) -> str:
         parse_type(value)
         return value
+
+    @model_validator(mode="after")
+    def _readable(self) -> CastTo:
+        if self.format is not None:
+            compile_format(self.format, parse_type(self.type))
+        return self
 
 
 class CastOptions(StageOptions):

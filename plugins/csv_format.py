@@ -9,7 +9,9 @@ chunks can be read anywhere, in any order. Lines end in ``\\n`` or ``\\r\\n``; t
 Column types are inferred once, from that first megabyte (integers, floats, booleans,
 dates, times, timestamps with or without a zone, else text), and every chunk is parsed with
 them. A column empty in the sample is text, and so are integers written with leading zeros
-(``007``, zip codes): they are identifiers. When the files of a glob disagree on a column's
+(``007``, zip codes) or in hexadecimal (``0x1F``): they are identifiers. Numbers are read by
+the casting rules of the ``cast`` transform, exactly: ``1e400`` in a float column is an
+error, not infinity. When the files of a glob disagree on a column's
 type, it is read as text. Declare types that the sample can't show with
 ``schema:`` (``{zip: string, amount: "decimal(12, 2)"}``). A value that doesn't parse as its
 column's type is an error naming the file, the line and the column; nothing is changed
@@ -43,6 +45,7 @@ import re
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
@@ -50,6 +53,7 @@ from pydantic import Field, field_validator, model_validator
 
 from etl import Chunk, PermanentError, RowCount, Sink, Source, hookimpl, parse_type
 
+from ._casting import Unfit, converter, failing_rows, reason
 from ._files import (
     SAMPLE_BYTES,
     LineSource,
@@ -200,7 +204,7 @@ class CsvSource(LineSource):
         for i, field in enumerate(schema):
             if not pa.types.is_integer(field.type) or field.name in self.declared:
                 continue
-            if pc.any(pc.match_substring_regex(text.column(i), r"^[+-]?0\d")).as_py():
+            if pc.any(pc.match_substring_regex(text.column(i), r"^[+-]?0[\dxX]")).as_py():
                 schema = schema.set(i, pa.field(field.name, pa.string()))
         return schema
 
@@ -259,7 +263,15 @@ class CsvSource(LineSource):
     # -- reading ---------------------------------------------------------------------------
 
     def parse(self, stream: pa.NativeFile, schema: pa.Schema) -> Iterator[pa.RecordBatch]:
-        yield from self._reader(stream, schema.names, dict(zip(schema.names, schema.types, strict=True)))
+        # Numbers are read as text and converted by the casting rules: pyarrow's reader alone
+        # reads 0x10 as 16 (and 0xFFFFFFFFFFFFFFFF as -1), 1e400 as inf, 1e-400 as 0, and
+        # 11229318108390970000000 as 705708.637954751649021952 in a decimal(38, 18).
+        numbers = [i for i, t in enumerate(schema.types) if _is_number(t)]
+        types = {f.name: pa.string() if i in numbers else f.type for i, f in enumerate(schema)}
+        for batch in self._reader(stream, schema.names, types):
+            for i in numbers:
+                batch = batch.set_column(i, schema.field(i), _number(batch.column(i), i, schema.field(i).type))
+            yield batch
 
     def explain(self, error: Exception, chunk: Chunk, schema: pa.Schema) -> PermanentError:
         path, start, end = chunk.args["path"], int(chunk.args["start"]), int(chunk.args["end"])
@@ -268,13 +280,14 @@ class CsvSource(LineSource):
             where = f"in the lines from line {line_number(path, start):,}"
             return PermanentError(f"{display(path)}: {where}: {error}{self._hint(error)}")
         column, kind, value = schema.names[int(match[1])], match[2], match[3]
+        why = f": {error.reason}" if isinstance(error, _Unconverted) else ""
         row = self._find(path, start, end, schema.names, column, value)
         exact = row >= 0 and not self.options.newlines_in_values
         line = _line_of_row(path, start, end, row, self.blank) if exact else line_number(path, start)
         origin = "declared in `schema:`" if column in self.declared else "inferred from the first rows"
         return PermanentError(
             f"{display(path)}: line {'' if exact else '~'}{line:,}, column {column!r}: {value!r} is not a valid "
-            f"{kind} (the type {origin}). Read the column as text with `schema: {{{column}: string}}` and "
+            f"{kind}{why} (the type {origin}). Read the column as text with `schema: {{{column}: string}}` and "
             f"convert it with a `cast` transform; with `on_error: skip` rows that don't convert are set aside"
         )
 
@@ -295,6 +308,31 @@ class CsvSource(LineSource):
                     return seen + found
                 seen += batch.num_rows
         return -1
+
+
+def _is_number(t: pa.DataType) -> bool:
+    return pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_decimal(t)
+
+
+class _Unconverted(pa.ArrowInvalid):
+    """A number in a CSV file that its column's type doesn't hold exactly; said as pyarrow's
+    reader says a conversion error, with the casting layer's reason."""
+
+    def __init__(self, column: int, kind: pa.DataType, value: str, reason: str) -> None:
+        super().__init__(f"In CSV column #{column}: CSV conversion error to {kind}: invalid value '{value}'")
+        self.reason = reason.removeprefix(f"cannot cast to {kind}: ")
+
+
+def _number(text: pa.Array, column: int, kind: pa.DataType) -> pa.Array:
+    """A column of numbers read as text, as ``kind`` (spaces around a number allowed, as
+    pyarrow's reader allows them), or :class:`_Unconverted` for the first that isn't one."""
+    trimmed = pc.utf8_trim_whitespace(text)
+    convert = converter(kind, None)
+    try:
+        return convert(trimmed)
+    except (pa.ArrowInvalid, ValueError) as exc:
+        bad = int(np.flatnonzero(exc.mask)[0]) if isinstance(exc, Unfit) else failing_rows(trimmed, convert)[0]
+        raise _Unconverted(column, kind, text[bad].as_py(), reason(trimmed, bad, convert, kind)) from None
 
 
 def _line_of_row(path: str | Path, start: int, end: int, row: int, blank: bytes) -> int:

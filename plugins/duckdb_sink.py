@@ -11,6 +11,10 @@ and a chunk that fails half-way leaves nothing behind.
   (``MERGE INTO``). Where one run holds a key more than once, the last one wins: the row from
   the highest chunk, and within a chunk the later row.
 
+Rows are converted to the column types of the table they end in before DuckDB sees them, by
+the casting rules of the ``cast`` transform: a value that would change is rejected with its
+row and column (DuckDB's own casts round 1.5 into an INTEGER to 2).
+
 DuckDB lets one process at a time open a database file for writing; use it for runs in one
 process, and a server database for runs spread over workers.
 """
@@ -28,6 +32,8 @@ import pyarrow as pa
 from pydantic import Field, model_validator
 
 from etl import Chunk, Interrupted, PermanentError, Sink, StageOptions, TransientError, hookimpl
+
+from ._casting import cast_batch
 
 LEDGER = "_etl_ledger"
 # The latest attempt at each chunk: a write of an older attempt (a worker that lost its lease)
@@ -166,11 +172,20 @@ class DuckDBSink(Sink):
         self._raise_fence(chunk)
         batches = iter(batches)
         first = next(batches, None)
+        # Rows are converted to the column types of the table they end in first: DuckDB's own
+        # casts round (1.5 into an INTEGER is 2, 2.5612 into DECIMAL(5,2) 2.56, nanoseconds cut).
+        ends_in = self.table if staged and self.options.mode == "merge" and self._exists(self.table) else into_name
+        types = self._types(ends_in)
+        if first is not None and types:
+            first = self._conform(first, types)
         if first is not None and not self._exists(into_name):
             # Made before the chunk's transaction, so that chunks written in parallel don't
             # conflict over who creates it; an empty table is all a failed chunk leaves.
             sample = _with_positions(first, chunk.index, 0) if self.options.mode == "merge" else first
             self._create(into, sample)
+            if not types:  # made from the rows: a timestamp with a zone keeps microseconds
+                types = self._types(ends_in)
+                first = self._conform(first, types)
         con.execute("BEGIN TRANSACTION")
         try:
             done = con.execute(
@@ -182,6 +197,8 @@ class DuckDBSink(Sink):
                 return int(done[0])
             written = 0
             for batch in itertools.chain([first] if first is not None else [], batches):
+                if batch is not first:
+                    batch = self._conform(batch, types)
                 if self.options.mode == "merge":
                     batch = _with_positions(batch, chunk.index, written)
                 self._check_columns(into_name, batch)
@@ -215,6 +232,28 @@ class DuckDBSink(Sink):
         if self._rows_since_open >= REOPEN_AFTER_ROWS and self.options.path != ":memory:":
             self.close()
         return written
+
+    def _types(self, name: str) -> dict[str, pa.DataType]:
+        """The Arrow types that rows take to be stored as they are in the columns of table
+        ``name`` (none when there is no such table), for the column types whose Arrow type is
+        exactly theirs; columns of other types (JSON, UUID, ENUM, HUGEINT...) DuckDB converts."""
+        kinds = self.con.execute(
+            "SELECT column_name, data_type FROM information_schema.columns WHERE table_schema = ? AND table_name = ?",
+            [self.schema, name],
+        ).fetchall()
+        if not kinds:
+            return {}
+        arrow = self.con.execute(f"SELECT * FROM {quote(self.schema)}.{quote(name)} LIMIT 0").to_arrow_table().schema
+        return {column: arrow.field(column).type for column, kind in kinds if _EXACT.match(kind)}
+
+    def _conform(self, batch: pa.RecordBatch, types: dict[str, pa.DataType]) -> pa.RecordBatch:
+        """The batch in the column types ``types``; values that would change are rejected."""
+        targets = {
+            f.name: (types[f.name], None)
+            for f in batch.schema
+            if f.name in types and f.type != types[f.name] and not (_text(f.type) and _text(types[f.name]))
+        }
+        return cast_batch(batch, targets, self.context) if targets else batch
 
     def _create(self, name: str, batch: pa.RecordBatch) -> None:
         self.con.register("_etl_batch", batch.slice(0, 0))
@@ -298,6 +337,17 @@ class DuckDBSink(Sink):
                 self.con.execute(
                     f"DELETE FROM {table} WHERE run_id = ? AND target = ?", [self.context.run_id, self.options.table]
                 )
+
+
+#: DuckDB column types whose Arrow type (in ``to_arrow_table``) is exactly theirs.
+_EXACT = re.compile(
+    r"^((U?(TINYINT|SMALLINT|INTEGER|BIGINT))|FLOAT|DOUBLE|DECIMAL\(\d+,\d+\)|BOOLEAN|DATE|TIME(_NS)?"
+    r"|TIMESTAMP(_S|_MS|_NS| WITH TIME ZONE)?|VARCHAR|BLOB)(\[\])*$"
+)
+
+
+def _text(t: pa.DataType) -> bool:
+    return pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_string_view(t)
 
 
 _SETUP = (

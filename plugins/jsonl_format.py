@@ -15,7 +15,10 @@ field NULL in every sampled row is text. Files whose fields differ are read toge
 lacking a field has NULL there); a field that two files type differently is an error.
 
 A field that first appears after the sample, or a value that doesn't fit its column's type,
-is an error naming the file and where; nothing is dropped or changed silently. Declare such
+is an error naming the file and where; nothing is dropped or changed silently. Dates, times
+and timestamps are read as text and converted by the casting rules of the ``cast``
+transform (a timestamp with an offset in a column without a zone is an error); JSON numbers
+are the nearest float64, as JSON parsers read them, or exact in a declared decimal. Declare such
 columns with ``schema:`` (``{amount: float64, code: string, day: date}``).
 
 Incremental: with ``incremental: {cursor: mtime}`` in the job, each run reads only the files
@@ -45,6 +48,7 @@ import pyarrow.json as pajson
 
 from etl import Chunk, PermanentError, Sink, Source, hookimpl, parse_type
 
+from ._casting import Unfit, lossless_cast
 from ._files import (
     LineSource,
     TextFile,
@@ -69,14 +73,31 @@ class JsonlOptions(TextOptions):
 
 
 def _as_read(kind: pa.DataType) -> pa.DataType:
-    """The type the JSON reader parses a column as: dates and times come as text, cast after."""
-    return pa.string() if pa.types.is_date(kind) or pa.types.is_time(kind) else kind
+    """The type the JSON reader parses a column as: dates, times and timestamps come as text,
+    and narrower floats as float64, converted after by the casting rules (the reader alone
+    turns 10:00+02:00 into 08:00 in a column without a zone, and 1e39 into a float32 inf)."""
+    if pa.types.is_date(kind) or pa.types.is_time(kind) or pa.types.is_timestamp(kind):
+        return pa.string()
+    return pa.float64() if pa.types.is_floating(kind) else kind
 
 
-def _from_text(column: pa.Array, kind: pa.DataType) -> pa.Array:
-    if pa.types.is_time(kind):  # Arrow casts text to timestamps, and timestamps to times
-        column = pc.cast(pc.binary_join_element_wise("1970-01-01T", column, ""), pa.timestamp("ns"))
-    return pc.cast(column, kind)
+def _converted(column: pa.Array, kind: pa.DataType) -> pa.Array:
+    try:
+        return lossless_cast(column, kind)
+    except Unfit as exc:  # said as Arrow says a value it can't convert, for the chunk's error
+        raise pa.ArrowInvalid(exc.reasons[0]) from None
+
+
+def _check_decimals(decimals: pa.Array, floats: pa.ChunkedArray) -> None:
+    """Refuse decimals that pyarrow's JSON reader got wrong: it reads some numbers too big for
+    the type as others (11229318108390970000000 in a decimal(38, 18) as 705708.6379…) and some
+    too small as 0, where it refuses the rest. Each decimal must be the float read from the same
+    number, but for the float's rounding."""
+    near = pc.multiply(pc.abs(floats), 1e-12)
+    off = pc.greater(pc.abs(pc.subtract(decimals.cast(pa.float64()), floats)), near)
+    first = pc.index(pc.fill_null(off, False), True).as_py()
+    if first >= 0:
+        raise pa.ArrowInvalid(f"{floats[first].as_py()!r} doesn't fit {decimals.type}")
 
 
 def _temporal(values: pa.ChunkedArray) -> pa.DataType | None:
@@ -163,14 +184,28 @@ class JsonlSource(LineSource):
     def parse(self, stream: pa.NativeFile, schema: pa.Schema) -> Iterator[pa.RecordBatch]:
         open_json = getattr(pajson, "open_json", None)  # streaming, from pyarrow 19
         options = self._options(schema)
+        decimals = [f for f in schema if pa.types.is_decimal(f.type)]
+        if decimals:  # read again as floats, to check each decimal (see _check_decimals)
+            data = stream.read()
+            floats = pa.schema([pa.field(f.name, pa.float64()) for f in decimals])
+            check = pajson.read_json(
+                pa.BufferReader(data),
+                read_options=options["read_options"],
+                parse_options=pajson.ParseOptions(explicit_schema=floats, unexpected_field_behavior="ignore"),
+            )
+            stream = pa.BufferReader(data)
         reader = open_json(stream, **options) if open_json else pajson.read_json(stream, **options).to_reader()
         cast = any(_as_read(f.type) != f.type for f in schema)
+        seen = 0
         for batch in reader:
             if cast:
                 columns = [
-                    _from_text(c, f.type) if c.type != f.type else c for c, f in zip(batch.columns, schema, strict=True)
+                    _converted(c, f.type) if c.type != f.type else c for c, f in zip(batch.columns, schema, strict=True)
                 ]
                 batch = pa.RecordBatch.from_arrays(columns, schema=schema)
+            for field in decimals:
+                _check_decimals(batch.column(field.name), check.column(field.name).slice(seen, batch.num_rows))
+            seen += batch.num_rows
             yield batch
 
     def explain(self, error: Exception, chunk: Chunk, schema: pa.Schema) -> PermanentError:

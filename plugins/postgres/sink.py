@@ -14,9 +14,10 @@ worker died leaves nothing. The ledger lives in ``state_schema`` (``_etl`` by de
   CONFLICT`` when a unique index covers the key, else ``MERGE``). Where the run holds a key more
   than once, the last one wins: the row from the highest chunk, and within it the later row.
 
-Rows are converted to the table's column types first; a value that doesn't fit (a number too
-big for its column, text with a NUL character) is rejected with its row and column, never
-altered.
+Rows are converted to the table's column types first, by the casting rules of the ``cast``
+transform; a value that doesn't fit (a number too big for its column, text with a NUL
+character, more digits after the second than ``timestamp(3)`` keeps, text longer than
+``varchar(10)``) is rejected with its row and column, never altered.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import itertools
+import re
 from collections.abc import Iterable, Iterator
 from typing import Any, Literal
 
@@ -34,7 +36,7 @@ from pydantic import Field, model_validator
 
 from etl import Chunk, Interrupted, PermanentError, Sink
 
-from .._casting import cast_batch
+from .._casting import cast_batch, characters, digits_after_the_second
 from ._common import (
     ConnectionOptions,
     Server,
@@ -348,6 +350,7 @@ class PostgresSink(Sink):
 
     def _convert(self, batch: pa.RecordBatch, columns: dict[str, str]) -> pa.RecordBatch:
         targets: dict[str, tuple[pa.DataType, str | None]] = {}
+        checks: dict[str, Any] = {}
         for field in batch.schema:
             if field.name in HELPERS:
                 continue
@@ -366,9 +369,11 @@ class PostgresSink(Sink):
                 continue  # an unconstrained numeric column takes any decimal as it is
             if field.type != target:
                 targets[field.name] = (target, None)
+            if (check := _exactness(declared)) is not None:
+                checks[field.name] = check
         received = batch
         batch, positions = self._refuse(batch)
-        return cast_batch(batch, targets, self.context, received=received, positions=positions)
+        return cast_batch(batch, targets, self.context, received=received, positions=positions, checks=checks)
 
     def _refuse(self, batch: pa.RecordBatch) -> tuple[pa.RecordBatch, np.ndarray]:
         """Reject the rows PostgreSQL could not take as they are: a NULL merge key (it matches
@@ -521,6 +526,19 @@ def _encoders(schema: pa.Schema) -> dict[str, Any]:
         else ArrowToPostgresBinaryEncoder.infer_encoder(field)
         for field in schema
     }
+
+
+def _exactness(declared: str) -> Any:
+    """What a column of type ``declared`` would still change in values of its Arrow type: the
+    digits after the second beyond ``timestamp(p)``'s or ``time(p)``'s ``p`` (rounded), text
+    longer than ``character varying(n)`` or ``character(n)`` (an error, or cut when the excess
+    is spaces). ``None``: nothing."""
+    text = declared.strip().lower()
+    if digits := re.fullmatch(r"(timestamp|time)\((\d)\)( with(out)? time zone)?", text):
+        return digits_after_the_second(int(digits[2]), declared)
+    if length := re.fullmatch(r"(character varying|character)\((\d+)\)", text):
+        return characters(int(length[2]), declared)
+    return None
 
 
 def _as_json(batch: pa.RecordBatch, field: pa.Field, binary_jsonb: bool) -> pa.RecordBatch:

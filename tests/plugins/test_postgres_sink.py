@@ -272,9 +272,9 @@ def test_values_a_column_type_would_change_are_rejected(schema):
     sql(f'CREATE SCHEMA "{schema}"')
     sql(f'CREATE TABLE "{schema}".narrow (r real, d date)')
     table = f"{schema}.narrow"
-    with pytest.raises(RejectedRows, match="would not be kept exactly"):
+    with pytest.raises(RejectedRows, match="1e.300 is beyond the range of float"):
         write({"table": table}, pa.record_batch({"r": pa.array([1e300])}))
-    with pytest.raises(RejectedRows, match="would not be kept exactly"):
+    with pytest.raises(RejectedRows, match="has a time of day, which a date can't hold"):
         write({"table": table}, pa.record_batch({"d": pa.array([dt.datetime(2026, 1, 1, 5)], pa.timestamp("us"))}))
     write({"table": table}, pa.record_batch({"r": pa.array([0.5]), "d": pa.array([dt.datetime(2026, 1, 2)])}))
     assert sql(f"SELECT r, d FROM {table}") == [(0.5, dt.date(2026, 1, 2))]
