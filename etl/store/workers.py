@@ -1,5 +1,6 @@
 """Live workers: each registers itself with a heartbeat (``PREFIX:worker:ID``, indexed by last
-heartbeat); one not seen for a while is forgotten."""
+heartbeat); one not seen for a while is forgotten. A worker process started by a supervisor
+(``etl worker --processes``) names it in its record; the supervisor itself is not registered."""
 
 from __future__ import annotations
 
@@ -36,4 +37,4 @@ class Workers(StoreBase):
             self.kv.delete_many([self._worker_key(w) for w in stale], {self._z("workers"): stale})
         live = [m for m, _ in self.kv.zrange(self._z("workers"), now - ttl, FOREVER, 1000)]
         docs = self.kv.get_many([self._worker_key(w) for w in live])
-        return [WorkerInfo(**d) for d in docs if d]
+        return [WorkerInfo.from_doc(d) for d in docs if d]
