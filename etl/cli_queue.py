@@ -220,19 +220,7 @@ def _supervise(
     options = WorkerOptions.from_env(concurrency)
     ident = supervisor_id()
     env = dict(os.environ)
-    server: WSGIServer | None = None
-    processes_dir: str | None = None
-    if metrics_port is not None:
-        from etl import metrics as metrics_module
-
-        # prometheus_client's multiprocess mode: each worker process writes its counters to files
-        # of this directory (the variable is read when prometheus_client is imported there).
-        processes_dir = tempfile.mkdtemp(prefix="etl-metrics-")
-        env["PROMETHEUS_MULTIPROC_DIR"] = processes_dir
-        registry = metrics_module.registry(queue.store, worker_ttl=options.heartbeat * 3, processes_dir=processes_dir)
-        server = _serve_metrics(registry, metrics_host, metrics_port)
-    else:
-        env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
 
     def command(slot: int) -> list[str]:
         args = ["worker", "-w", str(concurrency), "--log-format", log_format, "--log-level", log_level]
@@ -241,13 +229,22 @@ def _supervise(
         code = "from etl.cli import main; main(prog_name='etl')"
         return [sys.executable, "-c", code, *args, "--supervised-by", ident]
 
-    try:
+    if metrics_port is None:
         return Supervisor(command, processes, env=env, grace=options.grace, id=ident).run()
-    finally:
-        if server is not None:
+    from etl import metrics as metrics_module
+
+    # prometheus_client's multiprocess mode: each worker process writes its counters to files of
+    # this directory (the variable is read when prometheus_client is imported there).
+    env["PROMETHEUS_MULTIPROC_DIR"] = processes_dir = tempfile.mkdtemp(prefix="etl-metrics-")
+    try:
+        registry = metrics_module.registry(queue.store, worker_ttl=options.heartbeat * 3, processes_dir=processes_dir)
+        server = _serve_metrics(registry, metrics_host, metrics_port)
+        try:
+            return Supervisor(command, processes, env=env, grace=options.grace, id=ident).run()
+        finally:
             server.shutdown()
-        if processes_dir is not None:
-            shutil.rmtree(processes_dir, ignore_errors=True)
+    finally:
+        shutil.rmtree(processes_dir, ignore_errors=True)
 
 
 def _serve_metrics(registry: CollectorRegistry, host: str, port: int) -> WSGIServer:

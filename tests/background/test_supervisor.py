@@ -108,3 +108,22 @@ def test_worker_processes_stop_when_their_supervisor_is_killed(workers):
     supervisor.wait(5)
     wait_for(lambda: not queue().store.workers(ttl=60), 15, "the orphaned worker processes to deregister")
     assert workers.all_logs().count("the supervisor (pid") == 2
+
+
+def test_the_supervisor_checks_the_queue_and_its_port_before_starting_any_process(cli, queue_env):
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = cli("worker", "--processes", "2", "--metrics-port", str(port))
+    assert result.returncode == 2, result.stderr
+    assert f"--metrics-port {port}: cannot listen on 127.0.0.1:{port}" in result.stderr
+    assert "started" not in result.stderr and "Traceback" not in result.stderr
+
+    nothing = f"redis://127.0.0.1:{free_port()}/0"
+    result = cli("worker", "--processes", "2", env={"ETL_QUEUE_URL": nothing})
+    assert result.returncode == 1, result.stderr
+    assert "cannot reach Redis at redis://127.0.0.1" in result.stderr
+    assert "started" not in result.stderr and "Traceback" not in result.stderr
