@@ -7,6 +7,7 @@ vanishes leaves no worker behind; `etl workers` and the supervisor's /metrics sh
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -44,6 +45,8 @@ def test_a_killed_worker_process_is_started_again_and_its_chunk_finishes(cli, wo
     listed = cli("workers")
     assert f"supervisor {first[0].supervisor}: 2 process(es), 2 slot(s)" in listed.stdout
     assert all(f"  {w.id}" in listed.stdout for w in first)
+    as_json = json.loads(cli("workers", "--json").stdout)
+    assert sorted((w["id"], w["supervisor"]) for w in as_json) == sorted((w.id, w.supervisor) for w in first)
 
     run_id = submit(cli, job_file(60_000, 5_000, "[{type: sleepy, seconds: 1.0}]"))  # 12 chunks of 1 s
     wait_for(lambda: run_record(run_id).chunks_done >= 1, 60, "a chunk done")
