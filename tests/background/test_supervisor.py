@@ -105,8 +105,13 @@ def test_a_second_signal_kills_the_worker_processes_at_once(cli, workers, job_fi
     assert [c.state for c in queue().store.get_chunks(run_id)] == ["running", "running"]
 
 
-def test_worker_processes_stop_when_their_supervisor_is_killed(workers):
-    supervisor, first = start_supervisor(workers)
+def test_worker_processes_stop_when_their_supervisor_is_killed(workers, job_file, tmp_path):
+    configs = tmp_path / "configs"
+    configs.mkdir()
+    job_file(10, 10).rename(configs / "bg.yaml")
+    supervisor, first = start_supervisor(workers, args=("--configs", str(configs)))
+    wait_for(lambda: "job file(s) in" in workers.log(supervisor), 10, "the schedules' directory read")
+    assert workers.log(supervisor).count(f"1 job file(s) in {configs}") == 1, "only the first process fires schedules"
     supervisor.send_signal(signal.SIGKILL)
     supervisor.wait(5)
     wait_for(lambda: not queue().store.workers(ttl=60), 15, "the orphaned worker processes to deregister")
