@@ -39,7 +39,7 @@ import subprocess
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -132,7 +132,6 @@ class _Slot:
     #: Deaths in a row, each soon after a start (reset by a healthy run).
     deaths: int = 0
     restart_at: float | None = None
-    history: list[str] = field(default_factory=list)
 
 
 class Supervisor:
