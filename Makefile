@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 READY := $(VENV)/.ready
 
-.PHONY: demo test test-casting-long fuzz fuzz-api lint schema bench bench-background bench-postgres bench-bigquery bench-dashboard bench-lifecycle clean
+.PHONY: demo test test-casting-long fuzz fuzz-api lint schema bench bench-background bench-postgres bench-bigquery bench-dashboard bench-lifecycle bench-scale clean
 
 $(READY): pyproject.toml constraints.txt
 	@$(PYTHON) -c 'import sys; sys.exit("Python 3.11 or newer is needed; set PYTHON=python3.11" if sys.version_info < (3, 11) else 0)'
@@ -74,6 +74,12 @@ bench-dashboard: $(READY)
 # What recording a run costs per chunk, on the embedded store and on Redis (prints figures).
 bench-lifecycle: $(READY)
 	$(BIN)/python benchmarks/lifecycle.py
+
+# Rows/s and speed-up of 1, 2, 4, … worker processes (etl worker --processes, up to the CPUs or
+# MAX=N) on a pure-Python transform, an Arrow-only job and one-row chunks; the run store's
+# transactions and conflicts per chunk at 1, 2, 4, 8, 14 workers (needs Redis; prints figures).
+bench-scale: $(READY)
+	$(BIN)/python benchmarks/scale.py $(if $(MAX),--max $(MAX))
 
 clean:
 	rm -rf $(VENV) out .etl .pytest_cache .hypothesis *.egg-info

@@ -7,6 +7,7 @@ Redis URL with a typo) is a clear error and exit 2, with nothing changed.
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from typing import TYPE_CHECKING, Any, TextIO
@@ -33,10 +34,12 @@ def log_options(command: Any) -> Any:
 if TYPE_CHECKING:
     from wsgiref.simple_server import WSGIServer
 
+    from prometheus_client import CollectorRegistry
+
     from etl.lifecycle import PlannedRun
     from etl.metrics import WorkerMetrics
     from etl.queue import Queue
-    from etl.store import ChunkRecord, RunRecord
+    from etl.store import ChunkRecord, RunRecord, WorkerInfo
 
 __all__ = ["COMMANDS", "ended", "follow", "render", "work_here"]
 
@@ -82,6 +85,27 @@ def _echo_json(data: Any) -> None:
     click.echo(json.dumps(data, indent=2, default=str))
 
 
+class _Processes(click.ParamType):
+    """``--processes``: a number of worker processes (1-256), or ``auto`` (one per CPU)."""
+
+    name = "N|auto"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
+        if isinstance(value, int):
+            return value
+        if str(value).strip().lower() == "auto":
+            from etl.supervisor import cpu_count
+
+            return cpu_count()
+        try:
+            number = int(value)
+        except ValueError:
+            self.fail(f"{value!r} is not a number of processes; expected 1 to 256, or auto (one per CPU)", param, ctx)
+        if not 1 <= number <= 256:
+            self.fail(f"{number} is not in the range 1 to 256 (or auto: one per CPU)", param, ctx)
+        return number
+
+
 @click.command()
 @click.option(
     "-w",
@@ -90,7 +114,14 @@ def _echo_json(data: Any) -> None:
     type=click.IntRange(1, 256),
     default=1,
     show_default=True,
-    help="Chunks this process works on at once (threads).",
+    help="Chunks each worker process works on at once (threads).",
+)
+@click.option(
+    "--processes",
+    type=_Processes(),
+    metavar="N|auto",
+    help="Run this many worker processes (-w threads each) under a supervisor that restarts them: "
+    "auto is one per CPU. For transforms in pure Python, which use one core per process.",
 )
 @click.option(
     "--configs",
@@ -108,12 +139,15 @@ def _echo_json(data: Any) -> None:
     show_default=True,
     help="The address the metrics server listens on (0.0.0.0 or :: for every interface).",
 )
+@click.option("--supervised-by", "supervisor", hidden=True, help="The id of the supervisor that started this process.")
 @log_options
 def worker(
     concurrency: int,
+    processes: int | None,
     configs: str | None,
     metrics_port: int | None,
     metrics_host: str,
+    supervisor: str | None,
     log_format: str,
     log_level: str,
 ) -> None:
@@ -121,26 +155,41 @@ def worker(
 
     Start as many as you like, on as many machines, against one queue. A worker that stops
     finishes its chunks in hand (ETL_GRACE_SECONDS, 30 by default) or gives them back. With
-    --configs, the scheduled jobs of that directory are fired on their schedules: by one of
-    the workers given the directory at a time, each due run exactly once. With
-    --metrics-port, Prometheus metrics are served on that port (docs/operations.md#metrics).
+    --processes, a supervisor runs that many worker processes and restarts those that die
+    (docs/operations.md#running-workers). With --configs, the scheduled jobs of that directory
+    are fired on their schedules: by one of the workers given the directory at a time, each due
+    run exactly once. With --metrics-port, Prometheus metrics are served on that port
+    (docs/operations.md#metrics).
     """
     from etl import logsetup
     from etl.worker import Worker, WorkerOptions
 
     logsetup.configure(level=log_level.upper(), fmt=log_format)  # type: ignore[arg-type]
+    if processes is not None:
+        if supervisor is not None:
+            raise click.UsageError("--processes and --supervised-by don't go together")
+        sys.exit(_supervise(processes, concurrency, configs, metrics_port, metrics_host, log_format, log_level))
     if configs:
         _check_configs(configs)
     queue = _open()
     options = WorkerOptions.from_env(concurrency)
     metrics: WorkerMetrics | None = None
     server: WSGIServer | None = None
-    if metrics_port is not None:
-        from etl.metrics import WorkerMetrics
+    # Under a supervisor serving metrics, this process's counters go to the supervisor's files.
+    if metrics_port is not None or (supervisor is not None and os.environ.get("PROMETHEUS_MULTIPROC_DIR")):
+        from etl import metrics as metrics_module
 
-        metrics = WorkerMetrics()
-        server = _serve_metrics(queue, metrics, metrics_host, metrics_port, options.heartbeat * 3)
-    instance = Worker(queue, options, configs=configs, metrics=metrics)
+        metrics = metrics_module.WorkerMetrics()
+        metrics.watch_store(queue.store.kv.counts)
+        if metrics_port is not None:
+            registry = metrics_module.registry(queue.store, metrics, worker_ttl=options.heartbeat * 3)
+            server = _serve_metrics(registry, metrics_host, metrics_port)
+    if supervisor is not None:
+        from etl.supervisor import SupervisedWorker
+
+        instance: Worker = SupervisedWorker(queue, options, configs=configs, metrics=metrics, supervisor=supervisor)
+    else:
+        instance = Worker(queue, options, configs=configs, metrics=metrics)
     try:
         instance.start()
         instance.wait()
@@ -149,16 +198,63 @@ def worker(
             server.shutdown()
 
 
-def _serve_metrics(queue: Queue, metrics: WorkerMetrics, host: str, port: int, worker_ttl: float) -> WSGIServer:
-    """Start ``prometheus_client``'s HTTP server (a daemon thread) over this process's counters
-    and the store's gauges; a port that can't be had is a usage error (exit 2)."""
+def _supervise(
+    processes: int,
+    concurrency: int,
+    configs: str | None,
+    metrics_port: int | None,
+    metrics_host: str,
+    log_format: str,
+    log_level: str,
+) -> int:
+    """``etl worker --processes``: check the queue, serve the metrics of every worker process,
+    run them under a :class:`~etl.supervisor.Supervisor`; its exit code."""
+    import shutil
+    import tempfile
+
+    from etl.supervisor import Supervisor, supervisor_id
+    from etl.worker import WorkerOptions
+
+    queue = _open()
+    queue.check()  # a queue out of reach is one line and exit 1, before any process starts
+    options = WorkerOptions.from_env(concurrency)
+    ident = supervisor_id()
+    env = dict(os.environ)
+    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+
+    def command(slot: int) -> list[str]:
+        args = ["worker", "-w", str(concurrency), "--log-format", log_format, "--log-level", log_level]
+        if configs and slot == 0:
+            args += ["--configs", configs]  # one scheduler per supervisor: the others would only wait
+        code = "from etl.cli import main; main(prog_name='etl')"
+        return [sys.executable, "-c", code, *args, "--supervised-by", ident]
+
+    if metrics_port is None:
+        return Supervisor(command, processes, env=env, grace=options.grace, id=ident).run()
+    from etl import metrics as metrics_module
+
+    # prometheus_client's multiprocess mode: each worker process writes its counters to files of
+    # this directory (the variable is read when prometheus_client is imported there).
+    env["PROMETHEUS_MULTIPROC_DIR"] = processes_dir = tempfile.mkdtemp(prefix="etl-metrics-")
+    try:
+        registry = metrics_module.registry(queue.store, worker_ttl=options.heartbeat * 3, processes_dir=processes_dir)
+        server = _serve_metrics(registry, metrics_host, metrics_port)
+        try:
+            return Supervisor(command, processes, env=env, grace=options.grace, id=ident).run()
+        finally:
+            server.shutdown()
+    finally:
+        shutil.rmtree(processes_dir, ignore_errors=True)
+
+
+def _serve_metrics(registry: CollectorRegistry, host: str, port: int) -> WSGIServer:
+    """Start ``prometheus_client``'s HTTP server (a daemon thread) over ``registry``; a port
+    that can't be had is a usage error (exit 2)."""
     from loguru import logger
     from prometheus_client import start_http_server
 
-    from etl import metrics as metrics_module
     from etl.errors import UsageError
 
-    registry = metrics_module.registry(queue.store, metrics, worker_ttl=worker_ttl)
     try:
         server, _thread = start_http_server(port, addr=host, registry=registry)
     except OSError as exc:
@@ -185,7 +281,8 @@ def _check_configs(directory: str) -> None:
 @click.command()
 @click.option("--json", "as_json", is_flag=True)
 def workers(as_json: bool) -> None:
-    """List live workers: host, pid, slots, chunks in hand, last heartbeat."""
+    """List live workers: host, pid, slots, chunks in hand, last heartbeat; the processes of a
+    supervisor (etl worker --processes) under it."""
     live = api.workers(_open())
     if as_json:
         _echo_json([w.to_json() for w in live])
@@ -194,9 +291,18 @@ def workers(as_json: bool) -> None:
         click.echo("no live workers")
         return
     now = time.time()
-    click.echo(f"{'worker':<32} {'slots':>5} {'seen':>6}  in hand")
-    for w in live:
-        click.echo(f"{w.id:<32} {w.concurrency:>5} {now - w.last_seen:>5.0f}s  {', '.join(w.current) or '-'}")
+    groups: dict[str, list[WorkerInfo]] = {}
+    for w in sorted(live, key=lambda w: (w.supervisor, w.host, w.pid)):
+        groups.setdefault(w.supervisor, []).append(w)
+    click.echo(f"{'worker':<34} {'slots':>5} {'seen':>6}  in hand")
+    for supervisor, members in groups.items():
+        indent = "  " if supervisor else ""
+        if supervisor:
+            slots = sum(w.concurrency for w in members)
+            click.echo(f"supervisor {supervisor}: {len(members)} process(es), {slots} slot(s)")
+        for w in members:
+            name = indent + w.id
+            click.echo(f"{name:<34} {w.concurrency:>5} {now - w.last_seen:>5.0f}s  {', '.join(w.current) or '-'}")
 
 
 @click.command()

@@ -17,9 +17,33 @@ from typing import Any, Protocol, TypeVar
 
 from etl.errors import TransientError, UsageError
 
-__all__ = ["KV", "RedisKV", "SqliteKV", "Tx"]
+__all__ = ["KV", "RedisKV", "SqliteKV", "Tx", "TxCounts"]
 
 T = TypeVar("T")
+
+
+class TxCounts:
+    """How many transactions a KV committed, and how many of their attempts it redid because of a
+    conflict: on Redis, a watched key changed between the reads and ``EXEC`` (another process's
+    transaction came first); on SQLite, the file stayed locked past its busy timeout. Shared by
+    the KV's threads; :meth:`listen` adds a function called with each transaction's conflicts
+    (a worker's Prometheus counters)."""
+
+    def __init__(self) -> None:
+        self.transactions = 0
+        self.conflicts = 0
+        self._lock = threading.Lock()
+        self._listeners: list[Callable[[int], None]] = []
+
+    def listen(self, fn: Callable[[int], None]) -> None:
+        self._listeners.append(fn)
+
+    def add(self, conflicts: int) -> None:
+        with self._lock:
+            self.transactions += 1
+            self.conflicts += conflicts
+        for fn in self._listeners:
+            fn(conflicts)
 
 
 class Tx(Protocol):
@@ -42,6 +66,9 @@ class Tx(Protocol):
 
 
 class KV(Protocol):
+    #: Transactions committed and conflicts redone, in this process.
+    counts: TxCounts
+
     def atomic(self, fn: Callable[[Tx], T], watch: Iterable[str]) -> T: ...
 
     def get(self, key: str) -> dict[str, Any] | None: ...
@@ -108,6 +135,7 @@ class RedisKV:
         from redis.retry import Retry
 
         self.display = display or _masked(url)
+        self.counts = TxCounts()
         # Checks fail fast (a wrong password, nothing listening); work retries with backoff.
         self.probe = redis.Redis.from_url(url, socket_connect_timeout=5, socket_timeout=10)
         self.client = redis.Redis.from_url(
@@ -144,6 +172,7 @@ class RedisKV:
         keys = list(watch)
 
         def attempt() -> T:
+            conflicts = 0
             while True:
                 with self.client.pipeline() as pipe:
                     try:
@@ -155,9 +184,10 @@ class RedisKV:
                         for write in tx.writes:
                             write(pipe)
                         pipe.execute()
+                        self.counts.add(conflicts)
                         return result
                     except redis.WatchError:
-                        continue  # someone changed a watched key: read again and redo
+                        conflicts += 1  # someone changed a watched key: read again and redo
 
         return self._call(attempt)
 
@@ -263,6 +293,7 @@ class SqliteKV:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         self.display = str(path)
+        self.counts = TxCounts()
         self._local = threading.local()
         con = self._con()
         con.execute("CREATE TABLE IF NOT EXISTS kv (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
@@ -284,6 +315,7 @@ class SqliteKV:
 
     def atomic(self, fn: Callable[[Tx], T], watch: Iterable[str]) -> T:
         con = self._con()
+        conflicts = 0
         for pause in (0.05, 0.1, 0.2, 0.5, 1.0, None):
             try:
                 con.execute("BEGIN IMMEDIATE")
@@ -291,6 +323,7 @@ class SqliteKV:
             except sqlite3.OperationalError as exc:  # locked beyond busy_timeout
                 if pause is None:
                     raise TransientError(f"the state file {self.path} is locked: {exc}") from None
+                conflicts += 1
                 time.sleep(pause)
         try:
             result = fn(_SqliteTx(con))
@@ -298,6 +331,7 @@ class SqliteKV:
             con.execute("ROLLBACK")
             raise
         con.execute("COMMIT")
+        self.counts.add(conflicts)
         return result
 
     def get(self, key: str) -> dict[str, Any] | None:

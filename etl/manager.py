@@ -14,6 +14,7 @@ import importlib.util
 import os
 import re
 import sys
+import threading
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +37,9 @@ _HOOKS: dict[Kind, str] = {
     "transform": "etl_register_transforms",
     "sink": "etl_register_sinks",
 }
+#: Held while a plugin file is imported: a module is in ``sys.modules`` before its code has run,
+#: and another thread (a worker's, loading the same run's job) must not take it half-made.
+_FILE_IMPORT = threading.RLock()
 
 
 class _PluginManager(pluggy.PluginManager):
@@ -123,17 +127,19 @@ def load_plugin(pm: pluggy.PluginManager, ref: str, *, base: Path | None = None,
         digest = hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:8]
         stem = re.sub(r"\W", "_", path.stem)
         name = f"etl_file_plugin_{stem}_{digest}"
-        module = sys.modules.get(name)
-        if module is None:
-            spec = importlib.util.spec_from_file_location(name, path)
-            assert spec and spec.loader
-            module = importlib.util.module_from_spec(spec)
-            sys.modules[name] = module
-            try:
-                spec.loader.exec_module(module)
-            except Exception as exc:
-                del sys.modules[name]
-                raise PluginError(f"plugin file {ref!r}{where} failed to load: {type(exc).__name__}: {exc}") from exc
+        with _FILE_IMPORT:
+            module = sys.modules.get(name)
+            if module is None:
+                spec = importlib.util.spec_from_file_location(name, path)
+                assert spec and spec.loader
+                module = importlib.util.module_from_spec(spec)
+                sys.modules[name] = module
+                try:
+                    spec.loader.exec_module(module)
+                except Exception as exc:
+                    del sys.modules[name]
+                    message = f"plugin file {ref!r}{where} failed to load: {type(exc).__name__}: {exc}"
+                    raise PluginError(message) from exc
     else:
         try:
             module = importlib.import_module(ref)

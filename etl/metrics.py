@@ -17,7 +17,9 @@ Totals therefore come from the workers' counters only. Labels are bounded: a job
 state; never a run id.
 
 Nothing here touches the default ``prometheus_client`` registry: :func:`registry` builds one per
-process (or per call).
+process (or per call). Under a supervisor (``etl worker --processes``), each worker process's
+counters live in files of prometheus_client's multiprocess mode (``PROMETHEUS_MULTIPROC_DIR``,
+set by the supervisor before the process starts), and the supervisor serves their sums.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from etl.errors import describe
 from etl.runs import RunState
 
 if TYPE_CHECKING:
+    from etl.kv import TxCounts
     from etl.runs import ChunkResult
     from etl.store import RunStore
 
@@ -138,6 +141,14 @@ class WorkerMetrics(Collector):
         self.runs_finished = counter(
             "etl_runs_finished", "Runs this worker finished (completed, or failed).", ("job", "state")
         )
+        self.store_transactions = counter(
+            "etl_store_transactions", "Run-store transactions this worker committed (see watch_store).", ()
+        )
+        self.store_conflicts = counter(
+            "etl_store_conflicts",
+            "Attempts of this worker's run-store transactions redone after a conflict (Redis: a watched key changed).",
+            (),
+        )
         self._metrics = (
             self.rows_read,
             self.rows_written,
@@ -146,7 +157,19 @@ class WorkerMetrics(Collector):
             self.retries,
             self.chunks_failed,
             self.runs_finished,
+            self.store_transactions,
+            self.store_conflicts,
         )
+
+    def watch_store(self, counts: TxCounts) -> None:
+        """Count the transactions of this process's run store, and their conflicts (each chunk
+        takes a few; conflicts grow with the workers changing one run at once)."""
+        counts.listen(self._transaction)
+
+    def _transaction(self, conflicts: int) -> None:
+        self.store_transactions.inc()
+        if conflicts:
+            self.store_conflicts.inc(conflicts)
 
     # -- what the executor reports ---------------------------------------------------------
 
@@ -185,14 +208,24 @@ class WorkerMetrics(Collector):
 
 
 def registry(
-    store: RunStore | None, worker_metrics: WorkerMetrics | None = None, *, worker_ttl: float = WORKER_TTL
+    store: RunStore | None,
+    worker_metrics: WorkerMetrics | None = None,
+    *,
+    worker_ttl: float = WORKER_TTL,
+    processes_dir: str | None = None,
 ) -> CollectorRegistry:
-    """A registry of the store's gauges (if ``store``) and a worker's counters (if given)."""
+    """A registry of the store's gauges (if ``store``) and a worker's counters (if given), or the
+    sums of the counters of every worker process that wrote to ``processes_dir`` (a supervisor's
+    directory in multiprocess mode: a process that died still counts, so sums never fall)."""
     found = CollectorRegistry(auto_describe=True)
     if store is not None:
         found.register(StoreCollector(store, worker_ttl))
     if worker_metrics is not None:
         found.register(worker_metrics)
+    if processes_dir is not None:
+        from prometheus_client.multiprocess import MultiProcessCollector
+
+        MultiProcessCollector(found, path=processes_dir)
     return found
 
 

@@ -213,3 +213,44 @@ def test_a_plugin_may_not_register_one_of_the_jobs_own_keys(write):
     write("bad.py", "import etl\n\n@etl.hookimpl\ndef etl_register_job_keys():\n    return {'schedule': str}\n")
     with pytest.raises(PluginError, match="registers the job key 'schedule', which is one of the job's own"):
         StageRegistry(get_plugin_manager(job_plugins=["bad.py"]))
+
+
+def test_threads_loading_one_plugin_file_at_once_all_get_its_stages(write):
+    """A worker's threads may load a run's job at the same moment: none may see the plugin
+    module half-imported (found in sys.modules, its hooks not defined yet)."""
+    import threading
+
+    path = write(
+        "slow_plugin.py",
+        """
+        import time
+
+        time.sleep(0.3)  # a plugin whose import takes a while (heavy imports)
+
+        from etl import Sink, hookimpl
+
+
+        class Nothing(Sink):
+            name = "nothing"
+
+            def write(self, chunk, batches):
+                return 0
+
+
+        @hookimpl
+        def etl_register_sinks():
+            return [Nothing]
+        """,
+    )
+    found: list[list[str]] = []
+
+    def load() -> None:
+        pm = get_plugin_manager(job_plugins=[str(path)])
+        found.append(sorted(StageRegistry(pm).names("sink")))
+
+    threads = [threading.Thread(target=load) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert len(found) == 4 and all("nothing" in names for names in found), found

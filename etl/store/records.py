@@ -199,6 +199,13 @@ class WorkerInfo:
     last_seen: float = 0.0
     current: list[str] = field(default_factory=list)
     version: str = ""
+    #: The id of the supervisor (``etl worker --processes``) that started this worker process and
+    #: restarts it; empty for a worker started on its own.
+    supervisor: str = ""
+
+    @classmethod
+    def from_doc(cls, doc: dict[str, Any]) -> WorkerInfo:
+        return cls(**{k: v for k, v in doc.items() if k in _names(cls)})
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)

@@ -1,6 +1,8 @@
 """Live workers: each registers itself with a heartbeat (``PREFIX:worker:ID``, indexed by last
-heartbeat); one not seen for a while is forgotten. ``PREFIX:key`` holds the id of the
-``ETL_SECRET_KEY`` the queue's processes share, once one has used a key."""
+heartbeat); one not seen for a while is forgotten. A worker process started by a supervisor
+(``etl worker --processes``) names it in its record; the supervisor itself is not registered.
+``PREFIX:key`` holds the id of the ``ETL_SECRET_KEY`` the queue's processes share, once one has
+used a key."""
 
 from __future__ import annotations
 
@@ -40,7 +42,7 @@ class Workers(StoreBase):
             self.kv.delete_many([self._worker_key(w) for w in stale], {self._z("workers"): stale})
         live = [m for m, _ in self.kv.zrange(self._z("workers"), now - ttl, FOREVER, 1000)]
         docs = self.kv.get_many([self._worker_key(w) for w in live])
-        return [WorkerInfo(**d) for d in docs if d]
+        return [WorkerInfo.from_doc(d) for d in docs if d]
 
     # -- the queue's key ---------------------------------------------------------------------
 

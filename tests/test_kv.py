@@ -1,0 +1,62 @@
+"""The KVs count their transactions and the attempts a conflict made them redo (the figures of
+`etl_store_transactions_total` and `etl_store_conflicts_total`, and of `make bench-scale`)."""
+
+from __future__ import annotations
+
+import json
+from uuid import uuid4
+
+import redis
+
+from etl.kv import RedisKV, SqliteKV
+from etl.metrics import WorkerMetrics, registry
+from tests.test_store import REDIS_URL
+
+
+def test_a_redis_transaction_counts_the_conflict_that_made_it_start_over():
+    kv, other = RedisKV(REDIS_URL), redis.Redis.from_url(REDIS_URL)
+    key = f"test-{uuid4().hex[:8]}:doc"
+    seen: list[int] = []
+    kv.counts.listen(seen.append)
+    reads: list[dict] = []
+
+    def increment(tx):
+        doc = tx.get(key) or {"n": 0}
+        reads.append(doc)
+        if len(reads) == 1:
+            other.set(key, json.dumps({"n": 10}))  # another process commits between read and EXEC
+        tx.put(key, {"n": doc["n"] + 1})
+
+    try:
+        kv.atomic(increment, [key])
+        assert kv.get(key) == {"n": 11}, "the transaction was redone over the other process's write"
+        assert (kv.counts.transactions, kv.counts.conflicts) == (1, 1)
+        kv.atomic(increment, [key])
+        assert (kv.counts.transactions, kv.counts.conflicts) == (2, 1)
+        assert seen == [1, 0]
+    finally:
+        other.delete(key)
+        other.close()
+        kv.close()
+
+
+def test_sqlite_transactions_are_counted_without_conflicts(tmp_path):
+    kv = SqliteKV(tmp_path / "state.db")
+    kv.atomic(lambda tx: tx.put("a", {"n": 1}), ["a"])
+    kv.atomic(lambda tx: tx.get("a"), ["a"])
+    assert (kv.counts.transactions, kv.counts.conflicts) == (2, 0)
+    kv.close()
+
+
+def test_a_workers_metrics_count_its_store_transactions(tmp_path):
+    from prometheus_client.exposition import generate_latest
+
+    kv, metrics = SqliteKV(tmp_path / "state.db"), WorkerMetrics()
+    metrics.watch_store(kv.counts)
+    for n in range(3):
+        kv.atomic(lambda tx, n=n: tx.put("a", {"n": n}), ["a"])
+    kv.counts.add(2)  # as a Redis transaction redone twice reports it
+    text = generate_latest(registry(None, metrics)).decode()
+    assert "etl_store_transactions_total 4.0" in text
+    assert "etl_store_conflicts_total 2.0" in text
+    kv.close()
