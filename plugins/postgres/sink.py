@@ -239,10 +239,10 @@ class PostgresSink(Sink):
             first = _with_positions(first, chunk.index, 0)
         columns = self._ensure(into, first)
         try:
-            done = self._run(f"SELECT rows FROM {self.ledger} WHERE run_id = %s AND chunk = %s AND target = %s", key)
-            if done:  # this chunk of this run is in already: write nothing twice
+            done = self._ledger_rows(key)
+            if done is not None:  # this chunk of this run is in already: write nothing twice
                 self._rollback()
-                return int(done[0][0])
+                return done
             written = self._copy(into, self._conformed(itertools.chain([first], batches), chunk, columns))
             # Commit only while this attempt is the newest: the row lock makes a newer attempt's
             # fence wait for this commit, and a newer fence already there refuses it.
@@ -251,14 +251,28 @@ class PostgresSink(Sink):
             )
             if not fence or fence[0][0] != chunk.attempt:
                 raise Interrupted("lost")
-            self._run(
-                f"INSERT INTO {self.ledger} (run_id, chunk, target, rows) VALUES (%s, %s, %s, %s)", [*key, written]
+            recorded = self._run(
+                f"INSERT INTO {self.ledger} (run_id, chunk, target, rows) VALUES (%s, %s, %s, %s) "
+                "ON CONFLICT DO NOTHING RETURNING rows",
+                [*key, written],
             )
+            if not recorded:
+                # Another attempt with this very token committed the chunk first (a Redis
+                # failover undid the claim that raised the token, and the chunk was claimed
+                # again): the ledger keeps it once.
+                done = self._ledger_rows(key)
+                self._rollback()
+                return done or 0
             self._commit()
             return written
         except BaseException:
             self._rollback()
             raise
+
+    def _ledger_rows(self, key: list[Any]) -> int | None:
+        """The rows the ledger says this chunk wrote; ``None`` when it is not in."""
+        done = self._run(f"SELECT rows FROM {self.ledger} WHERE run_id = %s AND chunk = %s AND target = %s", key)
+        return int(done[0][0]) if done else None
 
     def _copy(self, into: str, batches: Iterator[pa.RecordBatch]) -> int:
         """Stream the batches into one binary COPY; the number of rows copied."""
