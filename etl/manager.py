@@ -14,6 +14,7 @@ import importlib.util
 import os
 import re
 import sys
+import threading
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -110,6 +111,11 @@ def _check_entry_points() -> None:
             ) from exc
 
 
+#: Held while a plugin file is imported: the worker threads loading one job's plugins at once
+#: would otherwise find the module in ``sys.modules`` half run, and register it without its stages.
+_FILE_IMPORTS = threading.RLock()
+
+
 def load_plugin(pm: pluggy.PluginManager, ref: str, *, base: Path | None = None, origin: str = "") -> ModuleType:
     """Import a module by name, or a ``.py`` file by path, and register it (once)."""
     where = f" (from {origin})" if origin else ""
@@ -123,17 +129,20 @@ def load_plugin(pm: pluggy.PluginManager, ref: str, *, base: Path | None = None,
         digest = hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:8]
         stem = re.sub(r"\W", "_", path.stem)
         name = f"etl_file_plugin_{stem}_{digest}"
-        module = sys.modules.get(name)
-        if module is None:
-            spec = importlib.util.spec_from_file_location(name, path)
-            assert spec and spec.loader
-            module = importlib.util.module_from_spec(spec)
-            sys.modules[name] = module
-            try:
-                spec.loader.exec_module(module)
-            except Exception as exc:
-                del sys.modules[name]
-                raise PluginError(f"plugin file {ref!r}{where} failed to load: {type(exc).__name__}: {exc}") from exc
+        with _FILE_IMPORTS:  # another thread's import in progress is no module yet
+            module = sys.modules.get(name)
+            if module is None:
+                spec = importlib.util.spec_from_file_location(name, path)
+                assert spec and spec.loader
+                module = importlib.util.module_from_spec(spec)
+                sys.modules[name] = module
+                try:
+                    spec.loader.exec_module(module)
+                except Exception as exc:
+                    del sys.modules[name]
+                    raise PluginError(
+                        f"plugin file {ref!r}{where} failed to load: {type(exc).__name__}: {exc}"
+                    ) from exc
     else:
         try:
             module = importlib.import_module(ref)
