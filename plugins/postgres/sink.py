@@ -126,6 +126,12 @@ class PostgresSink(Sink):
         """Serialize DDL on this target between the processes loading it (held to commit)."""
         self._run("SELECT pg_advisory_xact_lock(hashtext(%s))", [f"etl:{self.options.table}"])
 
+    def _create_schema(self, name: str) -> None:
+        """``CREATE SCHEMA IF NOT EXISTS``, one process at a time: two at once collide (a
+        unique violation), as sinks of two targets in one new schema do."""
+        self._run("SELECT pg_advisory_xact_lock(hashtext(%s))", [f"etl-schema:{name}"])
+        self._run(f"CREATE SCHEMA IF NOT EXISTS {quote(name)}")
+
     def _setup(self) -> None:
         """The state schema and its tables, made only when missing: once they exist (made by
         the sink once, or by an administrator), a user without CREATE privileges can load."""
@@ -148,7 +154,7 @@ class PostgresSink(Sink):
             }
             if present != set(tables):
                 self._lock()
-                self._run(f"CREATE SCHEMA IF NOT EXISTS {quote(state)}")
+                self._create_schema(state)
                 for name, columns in tables.items():
                     if name not in present:
                         self._run(f"CREATE TABLE IF NOT EXISTS {quote(state)}.{quote(name)} ({columns})")
@@ -216,7 +222,7 @@ class PostgresSink(Sink):
                     "_etl_chunk integer, _etl_row bigint)"
                 )
             return
-        self._run(f"CREATE SCHEMA IF NOT EXISTS {quote(self.schema)}")
+        self._create_schema(self.schema)
         columns = [f"{quote(f.name)} {pg_type(f)}" for f in sample.schema]
         if self.options.mode == "merge" and into == self.target:
             columns.append(f"PRIMARY KEY ({', '.join(quote(k) for k in self.options.key or [])})")

@@ -278,3 +278,37 @@ def test_values_a_column_type_would_change_are_rejected(schema):
         write({"table": table}, pa.record_batch({"d": pa.array([dt.datetime(2026, 1, 1, 5)], pa.timestamp("us"))}))
     write({"table": table}, pa.record_batch({"r": pa.array([0.5]), "d": pa.array([dt.datetime(2026, 1, 2)])}))
     assert sql(f"SELECT r, d FROM {table}") == [(0.5, dt.date(2026, 1, 2))]
+
+
+def test_sinks_making_one_new_schema_at_once_do_not_collide():
+    """Found by the soak: the first runs into a fresh database, started together, each created
+    the state schema (and their targets' schema) at once, and all but one failed with a
+    unique violation."""
+    schema, state = f"etl_race_{uuid.uuid4().hex[:6]}", f"etl_race_state_{uuid.uuid4().hex[:6]}"
+    batch = pa.record_batch({"id": pa.array(range(10), pa.int64())})
+    barrier, errors = threading.Barrier(8), []
+
+    def load(n: int) -> None:
+        options = {"type": "postgres", "dsn": DSN, "table": f"{schema}.t{n}", "state_schema": state}
+        sink = make_stage("sink", options, run_id=f"r{n}")
+        try:
+            barrier.wait()
+            sink.prepare()
+            sink.write(Chunk(0), iter([batch]))
+            sink.finalize()
+        except Exception as exc:  # noqa: BLE001 - collected for the assertion
+            errors.append(exc)
+        finally:
+            sink.close()
+
+    threads = [threading.Thread(target=load, args=(n,)) for n in range(8)]
+    try:
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60)
+        assert errors == []
+        assert [sql(f"SELECT count(*) FROM {schema}.t{n}")[0][0] for n in range(8)] == [10] * 8
+    finally:
+        sql(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+        sql(f"DROP SCHEMA IF EXISTS {state} CASCADE")
