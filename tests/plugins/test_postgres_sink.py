@@ -312,3 +312,22 @@ def test_sinks_making_one_new_schema_at_once_do_not_collide():
     finally:
         sql(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
         sql(f"DROP SCHEMA IF EXISTS {state} CASCADE")
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        'connection failed: connection to server at "127.0.0.1", port 5432 failed: FATAL: the database system '
+        "is starting up",
+        "connection failed: FATAL: the database system is shutting down",
+        "connection failed: FATAL: sorry, too many clients already",
+    ],
+)
+def test_a_server_restarting_or_full_is_a_transient_error(text):
+    """Found by the soak: a chunk that connected while PostgreSQL was starting up again failed
+    for good. The driver gives no SQLSTATE for a refused connection: the message says it."""
+    from etl_plugins.postgres._common import classify
+
+    from etl import TransientError
+
+    assert isinstance(classify(psycopg.OperationalError(text), "connecting to PostgreSQL"), TransientError)
