@@ -44,11 +44,11 @@ def _retry_class() -> type:
         which one thread uses at a time, and nests calls (a command's retry reconnects, and
         connecting retries too): the outermost call's deadline holds for the nested ones."""
 
-        def __init__(self, display: str, seconds: float) -> None:
+        def __init__(self, display: str, seconds: float, only_failovers: bool = False) -> None:
             super().__init__(
                 ExponentialBackoff(cap=2.0, base=0.1), 1_000_000, (ConnectionError, TimeoutError, socket.timeout)
             )
-            self.display, self.seconds = display, seconds
+            self.display, self.seconds, self.only_failovers = display, seconds, only_failovers
             self.deadline: float | None = None
 
         def call_with_retry(
@@ -69,6 +69,8 @@ def _retry_class() -> type:
                     except self._supported_errors as error:
                         if is_retryable and not is_retryable(error):
                             raise
+                        if self.only_failovers and getattr(error, "sentinels_answered", None) is False:
+                            raise  # no sentinel answered, or none knows the service: a wrong address
                         failures += 1
                         if with_failure_count:
                             fail(error, failures)
@@ -95,12 +97,13 @@ def _retry_class() -> type:
 _LOGGED_RETRY: type | None = None
 
 
-def logged_retry(display: str, seconds: float) -> Any:
-    """A redis-py ``Retry`` that retries for ``seconds`` (0: never), logging each retry."""
+def logged_retry(display: str, seconds: float, only_failovers: bool = False) -> Any:
+    """A redis-py ``Retry`` that retries for ``seconds`` (0: never), logging each retry;
+    ``only_failovers``: not when the sentinels can't be reached or don't know the service."""
     global _LOGGED_RETRY
     if _LOGGED_RETRY is None:
         _LOGGED_RETRY = _retry_class()
-    return _LOGGED_RETRY(display, seconds)
+    return _LOGGED_RETRY(display, seconds, only_failovers)
 
 
 def _sentinel_class() -> type:
@@ -123,7 +126,9 @@ def _sentinel_class() -> type:
                     self.sentinels[0], self.sentinels[number] = sentinel, self.sentinels[0]  # ask it first next time
                     return state["ip"], state["port"]
                 answers.append(f"{where}: {'no such service' if not state else 'its primary is down'}")
-            raise MasterNotFoundError(f"no sentinel names a primary for {service_name!r} ({'; '.join(answers)})")
+            error = MasterNotFoundError(f"no sentinel names a primary for {service_name!r} ({'; '.join(answers)})")
+            error.sentinels_answered = any(a.endswith("its primary is down") for a in answers)  # a failover
+            raise error
 
     return Sentinels
 
@@ -138,8 +143,10 @@ class Connector:
         self._sentinel: Any = None
 
     def client(self, *, retry: bool = True, blocking: float = 0.0) -> redis.Redis:
-        """A client of the primary. ``retry=False`` fails at the first error (a check at start);
-        ``blocking`` is the longest a blocking command of this client waits on the server."""
+        """A client of the primary; ``blocking`` is the longest a blocking command of this
+        client waits on the server. ``retry=False`` (a check at start) fails at the first error
+        (nothing listening, a wrong address), but through Sentinel it rides out a failover in
+        progress: sentinels that answer, naming a primary that is down or not yet reachable."""
         import redis
 
         return redis.Redis(connection_pool=self.pool(retry=retry, blocking=blocking))
@@ -152,7 +159,11 @@ class Connector:
         kwargs: dict[str, Any] = {
             "socket_connect_timeout": options.connect,
             "socket_timeout": options.timeout + blocking,
-            "retry": logged_retry(self.display, options.retry if retry else 0.0),
+            "retry": logged_retry(
+                self.display,
+                options.retry if retry or self.settings.sentinel else 0.0,
+                only_failovers=not retry,
+            ),
             "retry_on_error": [redis.ConnectionError, redis.TimeoutError],
             "health_check_interval": 15,
         }

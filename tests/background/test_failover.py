@@ -106,6 +106,8 @@ def test_a_run_completes_exactly_and_each_slot_fires_once_across_a_failover(
 
     old = ha.kill_primary()
     fired_before = len(_fired("tick"))
+    listed = cli("runs", "--limit", "1")  # a command started mid-failover waits it out
+    assert listed.returncode == 0, listed.stderr
     ha.wait_failover(old)
 
     run = wait_finished(run_id, timeout=120)

@@ -118,6 +118,15 @@ def test_the_check_at_start_does_not_retry(log_lines):
         kv.close()
 
 
+def test_the_check_at_start_does_not_retry_sentinels_that_do_not_answer(log_lines):
+    url = f"redis+sentinel://127.0.0.1:{refused_port()},127.0.0.1:{refused_port()}/etlha/0"
+    kv = RedisKV(_settings(url, ETL_REDIS_RETRY_SECONDS="30"))
+    message, took = _gives_up(kv.ping)
+    assert took < 5 and "no sentinel names a primary for 'etlha'" in message
+    assert not _retries(log_lines, "/etlha/0")  # a wrong address: no failover to wait out
+    kv.close()
+
+
 def test_sending_a_message_to_a_redis_that_never_answers_is_bounded(monkeypatch, tmp_path):
     from etl.queue import Queue
 
