@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 READY := $(VENV)/.ready
 
-.PHONY: demo test lint schema bench bench-background bench-postgres bench-bigquery bench-dashboard bench-lifecycle clean
+.PHONY: demo test lint schema bench bench-background bench-postgres bench-bigquery bench-dashboard bench-lifecycle soak clean
 
 $(READY): pyproject.toml constraints.txt
 	@$(PYTHON) -c 'import sys; sys.exit("Python 3.11 or newer is needed; set PYTHON=python3.11" if sys.version_info < (3, 11) else 0)'
@@ -55,6 +55,14 @@ bench-dashboard: $(READY)
 # What recording a run costs per chunk, on the embedded store and on Redis (prints figures).
 bench-lifecycle: $(READY)
 	$(BIN)/python benchmarks/lifecycle.py
+
+# A soak: background runs into PostgreSQL in process, on the embedded queue and on Redis workers,
+# while workers are killed and stopped, Redis restarts and fails over (Sentinel), PostgreSQL
+# restarts; prints runs, faults, rows lost and duplicated, kill-to-rerun times. Starts its own
+# Redis/Sentinel set and PostgreSQL cluster. `make soak DURATION=2m` for a short one.
+DURATION ?= 10m
+soak: $(READY)
+	$(BIN)/python benchmarks/soak.py --duration $(DURATION)
 
 clean:
 	rm -rf $(VENV) out .etl .pytest_cache .hypothesis *.egg-info
