@@ -143,18 +143,18 @@ class RedisKV:
                 f"Redis at {self.display}: the user may not run this command or touch this key ({exc}); "
                 "see the ACL permissions in docs/operations.md"
             ) from None
-        except redis.exceptions.ReadOnlyError as exc:
+        except redis.exceptions.ReadOnlyError:
             raise TransientError(
-                f"Redis at {self.display} is a read-only replica ({exc}): after a failover, point ETL_QUEUE_URL at "
-                "the new primary, or let Sentinel name it (redis+sentinel://…)"
+                f"Redis at {self.display} is a read-only replica (READONLY): after a failover, point ETL_QUEUE_URL "
+                "at the new primary, or let Sentinel name it (redis+sentinel://…)"
             ) from None
         except redis.ResponseError as exc:
             if "NOAUTH" in str(exc) or "WRONGPASS" in str(exc) or "NOPERM" in str(exc):
                 raise UsageError(f"Redis at {self.display}: {exc}") from None
-            if str(exc).startswith("NOREPLICAS"):
+            if "NOREPLICAS" in str(exc):
                 raise TransientError(
                     f"Redis at {self.display} refuses writes: fewer replicas in sync than its min-replicas-to-write "
-                    f"({exc}); check its replicas (INFO replication)"
+                    "(NOREPLICAS); check its replicas (INFO replication)"
                 ) from None
             raise
         except (redis.ConnectionError, redis.TimeoutError) as exc:

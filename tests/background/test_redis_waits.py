@@ -221,3 +221,61 @@ def test_redis_timings_come_from_the_environment():
     assert (kwargs["socket_connect_timeout"], kwargs["socket_timeout"]) == (2.5, 7)
     assert kv.probe.connection_pool.connection_kwargs["retry"].seconds == 0
     kv.close()
+
+
+@pytest.fixture
+def lone_redis(tmp_path):
+    """Start ``redis-server`` processes of this test's own: ``start(*args)`` gives a port."""
+    import shutil
+
+    from tests.sentinel import _wait, free_port
+
+    procs = []
+
+    def start(*args: str) -> int:
+        import redis
+
+        port = free_port()
+        argv = [shutil.which("redis-server") or "redis-server", "--port", str(port), "--save", "", *args]
+        procs.append(subprocess.Popen(argv, cwd=tmp_path, stdout=subprocess.DEVNULL))
+        _wait(lambda: redis.Redis(port=port).ping(), 10, f"redis-server on port {port}")
+        return port
+
+    yield start
+    for proc in procs:
+        proc.terminate()
+        proc.wait(10)
+
+
+def test_a_change_no_replica_confirms_is_said_once_and_then_not_waited_for(lone_redis, log_lines):
+    port = lone_redis()
+    kv = RedisKV(_settings(f"redis://127.0.0.1:{port}/0", ETL_REDIS_WAIT_REPLICAS="1", ETL_REDIS_WAIT_SECONDS="0.3"))
+    started = time.monotonic()
+    kv.atomic(lambda tx: tx.put("k", {"n": 1}), ["k"])
+    assert time.monotonic() - started >= 0.3  # it waited for a replica
+    warnings = [line for line in log_lines if "not confirmed by 1 replica(s) within 0.3s (0 of 1)" in line]
+    assert len(warnings) == 1 and "going on without waiting for replicas for 30s" in warnings[0]
+    started = time.monotonic()
+    for n in range(5):
+        kv.atomic(lambda tx, n=n: tx.put("k", {"n": n}), ["k"])
+    assert time.monotonic() - started < 0.3 * 5  # no more waiting, and no more lines
+    assert len([line for line in log_lines if "not confirmed" in line]) == 1
+    assert kv.get("k") == {"n": 4}  # the changes were made all the same
+    kv.close()
+
+
+def test_a_primary_refusing_writes_without_replicas_is_a_transient_error(lone_redis):
+    port = lone_redis("--min-replicas-to-write", "1")
+    kv = RedisKV(_settings(f"redis://127.0.0.1:{port}/0"))
+    with pytest.raises(TransientError, match="refuses writes: fewer replicas in sync than its min-replicas-to-write"):
+        kv.atomic(lambda tx: tx.put("k", {"n": 1}), ["k"])
+    kv.close()
+
+
+def test_a_url_pointing_at_a_replica_is_a_transient_error_that_says_so(lone_redis):
+    primary = lone_redis()
+    replica = lone_redis("--replicaof", "127.0.0.1", str(primary))
+    kv = RedisKV(_settings(f"redis://127.0.0.1:{replica}/0"))
+    with pytest.raises(TransientError, match="is a read-only replica .*point ETL_QUEUE_URL at the new primary"):
+        kv.atomic(lambda tx: tx.put("k", {"n": 1}), ["k"])
+    kv.close()
