@@ -92,7 +92,7 @@ _LOST = re.compile(
     r"failed to connect|could not connect|connection refused|server closed the connection|no connection to the "
     r"server|could not (?:receive|send) data|timeout expired|ssl syscall|could not translate host name|"
     r"connection (?:timed out|reset)|no route to host|the database system is (?:starting up|shutting down|in "
-    r"recovery mode|not yet accepting connections)|too many clients already",
+    r"recovery mode|not yet accepting connections)|too many clients already|the connection is (?:closed|lost)",
     re.I,
 )
 _REFUSED = re.compile(r"does not exist|authentication failed|pg_hba\.conf|permission denied|password", re.I)

@@ -90,6 +90,8 @@ class PostgresSink(Sink):
 
     @property
     def con(self) -> Any:
+        if self._con is not None and self._con.closed:  # the server ended it (a restart): a new one
+            self.close()
         if self._con is None:
             self._con = pg_connect(self.options.dsn)
             self._setup()
@@ -105,12 +107,12 @@ class PostgresSink(Sink):
     def _run(self, sql: str, params: tuple | list | None = None) -> list[tuple]:
         import psycopg
 
-        with self._con.cursor() as cur:
-            try:
+        try:
+            with self._con.cursor() as cur:
                 cur.execute(sql, params)
-            except psycopg.Error as exc:
-                raise classify(exc, f"{self.context.label}: {sql.split()[0]} on {self.options.table}") from None
-            return cur.fetchall() if cur.description is not None else []
+                return cur.fetchall() if cur.description is not None else []
+        except psycopg.Error as exc:
+            raise classify(exc, f"{self.context.label}: {sql.split()[0]} on {self.options.table}") from None
 
     def _commit(self) -> None:
         self._con.commit()

@@ -331,3 +331,24 @@ def test_a_server_restarting_or_full_is_a_transient_error(text):
     from etl import TransientError
 
     assert isinstance(classify(psycopg.OperationalError(text), "connecting to PostgreSQL"), TransientError)
+
+
+def test_a_connection_the_server_ended_between_chunks_is_replaced(schema):
+    """Found by the soak: after a PostgreSQL restart, the sink kept its dead connection, and every
+    later chunk failed for good with "the connection is closed"."""
+    from etl import TransientError
+
+    batch = pa.record_batch({"id": pa.array(range(10), pa.int64())})
+    sink = make_stage("sink", {"type": "postgres", "dsn": DSN, "table": f"{schema}.t"}, run_id="run-restart")
+    try:
+        sink.prepare()
+        assert sink.write(Chunk(0), iter([batch])) == 10
+        sql("SELECT pg_terminate_backend(%s)", [sink.con.info.backend_pid])
+        # The statement that finds it out is one no rollback follows (reading the target's
+        # columns, as a chunk's write does first when they are not known yet).
+        with pytest.raises(TransientError):
+            sink._columns_of("t", refresh=True)
+        assert sink.write(Chunk(1), iter([batch])) == 10  # the next write, on a new connection
+        assert sql(f"SELECT count(*), count(DISTINCT id) FROM {schema}.t") == [(20, 10)]
+    finally:
+        sink.close()
