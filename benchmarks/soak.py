@@ -105,10 +105,18 @@ class Postgres:
             self._pg("pg_ctl", "-D", str(self.data), "-m", "fast", "-w", "stop")
 
     def counts(self, table: str) -> tuple[int, int]:
+        """``count(*)`` and ``count(DISTINCT id)`` of ``table`` (riding out a restart)."""
         import psycopg
 
-        with psycopg.connect(self.dsn, connect_timeout=10) as con:
-            return con.execute(f"SELECT count(*), count(DISTINCT id) FROM {table}").fetchone()
+        for wait in (1, 2, 4, 8, 16, 32, None):
+            try:
+                with psycopg.connect(self.dsn, connect_timeout=10) as con:
+                    return con.execute(f"SELECT count(*), count(DISTINCT id) FROM {table}").fetchone()
+            except psycopg.OperationalError:
+                if wait is None:
+                    raise
+                time.sleep(wait)
+        raise AssertionError("unreachable")
 
 
 class Soak:
@@ -128,6 +136,7 @@ class Soak:
         self.faults: Counter[str] = Counter()
         self.recoveries: dict[str, list[float]] = {"SIGKILL": [], "SIGSTOP": []}
         self.serial = 0
+        self.own_errors: list[str] = []
         self.logs = work / "logs"
         self.logs.mkdir()
 
@@ -176,31 +185,42 @@ class Soak:
         return name, path
 
     def loop(self, mode: str) -> None:
+        while not self.stop.is_set():
+            try:
+                self.one_run(mode)
+            except Exception as exc:  # noqa: BLE001 - the soak's own trouble: say it, go on
+                self.say(f"{mode} loop: {type(exc).__name__}: {exc}")
+                with self.lock:
+                    self.own_errors.append(f"{mode}: {type(exc).__name__}: {exc}")
+
+    def one_run(self, mode: str) -> None:
+        """Submit a run, follow it to its end (``etl retry`` a failed one, twice at most), and
+        count its rows in PostgreSQL."""
         pool = "embedded" if mode == "embedded" else "workers"
         env = self.embedded_env if mode == "embedded" else self.redis_env
-        while not self.stop.is_set():
-            name, path = self.job(mode)
-            args = {"sync": ["--sync"], "embedded": [], "workers": ["--background"]}[mode]
-            self._etl(["run", str(path), *args], env, f"{mode}-runs.log")
+        name, path = self.job(mode)
+        args = {"sync": ["--sync"], "embedded": [], "workers": ["--background"]}[mode]
+        self._etl(["run", str(path), *args], env, f"{mode}-runs.log")
+        run = self.finished(pool, name)
+        retries, first_error = 0, run.error if run is not None and run.state == "failed" else None
+        while run is not None and run.state == "failed" and retries < 2:
+            retries += 1
+            self._etl(["retry", run.id], env, f"{mode}-runs.log")
             run = self.finished(pool, name)
-            retries = 0
-            while run is not None and run.state == "failed" and retries < 2:
-                retries += 1
-                self._etl(["retry", run.id], env, f"{mode}-runs.log")
-                run = self.finished(pool, name)
-            count, distinct = self.pg.counts(f"soak.{name}") if run is not None else (0, 0)
-            record = {
-                "mode": mode,
-                "name": name,
-                "state": run.state if run else "lost",
-                "retried": retries,
-                "lost": ROWS - distinct,
-                "duplicated": count - distinct,
-                "error": run.error if run else "no such run",
-            }
-            with self.lock:
-                self.runs.append(record)
-            self.say(f"run {name}: {record['state']}, {count:,} rows, {record['duplicated']} duplicated")
+        count, distinct = self.pg.counts(f"soak.{name}") if run is not None else (0, 0)
+        record = {
+            "mode": mode,
+            "name": name,
+            "state": run.state if run else "lost",
+            "retried": retries,
+            "lost": ROWS - distinct,
+            "duplicated": count - distinct,
+            "error": run.error if run else "no such run",
+            "first_error": first_error,
+        }
+        with self.lock:
+            self.runs.append(record)
+        self.say(f"run {name}: {record['state']}, {count:,} rows, {record['duplicated']} duplicated")
 
     def finished(self, pool: str, name: str, timeout: float = 600):
         """The run of job ``name``, once finished; ``None`` if it is not in the store (a minute
@@ -356,6 +376,10 @@ class Soak:
         for r in runs:
             if r["state"] != "completed" or r["lost"] or r["duplicated"]:
                 print(f"  ! {r['name']}: {r['state']}, {r['lost']} lost, {r['duplicated']} duplicated: {r['error']}")
+            elif r["first_error"]:
+                print(f"  ~ {r['name']} failed, then completed after etl retry: {r['first_error']}")
+        for error in self.own_errors:
+            print(f"  ? the soak's own error: {error}")
 
 
 def main() -> None:
