@@ -130,7 +130,7 @@ class RedisKV:
         self.probe = self.connector.client(retry=False)
         self.client = self.connector.client()
 
-    def _call(self, fn: Callable[[], T]) -> T:
+    def _call(self, fn: Callable[[], T], check: bool = False) -> T:
         import redis
 
         started = time.monotonic()
@@ -158,7 +158,7 @@ class RedisKV:
                 ) from None
             raise
         except (redis.ConnectionError, redis.TimeoutError) as exc:
-            raise TransientError(self.connector.unreachable(exc, time.monotonic() - started)) from None
+            raise TransientError(self.connector.unreachable(exc, time.monotonic() - started, check)) from None
 
     def atomic(self, fn: Callable[[Tx], T], watch: Iterable[str]) -> T:
         import redis
@@ -243,7 +243,7 @@ class RedisKV:
         self._call(run)
 
     def ping(self) -> None:
-        self._call(self.probe.ping)
+        self._call(self.probe.ping, check=True)
 
     def close(self) -> None:
         self.client.close()

@@ -207,13 +207,15 @@ class Connector:
             )
         return self._sentinel
 
-    def unreachable(self, error: BaseException, seconds: float) -> str:
-        """The line that says a call gave up: what was tried, for how long, and what to check."""
+    def unreachable(self, error: BaseException, seconds: float, check: bool = False) -> str:
+        """The line that says a call gave up (``check``: the check at start, which does not
+        retry): what was tried, for how long, and what to check."""
         options, target = self.options, self.settings.sentinel
-        tried = (
-            f"tried for {seconds:.1f}s: connect timeout {options.connect:g}s, reply timeout {options.timeout:g}s, "
-            f"retries for {options.retry:g}s (ETL_REDIS_*)"
-        )
+        timeouts = f"connect timeout {options.connect:g}s, reply timeout {options.timeout:g}s"
+        if check:
+            tried = f"checked at start, for {seconds:.1f}s: {timeouts}; ETL_REDIS_*"
+        else:
+            tried = f"tried for {seconds:.1f}s: {timeouts}, retries for up to {options.retry:g}s; ETL_REDIS_*"
         if target is None:
             check = f"check that Redis is up at that address and reachable from here ({self.settings.origin})"
         else:

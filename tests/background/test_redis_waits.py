@@ -83,7 +83,7 @@ def test_a_store_call_to_a_failing_redis_is_given_up_on_in_bounded_time(fault, l
         assert took < BOUND
         endpoint = f"redis://etl:***@127.0.0.1:{faulty.port}/0"
         assert message.startswith(f"cannot reach Redis at {endpoint}: "), message
-        assert "tried for" in message and "connect timeout 1s, reply timeout 1s" in message
+        assert "(tried for " in message and "s: connect timeout 1s, reply timeout 1s, retries for up to 2s" in message
         assert "check that Redis is up at that address and reachable from here (ETL_QUEUE_URL)" in message
         attempts = _retries(log_lines, endpoint)
         assert attempts and attempts == list(range(1, len(attempts) + 1)), log_lines
@@ -113,7 +113,7 @@ def test_the_check_at_start_does_not_retry(log_lines):
         message, took = _gives_up(kv.ping)
         assert took < 5  # one attempt: connect, then a reply that never comes (1 s)
         assert silent.accepted == 1
-        assert "cannot reach Redis" in message
+        assert "cannot reach Redis" in message and "(checked at start, for 1." in message
         assert not _retries(log_lines, str(silent.port))
         kv.close()
 
