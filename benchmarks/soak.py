@@ -124,7 +124,12 @@ class Soak:
         self.work, self.duration = work, duration
         self.pg = Postgres(work / "pg")
         self.ha = RedisHA(work / "redis", replicas=2, down_after_ms=3000, appendonly=True)
-        self.ha.start()
+        try:
+            self.ha.start()
+        except BaseException:
+            self.ha.stop()
+            self.pg.stop()
+            raise
         self.redis_env = {**os.environ, **TIMINGS, "ETL_QUEUE_URL": self.ha.url(db=0), "ETL_QUEUE_NAME": "soak"}
         self.redis_env["ETL_HOME"] = str(work / "home-redis")
         self.embedded_env = {k: v for k, v in self.redis_env.items() if k != "ETL_QUEUE_URL"}

@@ -78,7 +78,11 @@ class RedisHA:
     # -- starting and stopping ----------------------------------------------------------------
 
     def __enter__(self) -> RedisHA:
-        self.start()
+        try:
+            self.start()
+        except BaseException:
+            self.stop()  # what did start: no server left behind
+            raise
         return self
 
     def __exit__(self, *exc: object) -> None:
