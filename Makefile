@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 READY := $(VENV)/.ready
 
-.PHONY: demo test test-casting-long fuzz fuzz-api lint schema bench bench-background bench-postgres bench-bigquery bench-dashboard bench-lifecycle bench-scale clean
+.PHONY: demo test test-casting-long fuzz fuzz-api lint schema bench bench-background bench-postgres bench-bigquery bench-dashboard bench-lifecycle bench-scale soak clean
 
 $(READY): pyproject.toml constraints.txt
 	@$(PYTHON) -c 'import sys; sys.exit("Python 3.11 or newer is needed; set PYTHON=python3.11" if sys.version_info < (3, 11) else 0)'
@@ -80,6 +80,14 @@ bench-lifecycle: $(READY)
 # transactions and conflicts per chunk at 1, 2, 4, 8, 14 workers (needs Redis; prints figures).
 bench-scale: $(READY)
 	$(BIN)/python benchmarks/scale.py $(if $(MAX),--max $(MAX))
+
+# A soak: background runs into PostgreSQL in process, on the embedded queue and on Redis workers,
+# while workers are killed and stopped, Redis restarts and fails over (Sentinel), PostgreSQL
+# restarts; prints runs, faults, rows lost and duplicated, kill-to-rerun times. Starts its own
+# Redis/Sentinel set and PostgreSQL cluster. `make soak DURATION=2m` for a short one.
+DURATION ?= 10m
+soak: $(READY)
+	$(BIN)/python benchmarks/soak.py --duration $(DURATION)
 
 clean:
 	rm -rf $(VENV) out .etl .pytest_cache .hypothesis *.egg-info

@@ -15,7 +15,10 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
-from etl.errors import TransientError, UsageError
+from loguru import logger
+
+from etl.errors import TransientError, UsageError, describe
+from etl.settings import QueueSettings, queue_settings
 
 __all__ = ["KV", "RedisKV", "SqliteKV", "Tx", "TxCounts"]
 
@@ -127,29 +130,38 @@ class _RedisTx:
 
 
 class RedisKV:
-    """Documents as JSON strings, sorted sets as Redis sorted sets."""
+    """Documents as JSON strings, sorted sets as Redis sorted sets.
 
-    def __init__(self, url: str, display: str = "") -> None:
-        import redis
-        from redis.backoff import ExponentialBackoff
-        from redis.retry import Retry
+    Built from queue settings (or a bare URL, with the ``ETL_REDIS_*`` defaults): a plain Redis
+    or the primary of a Sentinel set, each call bounded and retried as :mod:`etl.redisconn`
+    says. With ``wait_replicas`` (``ETL_REDIS_WAIT_REPLICAS``; 1 by default with Sentinel),
+    each transaction that wrote waits until that many replicas have it (``WAIT``, on the
+    transaction's own connection), so that a failover does not undo a change a worker has
+    acted on. When they don't confirm within ``ETL_REDIS_WAIT_SECONDS`` (a replica down or
+    lagging), it says so once and goes on without waiting for a while: availability first,
+    as Redis itself does.
+    """
 
-        self.display = display or _masked(url)
+    #: How long transactions go on without waiting once replicas failed to confirm one.
+    UNCONFIRMED_PAUSE = 30.0
+
+    def __init__(self, target: str | QueueSettings, display: str = "") -> None:
+        from etl.redisconn import Connector
+
+        settings = target if isinstance(target, QueueSettings) else url_settings(target)
+        self.connector = Connector(settings)
+        self.display = display or settings.display
+        self.options = settings.redis
         self.counts = TxCounts()
+        self._waiting_again_at = 0.0  # monotonic time until which transactions don't wait
         # Checks fail fast (a wrong password, nothing listening); work retries with backoff.
-        self.probe = redis.Redis.from_url(url, socket_connect_timeout=5, socket_timeout=10)
-        self.client = redis.Redis.from_url(
-            url,
-            socket_connect_timeout=5,
-            socket_timeout=30,
-            health_check_interval=15,
-            retry=Retry(ExponentialBackoff(cap=5, base=0.1), retries=6),
-            retry_on_error=[redis.ConnectionError, redis.TimeoutError],
-        )
+        self.probe = self.connector.client(retry=False)
+        self.client = self.connector.client()
 
-    def _call(self, fn: Callable[[], T]) -> T:
+    def _call(self, fn: Callable[[], T], check: bool = False) -> T:
         import redis
 
+        started = time.monotonic()
         try:
             return fn()
         except redis.AuthenticationError as exc:
@@ -159,12 +171,22 @@ class RedisKV:
                 f"Redis at {self.display}: the user may not run this command or touch this key ({exc}); "
                 "see the ACL permissions in docs/operations.md"
             ) from None
+        except redis.exceptions.ReadOnlyError:
+            raise TransientError(
+                f"Redis at {self.display} is a read-only replica (READONLY): after a failover, point ETL_QUEUE_URL "
+                "at the new primary, or let Sentinel name it (redis+sentinel://…)"
+            ) from None
         except redis.ResponseError as exc:
             if "NOAUTH" in str(exc) or "WRONGPASS" in str(exc) or "NOPERM" in str(exc):
                 raise UsageError(f"Redis at {self.display}: {exc}") from None
+            if "NOREPLICAS" in str(exc):
+                raise TransientError(
+                    f"Redis at {self.display} refuses writes: fewer replicas in sync than its min-replicas-to-write "
+                    "(NOREPLICAS); check its replicas (INFO replication)"
+                ) from None
             raise
         except (redis.ConnectionError, redis.TimeoutError) as exc:
-            raise TransientError(f"cannot reach Redis at {self.display}: {exc}") from None
+            raise TransientError(self.connector.unreachable(exc, time.monotonic() - started, check)) from None
 
     def atomic(self, fn: Callable[[Tx], T], watch: Iterable[str]) -> T:
         import redis
@@ -174,7 +196,7 @@ class RedisKV:
         def attempt() -> T:
             conflicts = 0
             while True:
-                with self.client.pipeline() as pipe:
+                with self._pipeline() as pipe:
                     try:
                         if keys:
                             pipe.watch(*keys)
@@ -183,13 +205,40 @@ class RedisKV:
                         pipe.multi()
                         for write in tx.writes:
                             write(pipe)
+                        if not tx.writes:
+                            pipe.replicas = 0  # nothing to confirm
                         pipe.execute()
                         self.counts.add(conflicts)
+                        self._confirmed(pipe)
                         return result
                     except redis.WatchError:
                         conflicts += 1  # someone changed a watched key: read again and redo
 
         return self._call(attempt)
+
+    def _pipeline(self) -> Any:
+        pipe = _waiting_pipeline()(self.client.connection_pool, self.client.response_callbacks, True, None)
+        if self.options.wait_replicas and time.monotonic() >= self._waiting_again_at:
+            pipe.replicas, pipe.wait_ms = self.options.wait_replicas, int(self.options.wait * 1000)
+        return pipe
+
+    def _confirmed(self, pipe: Any) -> None:
+        """Say once when replicas did not confirm a transaction, and stop waiting a while."""
+        if not pipe.replicas or (pipe.acked is not None and pipe.acked >= pipe.replicas):
+            return
+        self._waiting_again_at = time.monotonic() + self.UNCONFIRMED_PAUSE
+        got = "no answer" if pipe.acked is None else f"{pipe.acked} of {pipe.replicas}"
+        logger.warning(
+            "Redis at {}: a change was not confirmed by {} replica(s) within {:g}s ({}{}); going on without "
+            "waiting for replicas for {:g}s: a failover meanwhile can undo the last changes (docs/operations.md, "
+            "Failover)",
+            self.display,
+            pipe.replicas,
+            self.options.wait,
+            got,
+            f": {pipe.wait_error}" if pipe.wait_error else "",
+            self.UNCONFIRMED_PAUSE,
+        )
 
     def get(self, key: str) -> dict[str, Any] | None:
         raw = self._call(lambda: self.client.get(key))
@@ -224,18 +273,55 @@ class RedisKV:
         self._call(run)
 
     def ping(self) -> None:
-        self._call(self.probe.ping)
+        self._call(self.probe.ping, check=True)
 
     def close(self) -> None:
         self.client.close()
         self.probe.close()
 
 
-def _masked(url: str) -> str:
-    from urllib.parse import urlsplit
+def url_settings(url: str) -> QueueSettings:
+    """Settings for a bare Redis URL, with this process's ``ETL_REDIS_*``."""
+    import os
 
-    password = urlsplit(url).password
-    return url.replace(f":{password}@", ":***@") if password else url
+    return queue_settings({**os.environ, "ETL_QUEUE_URL": url, "ETL_QUEUE_NAME": "etl"})
+
+
+_WAITING_PIPELINE: type | None = None
+
+
+def _waiting_pipeline() -> type:
+    """redis-py's transaction pipeline, followed by ``WAIT`` on the same connection (``WAIT``
+    counts the replicas that have this connection's writes: on another connection it would
+    not wait for them). Made on first use: ``import etl`` does not import redis."""
+    global _WAITING_PIPELINE
+    if _WAITING_PIPELINE is None:
+        import redis
+        from redis.client import Pipeline
+
+        class WaitingPipeline(Pipeline):
+            replicas = 0
+            wait_ms = 0
+            acked: int | None = None
+            wait_error: str = ""
+
+            def _execute_transaction(self, connection: Any, commands: Any, raise_on_error: bool) -> Any:
+                response = super()._execute_transaction(connection, commands, raise_on_error)
+                if self.replicas:
+                    # Never raise from here: redis-py would run the transaction again.
+                    try:
+                        connection.send_command("WAIT", self.replicas, self.wait_ms)
+                        timeout = (self.wait_ms / 1000) + (connection.socket_timeout or 0)
+                        self.acked = int(connection.read_response(timeout=timeout))
+                    except (redis.ConnectionError, redis.TimeoutError) as exc:
+                        connection.disconnect()
+                        self.wait_error = describe(exc)
+                    except redis.ResponseError as exc:
+                        self.wait_error = describe(exc)
+                return response
+
+        _WAITING_PIPELINE = WaitingPipeline
+    return _WAITING_PIPELINE
 
 
 # -- SQLite ------------------------------------------------------------------------------

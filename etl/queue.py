@@ -16,8 +16,9 @@ from typing import TYPE_CHECKING, Any
 from loguru import logger
 
 from etl import records
-from etl.errors import UsageError, hide, hide_passwords
+from etl.errors import TransientError, UsageError, hide, hide_passwords
 from etl.kv import RedisKV, SqliteKV
+from etl.redisconn import Connector
 from etl.settings import QueueSettings, queue_settings
 from etl.store import RunRecord, RunStore
 
@@ -35,6 +36,10 @@ TASKS = ("etl.plan", "etl.chunk", "etl.finalize", "etl.abort")
 KEY_RECHECK_SECONDS = 30.0
 
 
+#: How long a worker's blocking read (``BRPOP``) waits for a message before it looks again.
+READ_TIMEOUT = 2
+
+
 def _huey(settings: QueueSettings) -> huey_module.Huey:
     from huey import RedisHuey, SqliteHuey
     from huey.serializer import SignedSerializer
@@ -45,8 +50,17 @@ def _huey(settings: QueueSettings) -> huey_module.Huey:
         return SqliteHuey(
             settings.name, filename=str(settings.directory / "queue.db"), results=False, serializer=serializer
         )
+    # Huey's recipe for Sentinel (or any pool of ours): hand it the connection pool. Its
+    # blocking read waits READ_TIMEOUT on the server, so the pool's reply timeout is that
+    # much longer: a socket timing out first would drop the message BRPOP was popping.
+    pool = Connector(settings).pool(blocking=READ_TIMEOUT)
     return RedisHuey(
-        settings.name, url=settings.url, results=False, serializer=serializer, blocking=True, read_timeout=2
+        settings.name,
+        connection_pool=pool,
+        results=False,
+        serializer=serializer,
+        blocking=True,
+        read_timeout=READ_TIMEOUT,
     )
 
 
@@ -113,17 +127,24 @@ class Queue:
     # -- sending messages ----------------------------------------------------------------
 
     def send(self, name: str, *args: Any, delay: float = 0.0) -> None:
-        """Send a message (signed with ``ETL_SECRET_KEY``).
+        """Put a message on the queue (signed with ``ETL_SECRET_KEY``).
 
         Raises:
             UsageError: the queue is keyed, and this process lacks its key.
+            TransientError: Redis could not be reached (with what was tried).
         """
         self.check_key()
         task = self._tasks[name]
-        if delay > 0:
-            task.schedule(args=args, delay=delay)
-        else:
-            task(*args)
+        started = time.monotonic()
+        try:
+            if delay > 0:
+                task.schedule(args=args, delay=delay)
+            else:
+                task(*args)
+        except Exception as exc:
+            if self.embedded or not _unreachable(exc):
+                raise
+            raise TransientError(Connector(self.settings).unreachable(exc, time.monotonic() - started)) from None
 
     def dispatch(self, run: RunRecord, slots: int, delay: float = 0.0) -> list[int]:
         """Queue as many of the run's pending chunks as its parallelism allows: ``max_parallel``,
@@ -184,6 +205,12 @@ class Queue:
         self.store.kv.close()
 
 
+def _unreachable(error: Exception) -> bool:
+    import redis
+
+    return isinstance(error, redis.ConnectionError | redis.TimeoutError)
+
+
 def open_store(settings: QueueSettings) -> RunStore:
     """The run store of the settings (runs, ledgers, workers, marks, schedules), without Huey."""
     hide(settings.secret)  # no error or log line shows the key or the queue's password
@@ -191,7 +218,7 @@ def open_store(settings: QueueSettings) -> RunStore:
     if settings.kind == "embedded":
         kv: Any = SqliteKV(settings.directory / "state.db")
     else:
-        kv = RedisKV(settings.url, settings.display)
+        kv = RedisKV(settings)
     return RunStore(kv, prefix=settings.name)
 
 

@@ -64,7 +64,9 @@ class Chunk:
         label: a short human description, such as ``"rows 0-49999"``.
         attempt: which attempt at the chunk this is (1 for the first). It only grows, so a
             sink with transactions can use it as a fencing token: a write of an older attempt
-            (a worker that lost its lease) must not commit after a newer one began.
+            (a worker that lost its lease) must not commit after a newer one began. (A Redis
+            failover can undo the claim that raised it, and two attempts carry the same
+            number: the sink's ledger, keyed by run and chunk, keeps the chunk once.)
     """
 
     index: int

@@ -56,6 +56,27 @@ def test_a_job_loads_a_plugin_file_beside_it(write):
     assert '{"v":-1}' in lines[0].replace(" ", "")
 
 
+def test_threads_loading_one_plugin_file_at_once_each_get_its_stages(write):
+    """Found by the soak: a worker's threads loading a new job's plugin file at once; the second
+    found the module half imported and registered it without its stage ("unknown transform
+    type")."""
+    import threading
+
+    plugin = write("slow_plugin.py", "import time\ntime.sleep(0.5)\n" + PLUGIN)
+    barrier, registries = threading.Barrier(4), []
+
+    def load() -> None:
+        barrier.wait()
+        registries.append(StageRegistry(get_plugin_manager(job_plugins=[str(plugin)])))
+
+    threads = [threading.Thread(target=load) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert [r.get("transform", "negate") is not None for r in registries] == [True] * 4
+
+
 def test_etl_plugins_names_modules_and_files(write, monkeypatch, tmp_path):
     write("negate_mod.py", PLUGIN)
     monkeypatch.syspath_prepend(str(tmp_path))

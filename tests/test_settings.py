@@ -188,6 +188,22 @@ def test_queue_settings_are_frozen():
         ({"REDIS_HOST": "cache", "REDIS_PORT": "63x9"}, "REDIS_PORT", ["'63x9'", "port number"]),
         ({"REDIS_HOST": "cache", "REDIS_PORT": "-1"}, "REDIS_PORT", ["port number"]),
         ({"REDIS_HOST": "cache", "REDIS_DB": "zero"}, "REDIS_DB", ["'zero'", "database number"]),
+        # Sentinel
+        ({"ETL_QUEUE_URL": "redis+sentinel://s1:26379"}, "ETL_QUEUE_URL", ["names no service", "mymaster"]),
+        ({"ETL_QUEUE_URL": "redis+sentinel://s1:26379/"}, "ETL_QUEUE_URL", ["names no service"]),
+        ({"ETL_QUEUE_URL": "redis+sentinel:///mymaster"}, "ETL_QUEUE_URL", ["'' in", "host:port"]),
+        ({"ETL_QUEUE_URL": "redis+sentinel://s1:26379,,s2/m"}, "ETL_QUEUE_URL", ["host:port"]),
+        ({"ETL_QUEUE_URL": "redis+sentinel://s1:2637x/m"}, "ETL_QUEUE_URL", ["'s1:2637x'", "host:port"]),
+        ({"ETL_QUEUE_URL": "redis+sentinel://s1:99999/m"}, "ETL_QUEUE_URL", ["'s1:99999'"]),
+        ({"ETL_QUEUE_URL": "redis+sentinel://s1/m/zero"}, "ETL_QUEUE_URL", ["only a database number"]),
+        ({"ETL_QUEUE_URL": "redis+sentinel://s1/m/0/x"}, "ETL_QUEUE_URL", ["only a database number"]),
+        ({"ETL_QUEUE_URL": "redis+sentinel://s1/m?ssl_ca_certs=/x"}, "ETL_QUEUE_URL", ["unknown option", "none"]),
+        ({"ETL_QUEUE_URL": "rediss+sentinel://s1/m?db=1"}, "ETL_QUEUE_URL", ["unknown option 'db'", "ssl_ca_certs"]),
+        ({"ETL_QUEUE_URL": "redis+sentinal://s1/m"}, "ETL_QUEUE_URL", ['did you mean "redis+sentinel"?']),
+        ({"ETL_QUEUE_URL": "redis+cluster://n1:7000"}, "ETL_QUEUE_URL", ["Redis Cluster", "not supported", "Sentinel"]),
+        ({"REDIS_SENTINELS": "s1:26379"}, "REDIS_SENTINEL_SERVICE", ["missing", "mymaster"]),
+        ({"REDIS_SENTINELS": "s1:x", "REDIS_SENTINEL_SERVICE": "m"}, "REDIS_SENTINELS", ["'s1:x'"]),
+        ({"REDIS_SENTINELS": "s1", "REDIS_SENTINEL_SERVICE": "m", "REDIS_DB": "x"}, "REDIS_DB", ["database number"]),
     ],
 )
 def test_a_malformed_setting_is_a_usage_error_naming_the_variable(env, variable, says):
@@ -240,6 +256,135 @@ def test_redis_kv_never_shows_a_password_in_its_messages():
         assert "s3cret" not in kv.display
     finally:
         kv.close()
+
+
+# -- Sentinel ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("url", "addresses", "service", "db", "user", "password"),
+    [
+        ("redis+sentinel://s1:26379/mymaster", (("s1", 26379),), "mymaster", 0, None, None),
+        (
+            "redis+sentinel://s1,s2:26380,s3/mymaster/3",
+            (("s1", 26379), ("s2", 26380), ("s3", 26379)),
+            "mymaster",
+            3,
+            None,
+            None,
+        ),
+        ("redis+sentinel://etl:p%40ss@s1:1,s2:2/prod/0", (("s1", 1), ("s2", 2)), "prod", 0, "etl", "p@ss"),
+        (
+            "redis+sentinel://:pw@[::1]:26379,10.0.0.7/etl-ha/1",
+            (("::1", 26379), ("10.0.0.7", 26379)),
+            "etl-ha",
+            1,
+            None,
+            "pw",
+        ),
+        ("REDIS+SENTINEL://s1/m%20x", (("s1", 26379),), "m x", 0, None, None),
+    ],
+)
+def test_sentinel_urls(url, addresses, service, db, user, password):
+    settings = queue_settings({"ETL_QUEUE_URL": url, "REDIS_HOST": "ignored"})
+    sentinel = settings.sentinel
+    assert (settings.kind, settings.origin) == ("redis", "ETL_QUEUE_URL")
+    assert (sentinel.addresses, sentinel.service, sentinel.db) == (addresses, service, db)
+    assert (sentinel.username, sentinel.password, sentinel.tls) == (user, password, False)
+    assert settings.redis.wait_replicas == 1  # with Sentinel, changes wait for a replica by default
+    if password:
+        assert password not in settings.display and ":***@" in settings.display
+
+
+def test_sentinel_variables_make_the_same_url():
+    env = {
+        "REDIS_SENTINELS": " s1:26379, s2:26380 ",
+        "REDIS_SENTINEL_SERVICE": "mymaster",
+        "REDIS_USERNAME": "etl",
+        "REDIS_PASSWORD": "p@ss",
+        "REDIS_DB": "2",
+        "REDIS_HOST": "ignored: REDIS_SENTINELS wins",
+        "REDIS_SENTINEL_USERNAME": "watcher",
+        "REDIS_SENTINEL_PASSWORD": "sentinel-pw",
+    }
+    settings = queue_settings(env)
+    assert settings.origin == "REDIS_SENTINELS"
+    assert settings.url == "redis+sentinel://etl:p%40ss@s1:26379,s2:26380/mymaster/2"
+    assert settings.display == "redis+sentinel://etl:***@s1:26379,s2:26380/mymaster/2"
+    sentinel = settings.sentinel
+    assert (sentinel.addresses, sentinel.service, sentinel.db) == ((("s1", 26379), ("s2", 26380)), "mymaster", 2)
+    assert (sentinel.username, sentinel.password) == ("etl", "p@ss")
+    assert (sentinel.sentinel_username, sentinel.sentinel_password) == ("watcher", "sentinel-pw")
+    assert "sentinel-pw" not in repr(settings) and "p@ss" not in repr(sentinel)
+    tls = queue_settings({**env, "REDIS_TLS": "1"})
+    assert tls.url.startswith("rediss+sentinel://") and tls.sentinel.tls
+
+
+def test_a_tls_sentinel_url_takes_tls_options():
+    url = "rediss+sentinel://s1:26379/mymaster/0?ssl_ca_certs=/etc/ca.pem&ssl_cert_reqs=required"
+    settings = queue_settings({"ETL_QUEUE_URL": url})
+    assert settings.sentinel.tls
+    assert dict(settings.sentinel.tls_options) == {"ssl_ca_certs": "/etc/ca.pem", "ssl_cert_reqs": "required"}
+
+
+def test_an_error_about_a_sentinel_url_never_shows_its_password():
+    for url in ("redis+sentinel://u:s3cret@s1:x/m", "redis+sentinel://u:s3cret@s1/", "redis+sentinel://:s3cret@s1/m/z"):
+        with pytest.raises(UsageError) as caught:
+            queue_settings({"ETL_QUEUE_URL": url})
+        assert "s3cret" not in str(caught.value) and "***" in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("url", "display"),
+    [
+        ("redis://u:pa/ss@cache:6379/0", "redis://u:***@cache:6379/0"),
+        ("redis://u:p@ss@cache:6379/0", "redis://u:***@cache:6379/0"),
+        ("rediss://u:pw@cache/0?ssl_ca_certs=/a@b", "rediss://u:***@cache/0?ssl_ca_certs=/a@b"),
+    ],
+)
+def test_display_masks_a_password_with_unquoted_characters(url, display):
+    assert QueueSettings("redis", url=url).display == display
+
+
+def test_every_sentinel_url_accepted_makes_a_pool_without_connecting():
+    from etl.redisconn import Connector
+
+    for url in ("redis+sentinel://s1,s2:2/m/1", "rediss+sentinel://u:p@s1/m?ssl_check_hostname=false"):
+        pool = Connector(queue_settings({"ETL_QUEUE_URL": url})).pool()
+        assert pool.service_name == "m"
+        assert pool.connection_kwargs["db"] == (1 if "/m/1" in url else 0)
+        pool.disconnect()
+
+
+# -- ETL_REDIS_*: how long Redis calls may take --------------------------------------------------
+
+
+def test_redis_timings_have_bounded_defaults():
+    options = queue_settings({"ETL_QUEUE_URL": "redis://cache/0"}).redis
+    assert (options.connect, options.timeout, options.retry) == (5, 10, 10)
+    assert options.connect <= 60
+    assert (options.wait_replicas, options.wait) == (0, 1)  # no replicas to wait for without Sentinel
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "says"),
+    [
+        ("ETL_REDIS_CONNECT_SECONDS", "five", "'five' is not a number of seconds (more than 0)"),
+        ("ETL_REDIS_CONNECT_SECONDS", "0", "more than 0"),
+        ("ETL_REDIS_TIMEOUT_SECONDS", "-1", "more than 0"),
+        ("ETL_REDIS_TIMEOUT_SECONDS", "inf", "not a number of seconds"),
+        ("ETL_REDIS_RETRY_SECONDS", "-3", "(0 or more)"),
+        ("ETL_REDIS_RETRY_SECONDS", "nan", "not a number of seconds"),
+        ("ETL_REDIS_WAIT_SECONDS", "0", "more than 0"),
+        ("ETL_REDIS_WAIT_REPLICAS", "one", "not a number of replicas"),
+        ("ETL_REDIS_WAIT_REPLICAS", "-1", "not a number of replicas"),
+    ],
+)
+def test_a_malformed_redis_timing_is_a_usage_error(variable, value, says):
+    with pytest.raises(UsageError) as caught:
+        queue_settings({"ETL_QUEUE_URL": "redis://cache/0", variable: value})
+    assert str(caught.value).startswith(f"{variable}: "), caught.value
+    assert says in str(caught.value)
 
 
 # -- through the etl command -------------------------------------------------------------------
@@ -296,6 +441,12 @@ def test_cli_an_unknown_scheme_is_one_line_and_exit_2(cli):
     line = _one_line(proc)
     assert "ETL_QUEUE_URL" in line
     assert 'did you mean "redis"?' in line
+
+
+def test_cli_a_bad_redis_timing_is_one_line_and_exit_2(cli):
+    proc = cli("runs", env={"ETL_QUEUE_URL": "redis://127.0.0.1:6379/0", "ETL_REDIS_TIMEOUT_SECONDS": "soon"})
+    assert proc.returncode == 2, proc.stderr
+    assert _one_line(proc).startswith("error: ETL_REDIS_TIMEOUT_SECONDS:")
 
 
 def test_cli_a_bad_redis_port_variable_is_one_line_and_exit_2(cli):

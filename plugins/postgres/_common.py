@@ -247,7 +247,9 @@ def _hint(text: str, server: Server, connecting: bool) -> str | None:
 _LOST = re.compile(
     r"failed to connect|could not connect|connection refused|server closed the connection|no connection to the "
     r"server|could not (?:receive|send) data|timeout expired|ssl syscall|could not translate host name|"
-    r"connection (?:timed out|reset)|no route to host|consuming input failed|connection is lost|connection is closed",
+    r"connection (?:timed out|reset)|no route to host|consuming input failed|connection is (?:closed|lost)|"
+    r"the database system is (?:starting up|shutting down|in recovery mode|not yet accepting connections)|"
+    r"too many clients already",
     re.I,
 )
 _REFUSED = re.compile(r"does not exist|authentication failed|pg_hba\.conf|permission denied|password", re.I)

@@ -103,6 +103,8 @@ class PostgresSink(Sink):
 
     @property
     def con(self) -> Any:
+        if self._con is not None and self._con.closed:  # the server ended it (a restart): a new one
+            self.close()
         if self._con is None:
             self._con = pg_connect(self.server, self.context.label)
             self._setup()
@@ -124,13 +126,13 @@ class PostgresSink(Sink):
     def _run(self, sql: str, params: tuple | list | None = None) -> list[tuple]:
         import psycopg
 
-        with self._con.cursor() as cur:
-            try:
+        try:
+            with self._con.cursor() as cur:
                 cur.execute(sql, params)
-            except psycopg.Error as exc:
-                what = f"{self.context.label}: {sql.split()[0]} on {self.options.table}"
-                raise classify(exc, what, self.server) from None
-            return cur.fetchall() if cur.description is not None else []
+                return cur.fetchall() if cur.description is not None else []
+        except psycopg.Error as exc:
+            what = f"{self.context.label}: {sql.split()[0]} on {self.options.table}"
+            raise classify(exc, what, self.server) from None
 
     def _commit(self) -> None:
         self._con.commit()
@@ -145,6 +147,12 @@ class PostgresSink(Sink):
     def _lock(self) -> None:
         """Serialize DDL on this target between the processes loading it (held to commit)."""
         self._run("SELECT pg_advisory_xact_lock(hashtext(%s))", [f"etl:{self.options.table}"])
+
+    def _create_schema(self, name: str) -> None:
+        """``CREATE SCHEMA IF NOT EXISTS``, one process at a time: two at once collide (a
+        unique violation), as sinks of two targets in one new schema do."""
+        self._run("SELECT pg_advisory_xact_lock(hashtext(%s))", [f"etl-schema:{name}"])
+        self._run(f"CREATE SCHEMA IF NOT EXISTS {quote(name)}")
 
     def _setup(self) -> None:
         """The state schema and its tables, made only when missing: once they exist (made by
@@ -168,7 +176,7 @@ class PostgresSink(Sink):
             }
             if present != set(tables):
                 self._lock()
-                self._run(f"CREATE SCHEMA IF NOT EXISTS {quote(state)}")
+                self._create_schema(state)
                 for name, columns in tables.items():
                     if name not in present:
                         self._run(f"CREATE TABLE IF NOT EXISTS {quote(state)}.{quote(name)} ({columns})")
@@ -236,7 +244,7 @@ class PostgresSink(Sink):
                     "_etl_chunk integer, _etl_row bigint)"
                 )
             return
-        self._run(f"CREATE SCHEMA IF NOT EXISTS {quote(self.schema)}")
+        self._create_schema(self.schema)
         columns = [f"{quote(f.name)} {pg_type(f)}" for f in sample.schema]
         if self.options.mode == "merge" and into == self.target:
             columns.append(f"PRIMARY KEY ({', '.join(quote(k) for k in self.options.key or [])})")
@@ -259,10 +267,10 @@ class PostgresSink(Sink):
             first = _with_positions(first, chunk.index, 0)
         columns = self._ensure(into, first)
         try:
-            done = self._run(f"SELECT rows FROM {self.ledger} WHERE run_id = %s AND chunk = %s AND target = %s", key)
-            if done:  # this chunk of this run is in already: write nothing twice
+            done = self._ledger_rows(key)
+            if done is not None:  # this chunk of this run is in already: write nothing twice
                 self._rollback()
-                return int(done[0][0])
+                return done
             written = self._copy(into, self._conformed(itertools.chain([first], batches), chunk, columns))
             # Commit only while this attempt is the newest: the row lock makes a newer attempt's
             # fence wait for this commit, and a newer fence already there refuses it.
@@ -271,14 +279,28 @@ class PostgresSink(Sink):
             )
             if not fence or fence[0][0] != chunk.attempt:
                 raise Interrupted("lost")
-            self._run(
-                f"INSERT INTO {self.ledger} (run_id, chunk, target, rows) VALUES (%s, %s, %s, %s)", [*key, written]
+            recorded = self._run(
+                f"INSERT INTO {self.ledger} (run_id, chunk, target, rows) VALUES (%s, %s, %s, %s) "
+                "ON CONFLICT DO NOTHING RETURNING rows",
+                [*key, written],
             )
+            if not recorded:
+                # Another attempt with this very token committed the chunk first (a Redis
+                # failover undid the claim that raised the token, and the chunk was claimed
+                # again): the ledger keeps it once.
+                done = self._ledger_rows(key)
+                self._rollback()
+                return done or 0
             self._commit()
             return written
         except BaseException:
             self._rollback()
             raise
+
+    def _ledger_rows(self, key: list[Any]) -> int | None:
+        """The rows the ledger says this chunk wrote; ``None`` when it is not in."""
+        done = self._run(f"SELECT rows FROM {self.ledger} WHERE run_id = %s AND chunk = %s AND target = %s", key)
+        return int(done[0][0]) if done else None
 
     def _copy(self, into: str, batches: Iterator[pa.RecordBatch]) -> int:
         """Stream the batches into one binary COPY; the number of rows copied."""

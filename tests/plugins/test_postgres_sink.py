@@ -278,3 +278,77 @@ def test_values_a_column_type_would_change_are_rejected(schema):
         write({"table": table}, pa.record_batch({"d": pa.array([dt.datetime(2026, 1, 1, 5)], pa.timestamp("us"))}))
     write({"table": table}, pa.record_batch({"r": pa.array([0.5]), "d": pa.array([dt.datetime(2026, 1, 2)])}))
     assert sql(f"SELECT r, d FROM {table}") == [(0.5, dt.date(2026, 1, 2))]
+
+
+def test_sinks_making_one_new_schema_at_once_do_not_collide():
+    """Found by the soak: the first runs into a fresh database, started together, each created
+    the state schema (and their targets' schema) at once, and all but one failed with a
+    unique violation."""
+    schema, state = f"etl_race_{uuid.uuid4().hex[:6]}", f"etl_race_state_{uuid.uuid4().hex[:6]}"
+    batch = pa.record_batch({"id": pa.array(range(10), pa.int64())})
+    barrier, errors = threading.Barrier(8), []
+
+    def load(n: int) -> None:
+        options = {"type": "postgres", "dsn": DSN, "table": f"{schema}.t{n}", "state_schema": state}
+        sink = make_stage("sink", options, run_id=f"r{n}")
+        try:
+            barrier.wait()
+            sink.prepare()
+            sink.write(Chunk(0), iter([batch]))
+            sink.finalize()
+        except Exception as exc:  # noqa: BLE001 - collected for the assertion
+            errors.append(exc)
+        finally:
+            sink.close()
+
+    threads = [threading.Thread(target=load, args=(n,)) for n in range(8)]
+    try:
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60)
+        assert errors == []
+        assert [sql(f"SELECT count(*) FROM {schema}.t{n}")[0][0] for n in range(8)] == [10] * 8
+    finally:
+        sql(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+        sql(f"DROP SCHEMA IF EXISTS {state} CASCADE")
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        'connection failed: connection to server at "127.0.0.1", port 5432 failed: FATAL: the database system '
+        "is starting up",
+        "connection failed: FATAL: the database system is shutting down",
+        "connection failed: FATAL: sorry, too many clients already",
+    ],
+)
+def test_a_server_restarting_or_full_is_a_transient_error(text):
+    """Found by the soak: a chunk that connected while PostgreSQL was starting up again failed
+    for good. The driver gives no SQLSTATE for a refused connection: the message says it."""
+    from etl_plugins.postgres._common import classify
+
+    from etl import TransientError
+
+    assert isinstance(classify(psycopg.OperationalError(text), "connecting to PostgreSQL"), TransientError)
+
+
+def test_a_connection_the_server_ended_between_chunks_is_replaced(schema):
+    """Found by the soak: after a PostgreSQL restart, the sink kept its dead connection, and every
+    later chunk failed for good with "the connection is closed"."""
+    from etl import TransientError
+
+    batch = pa.record_batch({"id": pa.array(range(10), pa.int64())})
+    sink = make_stage("sink", {"type": "postgres", "dsn": DSN, "table": f"{schema}.t"}, run_id="run-restart")
+    try:
+        sink.prepare()
+        assert sink.write(Chunk(0), iter([batch])) == 10
+        sql("SELECT pg_terminate_backend(%s)", [sink.con.info.backend_pid])
+        # The statement that finds it out is one no rollback follows (reading the target's
+        # columns, as a chunk's write does first when they are not known yet).
+        with pytest.raises(TransientError):
+            sink._columns_of("t", refresh=True)
+        assert sink.write(Chunk(1), iter([batch])) == 10  # the next write, on a new connection
+        assert sql(f"SELECT count(*), count(DISTINCT id) FROM {schema}.t") == [(20, 10)]
+    finally:
+        sink.close()
