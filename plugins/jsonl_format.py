@@ -40,6 +40,7 @@ from __future__ import annotations
 import io
 import json
 from collections.abc import Iterator
+from decimal import Decimal, InvalidOperation
 from pathlib import Path
 
 import pyarrow as pa
@@ -88,16 +89,39 @@ def _converted(column: pa.Array, kind: pa.DataType) -> pa.Array:
         raise pa.ArrowInvalid(exc.reasons[0]) from None
 
 
-def _check_decimals(decimals: pa.Array, floats: pa.ChunkedArray) -> None:
+def _exact_decimals(data: bytes, names: list[str]) -> dict[str, list[Decimal | None]]:
+    """The values of the fields ``names`` in each non-blank line of ``data``, read exactly (a
+    number or a text as :class:`~decimal.Decimal`): what each declared decimal must be.
+
+    Raises:
+        pa.ArrowInvalid: a line that isn't a JSON object.
+    """
+    found: dict[str, list[Decimal | None]] = {name: [] for name in names}
+    for line in data.splitlines():
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line, parse_float=Decimal, parse_int=Decimal)
+        except ValueError as exc:
+            raise pa.ArrowInvalid(f"JSON parse error: {exc}") from None
+        if not isinstance(row, dict):
+            raise pa.ArrowInvalid("JSON parse error: a line is not an object")
+        for name in names:
+            value = row.get(name)
+            try:
+                found[name].append(None if value is None else Decimal(value))
+            except (InvalidOperation, TypeError, ValueError):
+                found[name].append(None)  # not a number: the reader itself refuses it
+    return found
+
+
+def _check_decimals(decimals: pa.Array, exact: list[Decimal | None]) -> None:
     """Refuse decimals that pyarrow's JSON reader got wrong: it reads some numbers too big for
     the type as others (11229318108390970000000 in a decimal(38, 18) as 705708.6379…) and some
-    too small as 0, where it refuses the rest. Each decimal must be the float read from the same
-    number, but for the float's rounding."""
-    near = pc.multiply(pc.abs(floats), 1e-12)
-    off = pc.greater(pc.abs(pc.subtract(decimals.cast(pa.float64()), floats)), near)
-    first = pc.index(pc.fill_null(off, False), True).as_py()
-    if first >= 0:
-        raise pa.ArrowInvalid(f"{floats[first].as_py()!r} doesn't fit {decimals.type}")
+    too small as 0, where it refuses the rest. Each decimal must be the number the line wrote."""
+    for read, written in zip(decimals.to_pylist(), exact, strict=True):
+        if read is not None and written is not None and read != written:
+            raise pa.ArrowInvalid(f"{written} doesn't fit {decimals.type}")
 
 
 def _temporal(values: pa.ChunkedArray) -> pa.DataType | None:
@@ -184,15 +208,10 @@ class JsonlSource(LineSource):
     def parse(self, stream: pa.NativeFile, schema: pa.Schema) -> Iterator[pa.RecordBatch]:
         open_json = getattr(pajson, "open_json", None)  # streaming, from pyarrow 19
         options = self._options(schema)
-        decimals = [f for f in schema if pa.types.is_decimal(f.type)]
-        if decimals:  # read again as floats, to check each decimal (see _check_decimals)
+        decimals = [f.name for f in schema if pa.types.is_decimal(f.type)]
+        if decimals:  # read exactly too, to check each decimal (see _check_decimals)
             data = stream.read()
-            floats = pa.schema([pa.field(f.name, pa.float64()) for f in decimals])
-            check = pajson.read_json(
-                pa.BufferReader(data),
-                read_options=options["read_options"],
-                parse_options=pajson.ParseOptions(explicit_schema=floats, unexpected_field_behavior="ignore"),
-            )
+            exact = _exact_decimals(data, decimals)
             stream = pa.BufferReader(data)
         reader = open_json(stream, **options) if open_json else pajson.read_json(stream, **options).to_reader()
         cast = any(_as_read(f.type) != f.type for f in schema)
@@ -203,8 +222,8 @@ class JsonlSource(LineSource):
                     _converted(c, f.type) if c.type != f.type else c for c, f in zip(batch.columns, schema, strict=True)
                 ]
                 batch = pa.RecordBatch.from_arrays(columns, schema=schema)
-            for field in decimals:
-                _check_decimals(batch.column(field.name), check.column(field.name).slice(seen, batch.num_rows))
+            for name in decimals:
+                _check_decimals(batch.column(name), exact[name][seen : seen + batch.num_rows])
             seen += batch.num_rows
             yield batch
 

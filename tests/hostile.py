@@ -111,16 +111,17 @@ def dropping(answer: Answer) -> Iterator[Address]:
 
 
 @contextlib.contextmanager
-def cutting(target: Address, after: int, times: int = 1_000_000) -> Iterator[Address]:
+def cutting(target: Address, after: int, times: int = 1_000_000, moved: list[int] | None = None) -> Iterator[Address]:
     """A proxy to ``target`` that cuts each of its first ``times`` connections once ``after``
-    bytes have gone through it (both ways counted): a server dropping a stream mid-way."""
+    bytes have gone through it (both ways counted): a server dropping a stream mid-way. Each
+    connection's bytes are added to ``moved`` when it ends."""
     cuts = [0]
 
     def handle(client: socket.socket) -> None:
         upstream = socket.create_connection(target, timeout=5)
         cut = cuts[0] < times
         cuts[0] += 1
-        moved = [0]
+        sent = [0]
         done = threading.Event()
 
         def pump(source: socket.socket, sink: socket.socket) -> None:
@@ -129,10 +130,10 @@ def cutting(target: Address, after: int, times: int = 1_000_000) -> Iterator[Add
                     data = source.recv(16384)
                     if not data:
                         break
-                    if cut and moved[0] + len(data) >= after:
-                        sink.sendall(data[: max(0, after - moved[0])])
+                    if cut and sent[0] + len(data) >= after:
+                        sink.sendall(data[: max(0, after - sent[0])])
                         break
-                    moved[0] += len(data)
+                    sent[0] += len(data)
                     sink.sendall(data)
             done.set()
             for sock in (client, upstream):
@@ -145,6 +146,8 @@ def cutting(target: Address, after: int, times: int = 1_000_000) -> Iterator[Add
         other.join()
         client.close()
         upstream.close()
+        if moved is not None:
+            moved.append(sent[0])
 
     with _Server(handle) as address:
         yield address

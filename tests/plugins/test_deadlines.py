@@ -392,8 +392,24 @@ def test_a_postgres_read_dropped_mid_stream_fails_at_once_naming_the_server(pg_t
     planner.close()
     chunk, shared = across_processes(plan.chunks[0], plan)
     target = urlsplit(DSN)
-    with hostile.cutting((target.hostname or "127.0.0.1", target.port or 5432), after=200_000) as (host, port):
-        proxied = DSN.replace(f"{target.hostname}:{target.port}", f"{host}:{port}")
+    address = (target.hostname or "127.0.0.1", target.port or 5432)
+
+    def via(host: str, port: int) -> str:
+        return DSN.replace(f"{target.hostname}:{target.port}", f"{host}:{port}")
+
+    # Cut a megabyte into the rows (5 MB), past what connecting takes: the catalog the driver
+    # reads as it connects grows with every table the database holds.
+    connecting: list[int] = []
+    with hostile.cutting(address, after=1 << 62, moved=connecting) as (host, port):
+        counter = make_stage("source", {"type": "postgres", "dsn": via(host, port), "table": pg_table})
+        counter.count()
+        counter.close()
+        deadline = time.monotonic() + 5
+        while not connecting and time.monotonic() < deadline:
+            time.sleep(0.01)
+    assert connecting, "the connection that counted did not end"
+    with hostile.cutting(address, after=connecting[0] + 1_000_000) as (host, port):
+        proxied = via(host, port)
         reader = make_stage("source", {"type": "postgres", "dsn": proxied, "table": pg_table, "timeout": "5s"})
         with within(5), pytest.raises(TransientError) as info:
             list(reader.read(chunk, shared))
