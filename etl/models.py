@@ -69,6 +69,9 @@ class Thresholds(Model):
     background: int = Field(10_000, ge=0, description="rows at or above which a run goes to the background queue")
     warn: int | None = Field(None, ge=0, description="above this many rows, log that the run is very large")
     max: int | None = Field(None, ge=1, description="above this many rows, refuse to run")
+    max_chunks: int = Field(
+        100_000, ge=1, description="refuse a run that would need more chunks than this (rows ÷ chunk_size)"
+    )
 
 
 class RetrySpec(Model):

@@ -35,10 +35,11 @@ MAX_BATCH_ROWS = 100_000
 
 
 def check_thresholds(job: Job, count: RowCount) -> list[str]:
-    """Warnings for a run of ``count`` rows; refuses one above ``thresholds.max``.
+    """Warnings for a run of ``count`` rows; refuses one above ``thresholds.max``, or one that
+    would need more than ``thresholds.max_chunks`` chunks (a plan, a ledger entry each).
 
     Raises:
-        UsageError: the run is larger than ``thresholds.max``.
+        UsageError: the run is larger than ``thresholds.max`` or ``thresholds.max_chunks``.
     """
     thresholds = job.spec.thresholds
     rows = count.rows
@@ -49,6 +50,15 @@ def check_thresholds(job: Job, count: RowCount) -> list[str]:
             f"{job.file}: thresholds.max: the source holds {rows:,} rows, more than the limit of "
             f"{thresholds.max:,}; narrow the source, or raise the limit "
             f"(e.g. --set thresholds.max={rows})"
+        )
+    chunk_size = job.spec.chunk_size
+    chunks = -(-rows // chunk_size)
+    if chunks > thresholds.max_chunks:
+        enough = -(-rows // thresholds.max_chunks)
+        raise UsageError(
+            f"{job.file}: chunk_size: {rows:,} rows in chunks of {chunk_size:,} would make {chunks:,} chunks, more "
+            f"than thresholds.max_chunks ({thresholds.max_chunks:,}); raise chunk_size (e.g. --set chunk_size="
+            f"{enough}) or narrow the source"
         )
     if thresholds.warn is not None and rows > thresholds.warn:
         return [f"this run is very large: {rows:,} rows, above thresholds.warn ({thresholds.warn:,})"]

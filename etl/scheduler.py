@@ -31,7 +31,7 @@ if TYPE_CHECKING:
     from etl.config import Job
     from etl.queue import Queue
 
-__all__ = ["Fired", "Scheduler", "clock_from_env", "job_files", "scheduled_jobs"]
+__all__ = ["Fired", "JobFile", "JobFiles", "Scheduler", "clock_from_env", "job_files", "scheduled_jobs"]
 
 
 def clock_from_env(env: dict[str, str] | None = None) -> Callable[[], float]:
@@ -51,20 +51,65 @@ def job_files(directory: str | Path) -> list[Path]:
     return sorted(p for p in Path(directory).glob("*.y*ml") if p.suffix in (".yaml", ".yml"))
 
 
-def scheduled_jobs(directory: str | Path) -> tuple[list[Job], dict[str, list[ConfigError]]]:
-    """The directory's valid jobs that have a ``schedule:``, each file loaded once, and the
-    problems of the invalid files, by file."""
-    from etl.jobs import load_job
+@dataclass(frozen=True)
+class JobFile:
+    """One job file as :class:`JobFiles` last read it: its job, or the problems that keep it from
+    loading, and whether it changed since the read before."""
 
+    path: Path
+    job: Job | None
+    problems: list[ConfigError]
+    changed: bool
+
+
+class JobFiles:
+    """The job files of a directory, each loaded again only when it changes (its modification
+    time or size): the scheduler reads them every second, the dashboard on every page."""
+
+    def __init__(self, directory: str | Path) -> None:
+        self.directory = Path(directory)
+        self._read: dict[Path, tuple[tuple[int, int], Job | None, list[ConfigError]]] = {}
+        self._lock = threading.Lock()
+
+    def read(self) -> list[JobFile]:
+        """Every job file of the directory, sorted by name (none when it is not a directory)."""
+        from etl.jobs import load_job
+
+        files = job_files(self.directory) if self.directory.is_dir() else []
+        found = []
+        with self._lock:
+            for gone in set(self._read) - set(files):
+                del self._read[gone]
+            for path in files:
+                try:
+                    stat = path.stat()
+                except OSError:
+                    continue  # gone since the listing
+                signature = (stat.st_mtime_ns, stat.st_size)
+                known = self._read.get(path)
+                if known is not None and known[0] == signature:
+                    found.append(JobFile(path, known[1], known[2], changed=False))
+                    continue
+                try:
+                    job, problems = load_job(path), []
+                except ConfigErrors as exc:
+                    job, problems = None, exc.errors
+                self._read[path] = (signature, job, problems)
+                found.append(JobFile(path, job, problems, changed=True))
+        return found
+
+
+def scheduled_jobs(
+    directory: str | Path, files: JobFiles | None = None
+) -> tuple[list[Job], dict[str, list[ConfigError]]]:
+    """The directory's valid jobs that have a ``schedule:``, and the problems of the invalid
+    files, by file; read through ``files`` (its cache) when given."""
     found, problems = [], {}
-    for path in job_files(directory):
-        try:
-            job = load_job(path)
-        except ConfigErrors as exc:
-            problems[str(path)] = exc.errors
-            continue
-        if job.spec.schedule is not None:
-            found.append(job)
+    for read in (files or JobFiles(directory)).read():
+        if read.job is None:
+            problems[str(read.path)] = read.problems
+        elif read.job.spec.schedule is not None:
+            found.append(read.job)
     return found, problems
 
 
@@ -99,8 +144,7 @@ class Scheduler:
         self.tick_seconds = tick
         self.clock = clock or clock_from_env()
         self.leading = False
-        self._jobs: dict[Path, Job] = {}
-        self._seen: dict[Path, tuple[float, int]] = {}
+        self.files = JobFiles(self.directory)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -109,35 +153,15 @@ class Scheduler:
     def jobs(self) -> list[Job]:
         """The directory's valid scheduled jobs, re-read when a file changes; a bad file is
         reported (once per change) and skipped, the others still run."""
-        from etl.jobs import load_job
-
-        files = job_files(self.directory) if self.directory.is_dir() else []
-        for gone in set(self._seen) - set(files):
-            self._seen.pop(gone)
-            self._jobs.pop(gone, None)
-        for path in files:
-            try:
-                stat = path.stat()
-            except OSError:
-                continue
-            signature = (stat.st_mtime, stat.st_size)
-            if self._seen.get(path) == signature:
-                continue
-            self._seen[path] = signature
-            self._jobs.pop(path, None)
-            try:
-                job = load_job(path)
-            except ConfigErrors as exc:
-                for problem in exc.errors:
-                    logger.error("scheduler: skipping {}: {}", path, problem)
-                continue
-            except Exception as exc:
-                logger.error("scheduler: skipping {}: {}", path, describe(exc))
-                continue
-            if job.spec.schedule is not None:
-                self._jobs[path] = job
+        scheduled: dict[Path, Job] = {}
+        for read in self.files.read():
+            if read.changed:
+                for problem in read.problems:
+                    logger.error("scheduler: skipping {}: {}", read.path, problem)
+            if read.job is not None and read.job.spec.schedule is not None:
+                scheduled[read.path] = read.job
         named: dict[str, Job] = {}
-        for path, job in sorted(self._jobs.items()):
+        for path, job in sorted(scheduled.items()):
             if job.name in named:
                 other = named[job.name].file
                 logger.error("scheduler: skipping {}: job {} is also defined in {}", path, job.name, other)

@@ -26,7 +26,7 @@ from urllib.parse import parse_qs, quote, unquote, urlsplit
 
 from etl.errors import UsageError, did_you_mean
 
-__all__ = ["QueueSettings", "RedisOptions", "SentinelSet", "queue_settings"]
+__all__ = ["QueueSettings", "RedisOptions", "SentinelSet", "env_count", "env_seconds", "queue_settings"]
 
 _SENTINEL_SCHEMES = ("redis+sentinel", "rediss+sentinel")
 _SCHEMES = ("redis", "rediss", "unix", "file", *_SENTINEL_SCHEMES)
@@ -169,15 +169,20 @@ def redis_options(env: Mapping[str, str], *, sentinel: bool = False) -> RedisOpt
             f"ETL_REDIS_WAIT_REPLICAS: {replicas!r} is not a number of replicas; expected e.g. 1, or 0 not to wait"
         )
     return RedisOptions(
-        connect=_seconds(env, "ETL_REDIS_CONNECT_SECONDS", defaults.connect, positive=True),
-        timeout=_seconds(env, "ETL_REDIS_TIMEOUT_SECONDS", defaults.timeout, positive=True),
-        retry=_seconds(env, "ETL_REDIS_RETRY_SECONDS", defaults.retry),
+        connect=env_seconds(env, "ETL_REDIS_CONNECT_SECONDS", defaults.connect, positive=True),
+        timeout=env_seconds(env, "ETL_REDIS_TIMEOUT_SECONDS", defaults.timeout, positive=True),
+        retry=env_seconds(env, "ETL_REDIS_RETRY_SECONDS", defaults.retry),
         wait_replicas=int(replicas) if replicas else (1 if sentinel else 0),
-        wait=_seconds(env, "ETL_REDIS_WAIT_SECONDS", defaults.wait, positive=True),
+        wait=env_seconds(env, "ETL_REDIS_WAIT_SECONDS", defaults.wait, positive=True),
     )
 
 
-def _seconds(env: Mapping[str, str], name: str, default: float, positive: bool = False) -> float:
+def env_seconds(env: Mapping[str, str], name: str, default: float, positive: bool = False) -> float:
+    """The environment variable ``name``, a number of seconds (``default`` when unset or empty).
+
+    Raises:
+        UsageError: not a number, infinite, negative (or 0 with ``positive``).
+    """
     raw = (env.get(name) or "").strip()
     if not raw:
         return default
@@ -189,6 +194,20 @@ def _seconds(env: Mapping[str, str], name: str, default: float, positive: bool =
         least = "more than 0" if positive else "0 or more"
         raise UsageError(f"{name}: {raw!r} is not a number of seconds ({least}); expected e.g. {default:g}")
     return value
+
+
+def env_count(env: Mapping[str, str], name: str, default: int, least: int = 0) -> int:
+    """The environment variable ``name``, a whole number of at least ``least``.
+
+    Raises:
+        UsageError: not a whole number, or less than ``least``.
+    """
+    raw = (env.get(name) or "").strip()
+    if not raw:
+        return default
+    if not raw.isdecimal() or int(raw) < least:
+        raise UsageError(f"{name}: {raw!r} is not a whole number of {least} or more; expected e.g. {default}")
+    return int(raw)
 
 
 def _from_url(raw: str, env: Mapping[str, str], name: str, secret: str | None) -> QueueSettings:

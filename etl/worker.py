@@ -21,6 +21,7 @@ from loguru import logger
 
 from etl.errors import UsageError, describe
 from etl.executor import Executor
+from etl.settings import env_count, env_seconds
 from etl.store import WorkerInfo
 from etl.version import __version__
 
@@ -61,10 +62,16 @@ class WorkerOptions:
 
     @classmethod
     def from_env(cls, concurrency: int = 1, env: dict[str, str] | None = None) -> WorkerOptions:
+        """The options ``ETL_*_SECONDS`` and ``ETL_KEEP_RUNS`` set.
+
+        Raises:
+            UsageError: a value that is not a number of seconds (more than 0; the grace period
+                may be 0) or, for ``ETL_KEEP_RUNS``, a whole number.
+        """
         env = dict(os.environ if env is None else env)
 
         def seconds(name: str, default: float) -> float:
-            return float(env.get(name) or default)
+            return env_seconds(env, name, default, positive=name != "ETL_GRACE_SECONDS")
 
         return cls(
             concurrency=concurrency,
@@ -73,7 +80,7 @@ class WorkerOptions:
             heartbeat=seconds("ETL_HEARTBEAT_SECONDS", cls.heartbeat),
             lost_after=seconds("ETL_LOST_AFTER_SECONDS", cls.lost_after),
             grace=seconds("ETL_GRACE_SECONDS", cls.grace),
-            keep_runs=int(env.get("ETL_KEEP_RUNS") or cls.keep_runs),
+            keep_runs=env_count(env, "ETL_KEEP_RUNS", cls.keep_runs),
             scheduler_lease=seconds("ETL_SCHEDULER_LEASE_SECONDS", cls.scheduler_lease),
         )
 

@@ -69,6 +69,12 @@ def test_json_log_lines(cli, write):
         (["run", "job.yaml", "--log-format", "xml"], "'xml' is not one of 'text', 'json'"),
         (["runn", "job.yaml"], "No such command 'runn'"),
         (["run", "job.yaml", "--set", "thresholds.max=10"], "holds 300 rows, more than the limit of 10"),
+        (
+            ["run", "job.yaml", "-p", "rows=" + "9" * 40, "--dry-run"],
+            "would make 100,000,000,000,000,000,000,000,000,000,000,000,000 chunks, more than thresholds.max_chunks "
+            "(100,000); raise chunk_size (e.g. --set chunk_size=100000000000000000000000000000000000)",
+        ),
+        (["run", "job.yaml", "--set", "thresholds.max_chunks=2"], "300 rows in chunks of 100 would make 3 chunks"),
     ],
 )
 def test_bad_config_or_usage_exits_2_without_a_traceback(cli, write, args, expected):

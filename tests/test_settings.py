@@ -7,6 +7,7 @@ it is not there.
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from pathlib import Path
@@ -494,3 +495,32 @@ def test_a_wrong_password_is_refused_at_once(password_urls):
     thread.join(timeout=3)
     assert outcome, f"no answer after {time.monotonic() - started:.1f} s"
     assert isinstance(outcome[0], UsageError)
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "says"),
+    [
+        ("ETL_LEASE_SECONDS", "abc", "not a number of seconds (more than 0)"),
+        ("ETL_REAPER_SECONDS", "0", "not a number of seconds (more than 0)"),
+        ("ETL_HEARTBEAT_SECONDS", "inf", "not a number of seconds"),
+        ("ETL_GRACE_SECONDS", "-1", "not a number of seconds (0 or more)"),
+        ("ETL_KEEP_RUNS", "1.5", "not a whole number"),
+    ],
+)
+def test_a_bad_timing_setting_is_a_usage_error_naming_it(name, value, says):
+    from etl.worker import WorkerOptions
+
+    with pytest.raises(UsageError, match=rf"^{name}: '{value}' is .*{re.escape(says)}"):
+        WorkerOptions.from_env(env={name: value})
+
+
+def test_timing_settings_are_read_and_a_bad_one_exits_2_without_a_traceback(cli):
+    from etl.worker import WorkerOptions
+
+    options = WorkerOptions.from_env(env={"ETL_LEASE_SECONDS": "2.5", "ETL_GRACE_SECONDS": "0", "ETL_KEEP_RUNS": "7"})
+    assert (options.lease, options.grace, options.keep_runs) == (2.5, 0.0, 7)
+    proc = cli("workers", env={"ETL_LEASE_SECONDS": "15s"})
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert (
+        _one_line(proc) == "error: ETL_LEASE_SECONDS: '15s' is not a number of seconds (more than 0); expected e.g. 15"
+    )

@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from etl import api
 from etl.progress import RunProgress
 from etl.store import ChunkRecord, RunRecord
 from etl.store import iso_time as _iso
+
+if TYPE_CHECKING:
+    from etl.scheduler import JobFiles
 
 __all__ = ["LOG_LINES", "MAX_PAGE", "PAGE_SIZE", "STATES", "Board", "run_json"]
 
@@ -55,6 +58,7 @@ class Board:
         self.queue = queue
         self.store = queue.store
         self.configs = configs
+        self._files: JobFiles | None = None
         self._throughput: tuple[float, list[dict[str, Any]]] | None = None
 
     def summary(self) -> dict[str, Any]:
@@ -115,9 +119,11 @@ class Board:
         if not self.configs or not Path(self.configs).is_dir():
             return []
         from etl.schedule import next_slots
-        from etl.scheduler import clock_from_env, scheduled_jobs
+        from etl.scheduler import JobFiles, clock_from_env, scheduled_jobs
 
-        jobs, problems = scheduled_jobs(self.configs)
+        if self._files is None:  # each file read again only when it changes
+            self._files = JobFiles(self.configs)
+        jobs, problems = scheduled_jobs(self.configs, self._files)
         found: list[dict[str, Any]] = []
         for job in jobs:
             spec = job.spec

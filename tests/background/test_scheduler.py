@@ -293,3 +293,29 @@ def test_a_queued_fire_beyond_the_jobs_concurrency_is_skipped(configs, caplog_li
     assert outcomes == ["fired", "fired", "skipped"]  # nothing runs them: two stay unfinished
     assert len(runs("tick")) == 2
     assert "(concurrency: 2)" in caplog_lines()
+
+
+def test_job_files_are_loaded_again_only_when_they_change(tmp_path):
+    """The scheduler reads its directory every second and the dashboard on every page: a file is
+    loaded again only when its modification time or size changed; a bad one keeps its problems."""
+    from etl.scheduler import JobFiles, scheduled_jobs
+
+    good = tmp_path / "good.yaml"
+    good.write_text("name: good\nschedule: '@daily'\nsource: {type: generate, rows: 1}\nsink: {type: jsonl, path: o}\n")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: bad\nsource: {type: nope}\n")
+    files = JobFiles(tmp_path)
+    first = files.read()
+    assert [(r.path.name, r.changed, r.job is not None) for r in first] == [
+        ("bad.yaml", True, False),
+        ("good.yaml", True, True),
+    ]
+    assert any("'nope'" in str(problem) for problem in first[0].problems)
+    again = files.read()
+    assert [r.changed for r in again] == [False, False] and again[1].job is first[1].job  # not loaded again
+    good.write_text(good.read_text().replace("@daily", "@hourly"))
+    changed = files.read()
+    assert [r.changed for r in changed] == [False, True] and changed[1].job.spec.schedule == "0 * * * *"
+    bad.unlink()
+    jobs, problems = scheduled_jobs(tmp_path, files)
+    assert [j.name for j in jobs] == ["good"] and problems == {}
