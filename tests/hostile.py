@@ -9,7 +9,9 @@ Three shapes, whatever the protocol:
   (``answer``, or what ``answer(connection)`` returns) and closes the connection mid-stream;
   :func:`cutting`, a proxy to a real server that cuts a connection after so many bytes.
 
-Each is a context manager yielding ``(host, port)``; the server stops when the block ends.
+Each is a context manager yielding ``(host, port)`` (a :class:`Listening`, which also counts
+the connections accepted, so that a test can tell a client tried again); the server stops when
+the block ends.
 ``PARTIAL`` holds a half-answer for each protocol the toolkit speaks.
 """
 
@@ -27,15 +29,34 @@ Address = tuple[str, int]
 Answer = bytes | Callable[[socket.socket], bytes]
 
 
+class Listening(tuple):
+    """Where a hostile server listens, ``(host, port)``, and how many connections it accepted."""
+
+    counted: list[socket.socket]
+
+    def __new__(cls, address: Address, counted: list[socket.socket]) -> Listening:
+        listening = super().__new__(cls, address)
+        listening.counted = counted
+        return listening
+
+    @property
+    def port(self) -> int:
+        return self[1]
+
+    @property
+    def accepted(self) -> int:
+        return len(self.counted)
+
+
 class _Server:
     """Accepts on a loopback port in a thread, handing each connection to ``handle``."""
 
     def __init__(self, handle: Callable[[socket.socket], None]) -> None:
         self.listener = socket.create_server((HOST, 0))
         self.listener.settimeout(0.1)
-        self.address: Address = (HOST, self.listener.getsockname()[1])
-        self.handle = handle
         self.connections: list[socket.socket] = []
+        self.address = Listening((HOST, self.listener.getsockname()[1]), self.connections)
+        self.handle = handle
         self.stopping = threading.Event()
         self.thread = threading.Thread(target=self._serve, name="hostile-server", daemon=True)
 
@@ -54,7 +75,7 @@ class _Server:
         with contextlib.suppress(OSError):
             self.handle(connection)
 
-    def __enter__(self) -> Address:
+    def __enter__(self) -> Listening:
         self.thread.start()
         return self.address
 
@@ -79,7 +100,7 @@ def _hold(connection: socket.socket, stopping: threading.Event) -> None:
 
 
 @contextlib.contextmanager
-def silent() -> Iterator[Address]:
+def silent() -> Iterator[Listening]:
     """A server that accepts every connection and never answers."""
     server = _Server(lambda connection: _hold(connection, server.stopping))
     with server as address:
@@ -87,15 +108,15 @@ def silent() -> Iterator[Address]:
 
 
 @contextlib.contextmanager
-def refusing() -> Iterator[Address]:
+def refusing() -> Iterator[Listening]:
     """A port that refuses connections: bound (so that no one else takes it) but not listening."""
     with socket.socket() as sock:
         sock.bind((HOST, 0))
-        yield (HOST, sock.getsockname()[1])
+        yield Listening((HOST, sock.getsockname()[1]), [])
 
 
 @contextlib.contextmanager
-def dropping(answer: Answer) -> Iterator[Address]:
+def dropping(answer: Answer) -> Iterator[Listening]:
     """A server that reads the client's first message, sends ``answer`` (bytes, or a function
     of the connection that reads what it needs and returns them) and hangs up."""
 
@@ -185,6 +206,45 @@ def smtp_partial(connection: socket.socket) -> bytes:
     connection.sendall(b"220 hostile.test ESMTP\r\n")
     connection.recv(65536)
     return b"250-hostile.test greets you\r\n"
+
+
+#: The commands redis-py sends as it connects, answered "+OK" by :func:`redis_partial`.
+_REDIS_HANDSHAKE = {b"CLIENT", b"SELECT", b"AUTH", b"HELLO", b"READONLY"}
+
+
+def redis_partial(connection: socket.socket) -> bytes:
+    """Let a client connect (``+OK`` to the handshake's ``CLIENT``, ``SELECT``, ``AUTH``), then
+    answer its first other command with the first bytes of a reply."""
+    buffer = b""
+    while True:
+        data = connection.recv(65536)
+        if not data:
+            raise ConnectionError("the client hung up")
+        buffer += data
+        while (parsed := _resp_command(buffer)) is not None:
+            args, buffer = parsed
+            if not args or args[0].upper() not in _REDIS_HANDSHAKE:
+                return b"$100\r\nthe first bytes of a reply"
+            connection.sendall(b"+OK\r\n")
+
+
+def _resp_command(buffer: bytes) -> tuple[list[bytes], bytes] | None:
+    """One RESP command (an array of bulk strings) from the front of ``buffer`` and the rest;
+    ``None`` until it is all there."""
+    if not buffer.startswith(b"*") or b"\r\n" not in buffer:
+        return None
+    head, rest = buffer.split(b"\r\n", 1)
+    args = []
+    for _ in range(int(head[1:])):
+        if b"\r\n" not in rest:
+            return None
+        size, rest = rest.split(b"\r\n", 1)
+        length = int(size[1:])
+        if len(rest) < length + 2:
+            return None
+        args.append(rest[:length])
+        rest = rest[length + 2 :]
+    return args, rest
 
 
 def _recv_exactly(connection: socket.socket, size: int) -> bytes:

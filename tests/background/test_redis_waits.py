@@ -20,8 +20,8 @@ import pytest
 from etl.errors import TransientError
 from etl.kv import RedisKV
 from etl.settings import queue_settings
+from tests import hostile
 from tests.background.conftest import ETL, REDIS
-from tests.background.redis_faults import Dropping, Silent, refused_port
 
 SHORT = {"ETL_REDIS_CONNECT_SECONDS": "1", "ETL_REDIS_TIMEOUT_SECONDS": "1", "ETL_REDIS_RETRY_SECONDS": "2"}
 #: Connect 1 s + reply 1 s per attempt, retries begun within 2 s: about 4 s at most. Generous.
@@ -75,8 +75,8 @@ def _retries(lines: list[str], endpoint: str) -> list[int]:
 
 @pytest.mark.parametrize("fault", ["silent", "refused", "dropping"])
 def test_a_store_call_to_a_failing_redis_is_given_up_on_in_bounded_time(fault, log_lines):
-    server = {"silent": Silent, "dropping": Dropping}.get(fault)
-    with server() if server else _Nothing() as faulty:
+    servers = {"silent": hostile.silent, "refused": hostile.refusing}
+    with servers[fault]() if fault in servers else hostile.dropping(hostile.redis_partial) as faulty:
         url = f"redis://etl:s3cret@127.0.0.1:{faulty.port}/0"
         kv = RedisKV(_settings(url))
         message, took = _gives_up(lambda: kv.get("etl:run:x"))
@@ -94,21 +94,8 @@ def test_a_store_call_to_a_failing_redis_is_given_up_on_in_bounded_time(fault, l
         kv.close()
 
 
-class _Nothing:
-    """Stands for a server where nothing listens."""
-
-    def __init__(self) -> None:
-        self.port = refused_port()
-
-    def __enter__(self) -> _Nothing:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        pass
-
-
 def test_the_check_at_start_does_not_retry(log_lines):
-    with Silent() as silent:
+    with hostile.silent() as silent:
         kv = RedisKV(_settings(f"redis://127.0.0.1:{silent.port}/0", ETL_REDIS_RETRY_SECONDS="30"))
         message, took = _gives_up(kv.ping)
         assert took < 5  # one attempt: connect, then a reply that never comes (1 s)
@@ -119,9 +106,10 @@ def test_the_check_at_start_does_not_retry(log_lines):
 
 
 def test_the_check_at_start_does_not_retry_sentinels_that_do_not_answer(log_lines):
-    url = f"redis+sentinel://127.0.0.1:{refused_port()},127.0.0.1:{refused_port()}/etlha/0"
-    kv = RedisKV(_settings(url, ETL_REDIS_RETRY_SECONDS="30"))
-    message, took = _gives_up(kv.ping)
+    with hostile.refusing() as one, hostile.refusing() as other:
+        url = f"redis+sentinel://127.0.0.1:{one.port},127.0.0.1:{other.port}/etlha/0"
+        kv = RedisKV(_settings(url, ETL_REDIS_RETRY_SECONDS="30"))
+        message, took = _gives_up(kv.ping)
     assert took < 5 and "no sentinel names a primary for 'etlha'" in message
     assert not _retries(log_lines, "/etlha/0")  # a wrong address: no failover to wait out
     kv.close()
@@ -130,7 +118,7 @@ def test_the_check_at_start_does_not_retry_sentinels_that_do_not_answer(log_line
 def test_sending_a_message_to_a_redis_that_never_answers_is_bounded(monkeypatch, tmp_path):
     from etl.queue import Queue
 
-    with Silent() as silent:
+    with hostile.silent() as silent:
         queue = Queue(_settings(f"redis://127.0.0.1:{silent.port}/0", ETL_QUEUE_NAME="waits"))
         message, took = _gives_up(lambda: queue.send("etl.plan", "some-run"))
         assert took < BOUND
@@ -139,8 +127,8 @@ def test_sending_a_message_to_a_redis_that_never_answers_is_bounded(monkeypatch,
 
 
 def test_unreachable_sentinels_are_named_in_bounded_time(log_lines):
-    with Silent() as silent:
-        refused = refused_port()
+    with hostile.silent() as silent, hostile.refusing() as nothing:
+        refused = nothing.port
         url = f"redis+sentinel://etl:s3cret@127.0.0.1:{refused},127.0.0.1:{silent.port}/etlha/0"
         kv = RedisKV(_settings(url, REDIS_SENTINEL_PASSWORD="sentinel-pw"))
         message, took = _gives_up(lambda: kv.get("etl:run:x"))
@@ -177,11 +165,12 @@ def test_a_blocking_read_longer_than_the_reply_timeout_neither_fails_nor_loses_a
         assert not [line for line in log_lines if "attempt" in line], log_lines
     finally:
         queue.close()
-        redis.Redis.from_url(redis_url).delete(f"huey.redis.{name}")
+        with redis.Redis.from_url(redis_url) as client:
+            client.delete(f"huey.redis.{name}")
 
 
 def test_the_etl_command_gives_up_on_a_silent_redis_with_one_line(tmp_path):
-    with Silent() as silent:
+    with hostile.silent() as silent:
         env = {
             "ETL_QUEUE_URL": f"redis://127.0.0.1:{silent.port}/0",
             "ETL_HOME": str(tmp_path),
