@@ -276,8 +276,11 @@ class RedisKV:
         self._call(self.probe.ping, check=True)
 
     def close(self) -> None:
-        self.client.close()
-        self.probe.close()
+        from etl.redisconn import release
+
+        for client in (self.client, self.probe):
+            client.close()
+            release(client.connection_pool)
 
 
 def url_settings(url: str) -> QueueSettings:

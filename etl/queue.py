@@ -18,7 +18,7 @@ from loguru import logger
 from etl import records
 from etl.errors import TransientError, UsageError, hide, hide_passwords
 from etl.kv import RedisKV, SqliteKV
-from etl.redisconn import Connector
+from etl.redisconn import Connector, release
 from etl.settings import QueueSettings, queue_settings
 from etl.store import RunRecord, RunStore
 
@@ -202,7 +202,14 @@ class Queue:
         return records.new_record(job, secret=self.settings.secret, **fields)
 
     def close(self) -> None:
+        """Let go of the run store's connections and the queue's (Huey's storage keeps a Redis
+        pool, or a SQLite connection, that it never closes itself)."""
         self.store.kv.close()
+        storage = self.huey.storage
+        if self.embedded:
+            storage.close()
+        else:
+            release(storage.pool)
 
 
 def _unreachable(error: Exception) -> bool:

@@ -24,7 +24,7 @@ from etl.settings import QueueSettings
 if TYPE_CHECKING:
     import redis
 
-__all__ = ["Connector"]
+__all__ = ["Connector", "release"]
 
 T = TypeVar("T")
 
@@ -225,3 +225,12 @@ class Connector:
                 "from here"
             )
         return f"cannot reach Redis at {self.display}: {describe(error)} ({tried}); {check}"
+
+
+def release(pool: Any) -> None:
+    """Close a pool's connections, and a Sentinel pool's connections to its sentinels: a
+    client made on a pool of its caller's leaves them open when it closes."""
+    pool.disconnect()
+    manager = getattr(pool, "sentinel_manager", None)
+    for sentinel in getattr(manager, "sentinels", ()):
+        sentinel.connection_pool.disconnect()

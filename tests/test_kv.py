@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import json
+import os
+from pathlib import Path
 from uuid import uuid4
 
 import redis
@@ -60,3 +62,26 @@ def test_a_workers_metrics_count_its_store_transactions(tmp_path):
     assert "etl_store_transactions_total 4.0" in text
     assert "etl_store_conflicts_total 2.0" in text
     kv.close()
+
+
+def _sockets() -> set[str]:
+    """The sockets this process has open (Linux: /proc/self/fd)."""
+    fds = Path("/proc/self/fd")
+    return {link for fd in fds.iterdir() if (link := os.readlink(fd) if fd.exists() else "").startswith("socket:")}
+
+
+def test_a_closed_queue_and_store_leave_no_connection_open(tmp_path):
+    """A process that opens a queue (the dashboard, `etl run`, a test) and closes it lets go of
+    every connection: the store's, its check's and Huey's (whose pool is ours to close)."""
+    from etl.queue import Queue
+    from etl.settings import queue_settings
+
+    before = _sockets()
+    queue = Queue(queue_settings({"ETL_QUEUE_URL": REDIS_URL, "ETL_QUEUE_NAME": f"t{uuid4().hex[:10]}"}))
+    queue.check()
+    queue.send("etl.plan", "some-run")
+    assert queue.store.get_run("some-run") is None and queue.in_transit()
+    queue.huey.storage.flush_queue()
+    assert _sockets() - before, "it connected"
+    queue.close()
+    assert not _sockets() - before
