@@ -81,7 +81,6 @@ import json
 import math
 import re
 from collections.abc import Iterator, Mapping, Sequence
-from decimal import Decimal
 from typing import Any
 
 import pyarrow as pa
@@ -92,7 +91,8 @@ from etl import Chunk, PermanentError, Plan, RowCount, Source, StageOptions, Tra
 from .._chunking import DAY, SliceBy, column_label, every_seconds, key_edges, slice_edges
 from .._deadlines import shown
 from .._files import batches_of, schema_from_shared, schema_to_shared
-from ._client import Clients, decimal_type, param_names, parameters, split_table
+from ._client import Clients, param_names, parameters, split_table
+from ._conditions import _HIGH, _LOW, _condition, _typed, _window_conditions
 from ._source_options import _IDENTIFIER, BigQuerySourceOptions
 from ._source_types import arrow_schema, conform
 
@@ -104,8 +104,6 @@ _INTEGERS = {"INTEGER", "INT64"}
 _TIMES = {"DATE", "DATETIME", "TIMESTAMP"}
 #: The types an incremental cursor may have.
 _CURSORS = _INTEGERS | _TIMES | {"NUMERIC", "BIGNUMERIC", "FLOAT", "FLOAT64"}
-#: The query parameters that hold an incremental run's bounds.
-_LOW, _HIGH = "_etl_low", "_etl_high"
 
 
 class BigQuerySource(Source):
@@ -730,65 +728,6 @@ def _name(table: Any) -> str:
 
 def _column_of(chunk_by: Any) -> str:
     return chunk_by.column if isinstance(chunk_by, SliceBy) else str(chunk_by)
-
-
-def _literal(value: Any, kind: str) -> str:
-    """A chunk's bound as GoogleSQL: an integer, or a date/time re-read from ISO 8601 (never user text)."""
-    if kind == "DATE":
-        return f"DATE '{dt.date.fromisoformat(str(value)).isoformat()}'"
-    if kind == "DATETIME":
-        return f"DATETIME '{dt.datetime.fromisoformat(str(value)).replace(tzinfo=None).isoformat(sep=' ')}'"
-    if kind == "TIMESTAMP":
-        stamp = dt.datetime.fromisoformat(str(value))
-        stamp = stamp if stamp.tzinfo else stamp.replace(tzinfo=dt.UTC)
-        return f"TIMESTAMP '{stamp.astimezone(dt.UTC).isoformat(sep=' ')}'"
-    return str(int(value))
-
-
-def _window_conditions(window: Window, *, literal: bool) -> list[str]:
-    """An incremental run's bounds on its cursor: as query parameters (``@_etl_low``,
-    ``@_etl_high``, bound typed), or, for the Storage Read API's row restriction, which takes
-    none, as literals written from the values' types (never text taken from a job)."""
-    column = f"`{window.cursor}`"
-    high = _typed(window.high) if literal else f"@{_HIGH}"
-    found = [f"{column} <= {high}"]
-    if window.low is not None:
-        low = _typed(window.low) if literal else f"@{_LOW}"
-        found.append(f"{column} {'>=' if window.low_inclusive else '>'} {low}")
-    return found
-
-
-def _typed(value: Any) -> str:
-    """A cursor value as a GoogleSQL literal of its type: TIMESTAMP (a datetime with a zone),
-    DATETIME, DATE, INT64, NUMERIC or BIGNUMERIC, FLOAT64."""
-    if isinstance(value, dt.datetime):
-        if value.tzinfo is None:
-            return f"DATETIME '{value.isoformat(sep=' ')}'"
-        return f"TIMESTAMP '{value.astimezone(dt.UTC).isoformat(sep=' ')}'"
-    if isinstance(value, dt.date):
-        return f"DATE '{value.isoformat()}'"
-    if isinstance(value, bool):
-        raise PermanentError("a BOOL column can't be an incremental cursor")
-    if isinstance(value, int):
-        return str(int(value))
-    if isinstance(value, Decimal) and value.is_finite():
-        return f"{decimal_type(value)} '{value:f}'"
-    if isinstance(value, float) and math.isfinite(value):
-        return repr(value)
-    raise PermanentError(f"{value!r} can't bound an incremental cursor; a cursor is a number, date or timestamp")
-
-
-def _condition(args: Mapping[str, Any]) -> str:
-    column = f"`{args['column']}`"
-    if args["kind"] == "null":
-        return f"{column} IS NULL"
-    kind = str(args.get("type", ""))
-    parts = []
-    if args.get("lo") is not None:
-        parts.append(f"{column} >= {_literal(args['lo'], kind)}")
-    if args.get("hi") is not None:
-        parts.append(f"{column} < {_literal(args['hi'], kind)}")
-    return " AND ".join(parts) if parts else f"{column} IS NOT NULL"
 
 
 def _label(args: Mapping[str, Any]) -> str:
