@@ -92,6 +92,7 @@ from .._chunking import DAY, SliceBy, column_label, every_seconds, key_edges, sl
 from .._files import batches_of, schema_from_shared, schema_to_shared
 from ._client import Clients, param_names, parameters, split_table
 from ._conditions import _HIGH, _LOW, _condition, _typed, _window_conditions
+from ._rest import RestReads
 from ._source_options import _IDENTIFIER, BigQuerySourceOptions
 from ._source_types import arrow_schema, conform
 from ._storage import StorageReads, _Denied
@@ -102,7 +103,7 @@ _TIMES = {"DATE", "DATETIME", "TIMESTAMP"}
 _CURSORS = _INTEGERS | _TIMES | {"NUMERIC", "BIGNUMERIC", "FLOAT", "FLOAT64"}
 
 
-class BigQuerySource(StorageReads, Source):
+class BigQuerySource(StorageReads, RestReads, Source):
     """A BigQuery table or query: Storage Read API streams (or date slices) as chunks, in Arrow."""
 
     name = "bigquery"
@@ -470,15 +471,6 @@ class BigQuerySource(StorageReads, Source):
                     self._api = "storage"
         return self._api
 
-    def _row_ranges(self, table: str, chunk_size: int) -> list[dict[str, Any]]:
-        rows = int(self._get_table(table).num_rows or 0)
-        starts = list(range(0, rows, max(1, chunk_size))) or [0]
-        # The last range is open-ended: rows added since the count are read too.
-        return [
-            {"kind": "rows", "start": s, "stop": starts[i + 1] if i + 1 < len(starts) else None, "rows": None}
-            for i, s in enumerate(starts)
-        ]
-
     def _by_column(self, fields: Sequence[Any], chunk_by: str | SliceBy, chunk_size: int) -> list[dict[str, Any]]:
         column = _column_of(chunk_by)
         field = next((f for f in fields if f.name.lower() == column.lower()), None)
@@ -541,25 +533,6 @@ class BigQuerySource(StorageReads, Source):
             for piece in batches_of(batch, size):
                 if piece.num_rows:
                     yield conform(piece, target, kinds, self.label)
-
-    def _read_rows(self, table: str, args: Mapping[str, Any], size: int) -> Iterator[pa.RecordBatch]:
-        start, stop = int(args["start"]), args.get("stop")
-        selected = self._rest_fields(table)
-        with self.clients.call(f"{self.label}: paging {table} through REST") as retry:
-            rows = self.clients.bq.list_rows(
-                table,
-                selected_fields=selected,
-                start_index=start,
-                max_results=None if stop is None else int(stop) - start,
-                page_size=size,
-                retry=retry,
-            )
-            yield from rows.to_arrow_iterable(bqstorage_client=None)
-
-    def _rest_fields(self, table: str) -> list[Any] | None:
-        if table != self.table or not self.options.columns:
-            return None
-        return self._fields()
 
     def _read_slice(self, chunk: Chunk, shared: Mapping[str, Any], size: int) -> Iterator[pa.RecordBatch]:
         condition = _condition(chunk.args)
