@@ -76,7 +76,6 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
-import hashlib
 import json
 import math
 import re
@@ -88,10 +87,11 @@ from loguru import logger
 
 from etl import Chunk, PermanentError, Plan, RowCount, Source, StageOptions, Window, did_you_mean
 
-from .._chunking import DAY, SliceBy, column_label, every_seconds, key_edges, slice_edges
+from .._chunking import DAY, SliceBy, column_label, key_edges, slice_edges
 from .._files import batches_of, schema_from_shared, schema_to_shared
 from ._client import Clients, param_names, parameters, split_table
 from ._conditions import _HIGH, _LOW, _condition, _typed, _window_conditions
+from ._queries import Queries
 from ._rest import RestReads
 from ._source_options import _IDENTIFIER, BigQuerySourceOptions
 from ._source_types import arrow_schema, conform
@@ -103,7 +103,7 @@ _TIMES = {"DATE", "DATETIME", "TIMESTAMP"}
 _CURSORS = _INTEGERS | _TIMES | {"NUMERIC", "BIGNUMERIC", "FLOAT", "FLOAT64"}
 
 
-class BigQuerySource(StorageReads, RestReads, Source):
+class BigQuerySource(Queries, StorageReads, RestReads, Source):
     """A BigQuery table or query: Storage Read API streams (or date slices) as chunks, in Arrow."""
 
     name = "bigquery"
@@ -211,113 +211,6 @@ class BigQuerySource(StorageReads, RestReads, Source):
             return parameters(sql, values)
         except PermanentError as exc:
             raise PermanentError(f"{self.label}: {exc}") from None
-
-    # -- BigQuery calls ------------------------------------------------------------------------
-
-    def _get_table(self, name: str, what: str | None = None) -> Any:
-        with self.clients.call(f"{self.label}: {what or f'reading table {name}'}") as retry:
-            return self.clients.bq.get_table(name, retry=retry)
-
-    def _query(self, sql: str, *, what: str, dry_run: bool = False) -> Any:
-        """Run ``sql`` with the job's params as query parameters; returns the finished job."""
-        from google.cloud import bigquery
-
-        config = self.clients.job_config(bigquery.QueryJobConfig(query_parameters=self._params(sql), dry_run=dry_run))
-        what = f"{self.label}: {what}"
-        with self.clients.call(what) as retry:
-            job = self.clients.bq.query(sql, job_config=config, location=self._location, retry=retry)
-            if not dry_run:
-                job.result(retry=retry, job_retry=self.clients.retry(what, job=True))
-        if not dry_run:
-            self._report(job, what)
-        return job
-
-    def _report(self, job: Any, what: str) -> None:
-        processed, billed = job.total_bytes_processed, job.total_bytes_billed
-        if processed is not None:
-            billed_text = f", {_bytes(billed)} billed" if billed is not None else ""
-            self.log.info("BigQuery: {} processed {}{} (job {})", what, _bytes(processed), billed_text, job.job_id)
-
-    def _rows(self, sql: str, what: str) -> list[tuple[Any, ...]]:
-        job = self._query(sql, what=what)
-        with self.clients.call(f"{self.label}: {what}") as retry:
-            return [tuple(row.values()) for row in job.result(retry=retry)]
-
-    def _check(self) -> Any:
-        """The query checked by a dry run (done once): its schema and location."""
-        if self._checked is None:
-            assert self.base_sql is not None
-            self._checked = self._query(self.base_sql, what="checking the query", dry_run=True)
-        return self._checked
-
-    def location(self) -> str | None:
-        """Where the data is (the option, or the table's dataset's, or the query's)."""
-        if self._location is None:
-            if self.base_sql is None:
-                project, dataset, _ = self.table.split(".")
-                with self.clients.call(f"{self.label}: reading dataset {project}.{dataset}") as retry:
-                    self._location = self.clients.bq.get_dataset(f"{project}.{dataset}", retry=retry).location
-            else:
-                self._location = self._check().location
-        return self._location
-
-    # -- the staging dataset -------------------------------------------------------------------
-
-    def _staging(self) -> str:
-        from google.cloud import bigquery
-
-        name = f"{self.clients.project}.{self.options.staging_dataset}"
-        if not self._staging_ready:
-            dataset = bigquery.Dataset(name)
-            dataset.location = self.location()
-            dataset.default_table_expiration_ms = every_seconds(self.options.staging_expiration) * 1000
-            dataset.description = "Query results staged by etl for reading; tables expire on their own."
-            with self.clients.call(f"{self.label}: making the staging dataset {name}") as retry:
-                self.clients.bq.create_dataset(dataset, exists_ok=True, retry=retry)
-            self._staging_ready = True
-        return name
-
-    def _materialize(self, sql: str, key: str, what: str) -> Any:
-        """``sql``'s rows in a table of the staging dataset (made once for ``key``); its table."""
-        from google.api_core import exceptions as g
-
-        named = f"{self.context.run_id}\0{key}\0{sql}"
-        if self.window is not None:  # the bounds are parameters: their values name the result too
-            named += "\0" + self._key(sql)[1]
-        digest = hashlib.sha256(named.encode()).hexdigest()[:24]
-        name = f"{self._staging()}.etl_{digest}"
-        with self.clients.call(f"{self.label}: {what}") as retry:
-            try:
-                table = self.clients.bq.get_table(name, retry=retry)
-                self.log.debug("BigQuery: {} already staged in {}", what, name)
-                return table
-            except g.NotFound:
-                pass
-        hours = max(1, every_seconds(self.options.staging_expiration) // 3600)
-        ddl = (
-            f"CREATE TABLE `{name}`\n"
-            f"OPTIONS (expiration_timestamp = TIMESTAMP_ADD(CURRENT_TIMESTAMP(), INTERVAL {hours} HOUR)) AS\n{sql}"
-        )
-        try:
-            self._query(ddl, what=what)
-        except PermanentError:
-            # Another attempt at the same chunk may have made it first (a lost lease).
-            try:
-                with self.clients.call(f"{self.label}: {what}") as retry:
-                    return self.clients.bq.get_table(name, retry=retry)
-            except Exception:
-                pass
-            raise
-        return self._get_table(name, what)
-
-    def _result(self) -> Any:
-        """The query's result table (the query runs the first time only, for each window)."""
-        sql = self.sql
-        assert sql is not None
-        key = self._key(sql)
-        if key not in self._staged:
-            self._staged[key] = self._materialize(sql, "query", "the query")
-        return self._staged[key]
 
     # -- count -----------------------------------------------------------------------------------
 
@@ -578,12 +471,3 @@ def _label(args: Mapping[str, Any]) -> str:
         stop = args.get("stop")
         return f"rows {args['start']}-{stop - 1}" if stop is not None else f"rows {args['start']}-"
     return column_label(args)
-
-
-def _bytes(n: int | None) -> str:
-    value = float(n or 0)
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if value < 1024 or unit == "TB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{value:.1f} PB"
