@@ -90,12 +90,12 @@ from etl import Chunk, PermanentError, Plan, RowCount, Source, StageOptions, Win
 from .._chunking import DAY, SliceBy, column_label, key_edges, slice_edges
 from .._files import batches_of, schema_from_shared, schema_to_shared
 from ._client import Clients, param_names, parameters, split_table
-from ._conditions import _HIGH, _LOW, _condition, _typed, _window_conditions
-from ._queries import Queries
-from ._rest import RestReads
+from ._source_conditions import _HIGH, _LOW, _condition, _typed, _window_conditions
 from ._source_options import _IDENTIFIER, BigQuerySourceOptions
+from ._source_queries import Queries
+from ._source_rest import RestReads
+from ._source_storage import StorageReads, _Denied
 from ._source_types import arrow_schema, conform
-from ._storage import StorageReads, _Denied
 
 _INTEGERS = {"INTEGER", "INT64"}
 _TIMES = {"DATE", "DATETIME", "TIMESTAMP"}
