@@ -112,18 +112,18 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 from loguru import logger
-from pydantic import Field, model_validator
 
 from etl import Chunk, Interrupted, PermanentError, Sink, TransientError
 
 from .._casting import cast_batch
-from ._client import BigQueryOptions, Clients, split_table
+from ._client import Clients, split_table
+from ._sink_options import BigQuerySinkOptions
 from ._sink_types import Plan, conform_plan, out_of_range, same_fields, schema_fields, value_checks
 
 #: The ledger of finalized runs, in the staging dataset.
@@ -135,41 +135,6 @@ MAX_UNION = 500
 #: Rows are buffered into Parquet row groups of about this size (BigQuery loads row groups of
 #: 16 MB or more fastest).
 ROW_GROUP_BYTES = 64 << 20
-
-_DATASET = re.compile(r"^(?:[\w.:-]+\.)?\w+$")
-
-
-class BigQuerySinkOptions(BigQueryOptions):
-    table: str = Field(
-        description="the table: project.dataset.table, or dataset.table in the client's project",
-        examples=["analytics.forecasts", "my-project.analytics.forecasts"],
-    )
-    mode: Literal["append", "replace"] = Field(
-        "append",
-        description="append: add the run's rows; replace: the run's rows replace the table's. "
-        "Either way they appear at once, when the run finishes",
-        examples=["replace"],
-    )
-    create: bool = Field(
-        True,
-        description="create the table from the rows' schema when it is missing; false: a missing table is an error",
-        examples=[False],
-    )
-    staging_dataset: str | None = Field(
-        None,
-        description="the dataset (dataset, in the table's project, or project.dataset) for the per-chunk staging "
-        "tables and the _etl_finalized ledger; default: the table's dataset; made in the table's location if missing",
-        examples=["etl_staging"],
-    )
-
-    @model_validator(mode="after")
-    def _valid(self) -> BigQuerySinkOptions:
-        _, _, table = split_table(self.table, self.project or "project")
-        if "$" in table:
-            raise ValueError(f"{self.table!r} names a partition ($…); name the table, the sink writes it whole")
-        if self.staging_dataset is not None and not _DATASET.match(self.staging_dataset):
-            raise ValueError(f"{self.staging_dataset!r} is not a dataset; expected dataset or project.dataset")
-        return self
 
 
 @dataclass(frozen=True)
