@@ -43,7 +43,7 @@ from pydantic import (
 
 from etl import Duration, __version__, did_you_mean, hookimpl
 
-from ._deadlines import env_duration
+from .._deadlines import env_duration
 
 if TYPE_CHECKING:
     from etl import Job, RunInfo, RunResult
