@@ -76,132 +76,34 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
-import hashlib
 import json
 import math
 import re
 from collections.abc import Iterator, Mapping, Sequence
-from decimal import Decimal
-from typing import Any, Literal
+from typing import Any
 
 import pyarrow as pa
 from loguru import logger
-from pydantic import Field, ValidationInfo, field_validator, model_validator
 
-from etl import Chunk, PermanentError, Plan, RowCount, Source, StageOptions, TransientError, Window, did_you_mean
+from etl import Chunk, PermanentError, Plan, RowCount, Source, StageOptions, Window, did_you_mean
 
-from .._chunking import DAY, SliceBy, column_label, every_seconds, key_edges, parse_chunk_by, slice_edges
-from .._deadlines import shown
+from .._chunking import DAY, SliceBy, column_label, key_edges, slice_edges
 from .._files import batches_of, schema_from_shared, schema_to_shared
-from ._client import BigQueryOptions, Clients, decimal_type, param_names, parameters, split_table
+from ._client import Clients, param_names, parameters, split_table
+from ._source_conditions import _HIGH, _LOW, _condition, _typed, _window_conditions
+from ._source_options import _IDENTIFIER, BigQuerySourceOptions
+from ._source_queries import Queries
+from ._source_rest import RestReads
+from ._source_storage import StorageReads, _Denied
+from ._source_types import arrow_schema, conform
 
-#: The most streams one read session is asked for.
-MAX_STREAMS = 1_000
-#: A stream that breaks this many times in a row with no row read in between is given up on.
-_STALLS = 3
-_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,1023}$")
 _INTEGERS = {"INTEGER", "INT64"}
 _TIMES = {"DATE", "DATETIME", "TIMESTAMP"}
 #: The types an incremental cursor may have.
 _CURSORS = _INTEGERS | _TIMES | {"NUMERIC", "BIGNUMERIC", "FLOAT", "FLOAT64"}
-#: The query parameters that hold an incremental run's bounds.
-_LOW, _HIGH = "_etl_low", "_etl_high"
 
 
-class BigQuerySourceOptions(BigQueryOptions):
-    table: str | None = Field(
-        None,
-        description="a table to read: project.dataset.table, or dataset.table in the job's project",
-        examples=["my-project.forecasts.daily"],
-    )
-    columns: list[str] | None = Field(
-        None, min_length=1, description="with `table`: the columns to read (all by default)", examples=[["id", "ds"]]
-    )
-    row_filter: str | None = Field(
-        None,
-        description="with `table`: a condition the rows must meet (as in a WHERE clause); `@name` is the job's "
-        "param `name`",
-        examples=["environment = 'prod'"],
-        json_schema_extra={"sql": True},
-    )
-    query: str | None = Field(
-        None,
-        description="a GoogleSQL query whose rows are read; `@name` is the job's param `name`, a query parameter",
-        examples=["SELECT * FROM forecasts.daily WHERE ds BETWEEN @start_date AND @end_date"],
-        json_schema_extra={"sql": True},
-    )
-    chunk_by: str | SliceBy | None = Field(
-        None,
-        description="{column, every} for slices of a date or timestamp column, or an integer column to split "
-        "into key ranges; without it, chunks are the Storage Read API's streams",
-        examples=[{"column": "ds", "every": "1 day"}, "id"],
-    )
-    staging_dataset: str = Field(
-        "_etl_staging",
-        description="the dataset (in the job's project) where query results are written to be read; made when "
-        "missing, in the data's location",
-    )
-    staging_expiration: str = Field(
-        "1 day", description="how long a query's result table is kept", examples=["1 day", "6 hours"]
-    )
-    read_api: Literal["storage", "rest"] = Field(
-        "storage",
-        description="storage: the Storage Read API in Arrow (REST when it can't be had); rest: REST pages, slow",
-    )
-
-    @field_validator("table")
-    @classmethod
-    def _table(cls, value: str | None) -> str | None:
-        if value is not None:
-            split_table(value, default_project="-")
-        return value
-
-    @field_validator("query", "row_filter")
-    @classmethod
-    def _sql(cls, value: str | None, info: ValidationInfo) -> str | None:
-        """Empty SQL, or an ``@name`` the job declares no param for, is an error at validation."""
-        if value is None:
-            return None
-        if not value.strip():
-            raise ValueError("is empty")
-        declared = (info.context or {}).get("params")
-        if declared is not None:
-            for name in param_names(value):
-                if name not in declared:
-                    hint = did_you_mean(name, declared) or (
-                        f"; the job's params: {', '.join(declared)}" if declared else "; the job declares no params"
-                    )
-                    raise ValueError(f"@{name} is not a parameter of the job{hint}")
-        return value
-
-    @field_validator("chunk_by", mode="before")
-    @classmethod
-    def _chunk_by(cls, value: Any) -> Any:
-        return parse_chunk_by(value)
-
-    @field_validator("staging_dataset")
-    @classmethod
-    def _dataset(cls, value: str) -> str:
-        if not _IDENTIFIER.match(value):
-            raise ValueError(f"{value!r} is not a dataset name; use letters, digits and underscores")
-        return value
-
-    @field_validator("staging_expiration")
-    @classmethod
-    def _expiration(cls, value: str) -> str:
-        every_seconds(value)
-        return value
-
-    @model_validator(mode="after")
-    def _one_of(self) -> BigQuerySourceOptions:
-        if (self.query is None) == (self.table is None):
-            raise ValueError("give `query` or `table`, one of them")
-        if self.query is not None and (self.columns is not None or self.row_filter is not None):
-            raise ValueError("`columns` and `row_filter` go with `table`; with `query`, write them in the query")
-        return self
-
-
-class BigQuerySource(Source):
+class BigQuerySource(Queries, StorageReads, RestReads, Source):
     """A BigQuery table or query: Storage Read API streams (or date slices) as chunks, in Arrow."""
 
     name = "bigquery"
@@ -309,113 +211,6 @@ class BigQuerySource(Source):
             return parameters(sql, values)
         except PermanentError as exc:
             raise PermanentError(f"{self.label}: {exc}") from None
-
-    # -- BigQuery calls ------------------------------------------------------------------------
-
-    def _get_table(self, name: str, what: str | None = None) -> Any:
-        with self.clients.call(f"{self.label}: {what or f'reading table {name}'}") as retry:
-            return self.clients.bq.get_table(name, retry=retry)
-
-    def _query(self, sql: str, *, what: str, dry_run: bool = False) -> Any:
-        """Run ``sql`` with the job's params as query parameters; returns the finished job."""
-        from google.cloud import bigquery
-
-        config = self.clients.job_config(bigquery.QueryJobConfig(query_parameters=self._params(sql), dry_run=dry_run))
-        what = f"{self.label}: {what}"
-        with self.clients.call(what) as retry:
-            job = self.clients.bq.query(sql, job_config=config, location=self._location, retry=retry)
-            if not dry_run:
-                job.result(retry=retry, job_retry=self.clients.retry(what, job=True))
-        if not dry_run:
-            self._report(job, what)
-        return job
-
-    def _report(self, job: Any, what: str) -> None:
-        processed, billed = job.total_bytes_processed, job.total_bytes_billed
-        if processed is not None:
-            billed_text = f", {_bytes(billed)} billed" if billed is not None else ""
-            self.log.info("BigQuery: {} processed {}{} (job {})", what, _bytes(processed), billed_text, job.job_id)
-
-    def _rows(self, sql: str, what: str) -> list[tuple[Any, ...]]:
-        job = self._query(sql, what=what)
-        with self.clients.call(f"{self.label}: {what}") as retry:
-            return [tuple(row.values()) for row in job.result(retry=retry)]
-
-    def _check(self) -> Any:
-        """The query checked by a dry run (done once): its schema and location."""
-        if self._checked is None:
-            assert self.base_sql is not None
-            self._checked = self._query(self.base_sql, what="checking the query", dry_run=True)
-        return self._checked
-
-    def location(self) -> str | None:
-        """Where the data is (the option, or the table's dataset's, or the query's)."""
-        if self._location is None:
-            if self.base_sql is None:
-                project, dataset, _ = self.table.split(".")
-                with self.clients.call(f"{self.label}: reading dataset {project}.{dataset}") as retry:
-                    self._location = self.clients.bq.get_dataset(f"{project}.{dataset}", retry=retry).location
-            else:
-                self._location = self._check().location
-        return self._location
-
-    # -- the staging dataset -------------------------------------------------------------------
-
-    def _staging(self) -> str:
-        from google.cloud import bigquery
-
-        name = f"{self.clients.project}.{self.options.staging_dataset}"
-        if not self._staging_ready:
-            dataset = bigquery.Dataset(name)
-            dataset.location = self.location()
-            dataset.default_table_expiration_ms = every_seconds(self.options.staging_expiration) * 1000
-            dataset.description = "Query results staged by etl for reading; tables expire on their own."
-            with self.clients.call(f"{self.label}: making the staging dataset {name}") as retry:
-                self.clients.bq.create_dataset(dataset, exists_ok=True, retry=retry)
-            self._staging_ready = True
-        return name
-
-    def _materialize(self, sql: str, key: str, what: str) -> Any:
-        """``sql``'s rows in a table of the staging dataset (made once for ``key``); its table."""
-        from google.api_core import exceptions as g
-
-        named = f"{self.context.run_id}\0{key}\0{sql}"
-        if self.window is not None:  # the bounds are parameters: their values name the result too
-            named += "\0" + self._key(sql)[1]
-        digest = hashlib.sha256(named.encode()).hexdigest()[:24]
-        name = f"{self._staging()}.etl_{digest}"
-        with self.clients.call(f"{self.label}: {what}") as retry:
-            try:
-                table = self.clients.bq.get_table(name, retry=retry)
-                self.log.debug("BigQuery: {} already staged in {}", what, name)
-                return table
-            except g.NotFound:
-                pass
-        hours = max(1, every_seconds(self.options.staging_expiration) // 3600)
-        ddl = (
-            f"CREATE TABLE `{name}`\n"
-            f"OPTIONS (expiration_timestamp = TIMESTAMP_ADD(CURRENT_TIMESTAMP(), INTERVAL {hours} HOUR)) AS\n{sql}"
-        )
-        try:
-            self._query(ddl, what=what)
-        except PermanentError:
-            # Another attempt at the same chunk may have made it first (a lost lease).
-            try:
-                with self.clients.call(f"{self.label}: {what}") as retry:
-                    return self.clients.bq.get_table(name, retry=retry)
-            except Exception:
-                pass
-            raise
-        return self._get_table(name, what)
-
-    def _result(self) -> Any:
-        """The query's result table (the query runs the first time only, for each window)."""
-        sql = self.sql
-        assert sql is not None
-        key = self._key(sql)
-        if key not in self._staged:
-            self._staged[key] = self._materialize(sql, "query", "the query")
-        return self._staged[key]
 
     # -- count -----------------------------------------------------------------------------------
 
@@ -569,76 +364,6 @@ class BigQuerySource(Source):
                     self._api = "storage"
         return self._api
 
-    def _session(self, table: str, *, restriction: str | None, streams: int, snapshot: str | None = None) -> Any:
-        """A Storage Read API session on ``table``: Arrow, the columns read, ``restriction``."""
-        from google.cloud.bigquery_storage_v1 import types
-
-        project, dataset, name = table.split(".")
-        options = types.ReadSession.TableReadOptions(selected_fields=self._selected(table))
-        if restriction:
-            options.row_restriction = restriction
-        session = types.ReadSession(
-            table=f"projects/{project}/datasets/{dataset}/tables/{name}",
-            data_format=types.DataFormat.ARROW,
-            read_options=options,
-        )
-        if snapshot is not None:
-            from google.protobuf import timestamp_pb2
-
-            stamp = timestamp_pb2.Timestamp()
-            stamp.FromDatetime(dt.datetime.fromisoformat(snapshot))
-            session.table_modifiers = types.ReadSession.TableModifiers(snapshot_time=stamp)
-        from google.api_core import exceptions as g
-
-        what = f"{self.label}: opening a Storage Read API session on {table}"
-        client = self.clients.read_client()
-        try:
-            with self.clients.call(what, "storage") as retry:
-                return client.create_read_session(
-                    parent=f"projects/{self.clients.project}",
-                    read_session=session,
-                    max_stream_count=streams,
-                    retry=retry,
-                    timeout=self.clients.deadlines.timeout,
-                )
-        except PermanentError as exc:
-            if isinstance(exc.__context__, g.PermissionDenied | g.MethodNotImplemented):
-                raise _Denied(str(exc)) from None
-            raise
-
-    def _selected(self, table: str) -> list[str]:
-        return list(self.options.columns or []) if table == self.table else []
-
-    def _streams(self, table: str, chunk_size: int, restricted: bool) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-        rows = self.count().rows or 0
-        wanted = min(MAX_STREAMS, max(1, math.ceil(rows / max(1, chunk_size))))
-        session = self._session(table, restriction=self.restriction if restricted else None, streams=wanted)
-        names = [s.name for s in session.streams]
-        self.log.info(
-            "BigQuery: read session {} on {}: {} stream(s) for {:,} rows (asked for {})",
-            session.name.rsplit("/", 1)[-1],
-            table,
-            len(names),
-            rows,
-            wanted,
-        )
-        chunks = [{"kind": "stream", "stream": n, "rows": rows if len(names) == 1 else None} for n in names]
-        shared = {
-            "session": session.name,
-            "arrow_schema": base64.b64encode(session.arrow_schema.serialized_schema).decode("ascii"),
-            "expires": session.expire_time.isoformat() if session.expire_time else None,
-        }
-        return chunks, shared
-
-    def _row_ranges(self, table: str, chunk_size: int) -> list[dict[str, Any]]:
-        rows = int(self._get_table(table).num_rows or 0)
-        starts = list(range(0, rows, max(1, chunk_size))) or [0]
-        # The last range is open-ended: rows added since the count are read too.
-        return [
-            {"kind": "rows", "start": s, "stop": starts[i + 1] if i + 1 < len(starts) else None, "rows": None}
-            for i, s in enumerate(starts)
-        ]
-
     def _by_column(self, fields: Sequence[Any], chunk_by: str | SliceBy, chunk_size: int) -> list[dict[str, Any]]:
         column = _column_of(chunk_by)
         field = next((f for f in fields if f.name.lower() == column.lower()), None)
@@ -702,89 +427,6 @@ class BigQuerySource(Source):
                 if piece.num_rows:
                     yield conform(piece, target, kinds, self.label)
 
-    def _read_stream(self, stream: str, schema: pa.Schema) -> Iterator[pa.RecordBatch]:
-        """A read stream's rows. A stream that breaks is resumed from the row it reached (on
-        Google's endpoint: see ``Clients.resumable``), each break logged; opening it is retried
-        for up to ``timeout`` (then the chunk fails, and its retries take over), and a whole
-        stream may take up to ``statement_timeout``."""
-        from google.api_core import exceptions as g
-
-        client = self.clients.read_client()
-        if client is None:
-            raise PermanentError(f"{self.label}: this run reads through the Storage Read API, not installed here")
-        what = f"{self.label}: reading stream {stream.rsplit('/', 1)[-1]}"
-        offset, breaks, reached, stalled = 0, 0, -1, 0
-        while True:
-            try:
-                with self.clients.call(what, "storage") as retry:
-                    try:
-                        responses = client.read_rows(
-                            read_stream=stream, offset=offset, retry=retry, timeout=self.clients.deadlines.statement
-                        )
-                        for response in responses:
-                            offset += response.row_count
-                            data = response.arrow_record_batch.serialized_record_batch
-                            if data:
-                                yield pa.ipc.read_record_batch(pa.py_buffer(data), schema)
-                        return
-                    except g.DeadlineExceeded:
-                        if offset == 0:
-                            raise  # no answer at all: as any call that gets none
-                        raise TransientError(
-                            f"{what}: the stream took longer than statement_timeout "
-                            f"({shown(self.clients.deadlines.statement)}), at row {offset:,}: raise statement_timeout "
-                            "(or ETL_STATEMENT_TIMEOUT), or make chunk_size smaller"
-                        ) from None
-                    except (g.ServiceUnavailable, g.Unknown, g.InternalServerError) as exc:
-                        if isinstance(exc, g.InternalServerError) and "RST_STREAM" not in str(exc):
-                            raise
-                        if not self.clients.resumable:
-                            raise TransientError(
-                                f"{what}: the stream broke at row {offset:,} ({self.clients.short(exc)}; the Storage "
-                                f"Read API at {self.clients.storage_endpoint}); an emulator's stream is read again "
-                                "from its start, with the chunk"
-                            ) from None
-                        stalled = stalled + 1 if offset == reached else 0
-                        if stalled >= _STALLS:
-                            raise TransientError(
-                                f"{what}: the stream broke {stalled} times in a row at row {offset:,} "
-                                f"({self.clients.short(exc)}; the Storage Read API at "
-                                f"{self.clients.storage_endpoint}); check that endpoint's log and the network to it"
-                            ) from None
-                        breaks, reached = breaks + 1, offset
-                        self.log.warning(
-                            "{}: the stream broke at row {:,} ({}; break {}); resuming from there",
-                            what,
-                            offset,
-                            self.clients.short(exc),
-                            breaks,
-                        )
-            except PermanentError as exc:
-                if isinstance(exc.__context__, g.NotFound | g.FailedPrecondition):
-                    raise PermanentError(
-                        f"{exc} (a read session lasts at least 6 hours; a run that waits longer must start again)"
-                    ) from None
-                raise
-
-    def _read_rows(self, table: str, args: Mapping[str, Any], size: int) -> Iterator[pa.RecordBatch]:
-        start, stop = int(args["start"]), args.get("stop")
-        selected = self._rest_fields(table)
-        with self.clients.call(f"{self.label}: paging {table} through REST") as retry:
-            rows = self.clients.bq.list_rows(
-                table,
-                selected_fields=selected,
-                start_index=start,
-                max_results=None if stop is None else int(stop) - start,
-                page_size=size,
-                retry=retry,
-            )
-            yield from rows.to_arrow_iterable(bqstorage_client=None)
-
-    def _rest_fields(self, table: str) -> list[Any] | None:
-        if table != self.table or not self.options.columns:
-            return None
-        return self._fields()
-
     def _read_slice(self, chunk: Chunk, shared: Mapping[str, Any], size: int) -> Iterator[pa.RecordBatch]:
         condition = _condition(chunk.args)
         if shared.get("api") == "rest":
@@ -809,96 +451,9 @@ class BigQuerySource(Source):
             yield from self._read_stream(stream.name, schema)
 
 
-class _Denied(PermanentError):
-    """The Storage Read API refused a session: no permission, or not offered here."""
-
-
 def _name(table: Any) -> str:
     ref = table.reference
     return f"{ref.project}.{ref.dataset_id}.{ref.table_id}"
-
-
-# -- types -----------------------------------------------------------------------------------------
-
-_SIMPLE = {
-    "INTEGER": pa.int64(),
-    "INT64": pa.int64(),
-    "FLOAT": pa.float64(),
-    "FLOAT64": pa.float64(),
-    "BOOLEAN": pa.bool_(),
-    "BOOL": pa.bool_(),
-    "STRING": pa.string(),
-    "BYTES": pa.binary(),
-    "DATE": pa.date32(),
-    "TIME": pa.time64("us"),
-    "DATETIME": pa.timestamp("us"),
-    "TIMESTAMP": pa.timestamp("us", tz="UTC"),
-    "GEOGRAPHY": pa.string(),
-    "INTERVAL": pa.month_day_nano_interval(),
-}
-
-
-def arrow_type(field: Any, label: str = "source") -> pa.DataType:
-    """The Arrow type of a BigQuery column (a ``SchemaField``)."""
-    kind = field.field_type.upper()
-    if kind in _SIMPLE:
-        arrow = _SIMPLE[kind]
-    elif kind == "JSON":
-        arrow = pa.json_(pa.string())
-    elif kind == "NUMERIC":
-        arrow = pa.decimal128(field.precision or 38, field.scale or (0 if field.precision else 9))
-    elif kind == "BIGNUMERIC":
-        precision = field.precision or 76
-        scale = field.scale or (0 if field.precision else 38)
-        arrow = pa.decimal128(precision, scale) if precision <= 38 else pa.decimal256(min(precision, 76), scale)
-    elif kind in ("RECORD", "STRUCT"):
-        arrow = pa.struct([pa.field(f.name, arrow_type(f, label)) for f in field.fields])
-    elif kind == "RANGE":
-        element = getattr(field.range_element_type, "element_type", None) or "DATE"
-        inner = _SIMPLE.get(str(element).upper(), pa.date32())
-        arrow = pa.struct([pa.field("start", inner), pa.field("end", inner)])
-    else:
-        raise PermanentError(f"{label}: column {field.name!r} is of type {kind}, which etl can't read yet")
-    return pa.list_(arrow) if field.mode == "REPEATED" else arrow
-
-
-def arrow_schema(fields: Sequence[Any], label: str = "source") -> pa.Schema:
-    return pa.schema([pa.field(f.name, arrow_type(f, label)) for f in fields])
-
-
-def conform(batch: pa.RecordBatch, target: pa.Schema, kinds: Sequence[str], label: str) -> pa.RecordBatch:
-    """A batch as the API gave it, in the planned schema (the same for every chunk and API)."""
-    arrays = []
-    for i, field in enumerate(target):
-        index = batch.schema.get_field_index(field.name)
-        if index < 0:
-            raise PermanentError(f"{label}: BigQuery sent no column {field.name!r}")
-        column = batch.column(index)
-        if i < len(kinds) and kinds[i] == "GEOGRAPHY" and pa.types.is_binary(column.type):
-            column = _wkb_to_wkt(column, label, field.name)
-        if column.type != field.type:
-            try:
-                column = column.cast(field.type)
-            except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
-                raise PermanentError(
-                    f"{label}: column {field.name!r}: {column.type} is not {field.type} ({exc})"
-                ) from None
-        arrays.append(column)
-    return pa.RecordBatch.from_arrays(arrays, schema=target)
-
-
-def _wkb_to_wkt(column: pa.Array, label: str, name: str) -> pa.Array:
-    """GEOGRAPHY as WKT. BigQuery sends WKT; an emulator may send WKB, converted by shapely."""
-    try:
-        import shapely
-    except ImportError:
-        raise PermanentError(
-            f"{label}: column {name!r} (GEOGRAPHY) arrived as WKB; install shapely to read it as WKT"
-        ) from None
-    values = column.to_numpy(zero_copy_only=False)
-    geometries = shapely.from_wkb(values)
-    nulls = column.is_null().to_numpy(zero_copy_only=False)
-    return pa.array(shapely.to_wkt(geometries, rounding_precision=-1), type=pa.string(), mask=nulls)
 
 
 # -- chunks ----------------------------------------------------------------------------------------
@@ -906,65 +461,6 @@ def _wkb_to_wkt(column: pa.Array, label: str, name: str) -> pa.Array:
 
 def _column_of(chunk_by: Any) -> str:
     return chunk_by.column if isinstance(chunk_by, SliceBy) else str(chunk_by)
-
-
-def _literal(value: Any, kind: str) -> str:
-    """A chunk's bound as GoogleSQL: an integer, or a date/time re-read from ISO 8601 (never user text)."""
-    if kind == "DATE":
-        return f"DATE '{dt.date.fromisoformat(str(value)).isoformat()}'"
-    if kind == "DATETIME":
-        return f"DATETIME '{dt.datetime.fromisoformat(str(value)).replace(tzinfo=None).isoformat(sep=' ')}'"
-    if kind == "TIMESTAMP":
-        stamp = dt.datetime.fromisoformat(str(value))
-        stamp = stamp if stamp.tzinfo else stamp.replace(tzinfo=dt.UTC)
-        return f"TIMESTAMP '{stamp.astimezone(dt.UTC).isoformat(sep=' ')}'"
-    return str(int(value))
-
-
-def _window_conditions(window: Window, *, literal: bool) -> list[str]:
-    """An incremental run's bounds on its cursor: as query parameters (``@_etl_low``,
-    ``@_etl_high``, bound typed), or, for the Storage Read API's row restriction, which takes
-    none, as literals written from the values' types (never text taken from a job)."""
-    column = f"`{window.cursor}`"
-    high = _typed(window.high) if literal else f"@{_HIGH}"
-    found = [f"{column} <= {high}"]
-    if window.low is not None:
-        low = _typed(window.low) if literal else f"@{_LOW}"
-        found.append(f"{column} {'>=' if window.low_inclusive else '>'} {low}")
-    return found
-
-
-def _typed(value: Any) -> str:
-    """A cursor value as a GoogleSQL literal of its type: TIMESTAMP (a datetime with a zone),
-    DATETIME, DATE, INT64, NUMERIC or BIGNUMERIC, FLOAT64."""
-    if isinstance(value, dt.datetime):
-        if value.tzinfo is None:
-            return f"DATETIME '{value.isoformat(sep=' ')}'"
-        return f"TIMESTAMP '{value.astimezone(dt.UTC).isoformat(sep=' ')}'"
-    if isinstance(value, dt.date):
-        return f"DATE '{value.isoformat()}'"
-    if isinstance(value, bool):
-        raise PermanentError("a BOOL column can't be an incremental cursor")
-    if isinstance(value, int):
-        return str(int(value))
-    if isinstance(value, Decimal) and value.is_finite():
-        return f"{decimal_type(value)} '{value:f}'"
-    if isinstance(value, float) and math.isfinite(value):
-        return repr(value)
-    raise PermanentError(f"{value!r} can't bound an incremental cursor; a cursor is a number, date or timestamp")
-
-
-def _condition(args: Mapping[str, Any]) -> str:
-    column = f"`{args['column']}`"
-    if args["kind"] == "null":
-        return f"{column} IS NULL"
-    kind = str(args.get("type", ""))
-    parts = []
-    if args.get("lo") is not None:
-        parts.append(f"{column} >= {_literal(args['lo'], kind)}")
-    if args.get("hi") is not None:
-        parts.append(f"{column} < {_literal(args['hi'], kind)}")
-    return " AND ".join(parts) if parts else f"{column} IS NOT NULL"
 
 
 def _label(args: Mapping[str, Any]) -> str:
@@ -975,12 +471,3 @@ def _label(args: Mapping[str, Any]) -> str:
         stop = args.get("stop")
         return f"rows {args['start']}-{stop - 1}" if stop is not None else f"rows {args['start']}-"
     return column_label(args)
-
-
-def _bytes(n: int | None) -> str:
-    value = float(n or 0)
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if value < 1024 or unit == "TB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{value:.1f} PB"

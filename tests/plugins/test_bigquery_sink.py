@@ -13,6 +13,7 @@ from zoneinfo import ZoneInfo
 
 import pyarrow as pa
 import pytest
+from etl_plugins.bigquery import _sink_finalize
 from etl_plugins.bigquery import sink as bq_sink
 from etl_plugins.bigquery._sink_types import arrow_type, schema_fields
 from etl_plugins.bigquery.sink import BigQuerySinkOptions
@@ -249,7 +250,7 @@ def test_a_newer_attempt_fences_out_an_older_one(bigquery, dataset):
 
 
 def test_many_staging_tables_are_merged_first_and_a_crash_mid_merge_is_safe(bigquery, dataset, monkeypatch):
-    monkeypatch.setattr(bq_sink, "MAX_UNION", 2)
+    monkeypatch.setattr(_sink_finalize, "MAX_UNION", 2)
     table = f"{dataset}.t"
     chunks = [numbers(i * 10, i * 10 + 10) for i in range(5)] + [numbers(0, 0)]
     assert sink_run(table, *chunks, finalize=False) == [10] * 5 + [0]

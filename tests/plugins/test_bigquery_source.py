@@ -376,7 +376,7 @@ def test_types_map_to_arrow(bigquery, types_table, api):
 
 
 def test_a_declared_numeric_precision_is_kept():
-    from etl_plugins.bigquery.source import arrow_type
+    from etl_plugins.bigquery._source_types import arrow_type
     from google.cloud.bigquery import SchemaField
 
     assert arrow_type(SchemaField("n", "NUMERIC", precision=10, scale=2)) == pa.decimal128(10, 2)

@@ -18,6 +18,8 @@ import pyarrow as pa
 import pytest
 from etl_plugins import notify
 from etl_plugins._deadlines import DeadlineOptions, Deadlines, shown
+from etl_plugins.notify._delivery import deliver
+from etl_plugins.notify._message import Message
 from loguru import logger
 from pydantic import ValidationError
 
@@ -451,8 +453,8 @@ def test_statement_timeout_is_the_jobs_else_the_environments_else_the_shorter_of
 # -- notifications --------------------------------------------------------------------------------------
 
 
-def _message() -> notify.Message:
-    return notify.Message("run.failed", "d-1", {"host": "h"}, b"{}", "text", "subject", "plain")
+def _message() -> Message:
+    return Message("run.failed", "d-1", {"host": "h"}, b"{}", "text", "subject", "plain")
 
 
 @pytest.mark.parametrize("shape", ["silent", "refusing", "dropping"])
@@ -461,7 +463,7 @@ def test_a_webhook_gives_up_within_its_budget_naming_the_endpoint(shape, lines):
     with server as (host, port):
         target = notify.WebhookTarget(type="webhook", url=f"http://{host}:{port}/secret-path", timeout=0.5, backoff=0.1)
         with within(2):
-            assert notify.deliver(target, _message(), logger) is False
+            assert deliver(target, _message(), logger) is False
     retries = [line for line in lines if "(attempt" in line]
     assert retries[0].startswith(f"notification to webhook http://{host}:{port} failed (attempt 1/3): ")
     assert lines[-1].endswith(
@@ -479,7 +481,7 @@ def test_an_smtp_server_that_does_not_answer_gives_up_within_the_budget(shape, l
             timeout=0.5, backoff=0.1, retries=1,
         )  # fmt: skip
         with within(2):
-            assert notify.deliver(target, _message(), logger) is False
+            assert deliver(target, _message(), logger) is False
     expected = {"silent": "no answer in time", "refusing": "Connection refused", "dropping": "Connection unexpectedly"}
     assert any(f"email via {host}:{port} to 1 recipient(s) failed (attempt 1/2): " in line for line in lines)
     assert expected[shape] in lines[-1]
@@ -493,5 +495,5 @@ def test_the_environment_sets_a_targets_timeout_and_budget_unless_the_job_does(m
     assert default.limits() == (0.3, 1.0)
     assert notify.WebhookTarget(type="webhook", url="http://h", timeout=2, budget=5).limits() == (2.0, 5.0)
     monkeypatch.setenv("ETL_NOTIFY_TIMEOUT", "later")
-    assert notify.deliver(default, _message(), logger) is False
+    assert deliver(default, _message(), logger) is False
     assert lines[-1].startswith("notification to webhook http://h not sent: ETL_NOTIFY_TIMEOUT: 'later' is not a")
