@@ -116,7 +116,7 @@ from etl import PermanentError, Sink, TransientError
 
 from ._client import Clients, split_table
 from ._sink_finalize import Finalizing
-from ._sink_load import ChunkLoads
+from ._sink_load import STAGING_EXPIRATION, ChunkLoads
 from ._sink_options import BigQuerySinkOptions
 from ._sink_types import Plan
 
@@ -180,7 +180,7 @@ class BigQuerySink(ChunkLoads, Finalizing, Sink):
     def staged(self) -> list[str]:
         names = self.names
         where = f"{names.staging_project}.{names.staging_dataset}"
-        return [f"the tables {where}.{names.prefix}c* (they expire after 7 days)"]
+        return [f"the tables {where}.{names.prefix}c* (they expire after {STAGING_EXPIRATION.days} days)"]
 
     def close(self) -> None:
         self.clients.close()

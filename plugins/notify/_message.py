@@ -20,7 +20,6 @@ if TYPE_CHECKING:
 
 
 Event = Literal["completed", "failed", "cancelled"]
-EVENTS: tuple[Event, ...] = ("completed", "failed", "cancelled")
 
 
 @dataclass(frozen=True)
