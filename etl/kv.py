@@ -55,6 +55,14 @@ class Tx(Protocol):
 
     def get(self, key: str) -> dict[str, Any] | None: ...
 
+    def get_many(self, keys: list[str]) -> list[dict[str, Any] | None]:
+        """Several documents at once (on Redis, one round trip)."""
+        ...
+
+    def watch(self, keys: Iterable[str]) -> None:
+        """Watch more keys, before reading them: a key the function chose from what it read."""
+        ...
+
     def put(self, key: str, doc: dict[str, Any]) -> None: ...
 
     def delete(self, key: str) -> None: ...
@@ -95,16 +103,64 @@ class KV(Protocol):
 
 
 class _RedisTx:
-    def __init__(self, pipe: Any) -> None:
+    """A transaction's reads and writes on Redis. The keys to watch go with the first read after
+    them (``WATCH`` and the read in one round trip); documents are read once, several at once
+    (``MGET``); writes wait for ``EXEC``."""
+
+    def __init__(self, pipe: Any, watch: Iterable[str]) -> None:
         self.pipe = pipe
         self.writes: list[Callable[[Any], Any]] = []
         self.cache: dict[str, dict[str, Any] | None] = {}
+        self.unwatched = list(dict.fromkeys(watch))
+
+    def watch(self, keys: Iterable[str]) -> None:
+        self.unwatched += [k for k in keys if k not in self.unwatched]
+
+    def _read(self, *commands: tuple[Any, ...]) -> list[Any]:
+        """Send ``commands`` (reads) in one round trip, after a ``WATCH`` of the keys not yet
+        watched, on the connection the transaction keeps until ``EXEC``; their replies."""
+        import redis
+
+        pipe, watching = self.pipe, bool(self.unwatched)
+        batch = [("WATCH", *self.unwatched), *commands] if watching else list(commands)
+        conn = pipe.connection
+        if conn is None:
+            conn = pipe.connection = pipe.connection_pool.get_connection()
+
+        def send() -> list[Any]:
+            conn.send_packed_command(conn.pack_commands(batch))
+            replies, error = [], None
+            for _ in batch:  # every reply is read, so that the connection stays in step
+                try:
+                    replies.append(conn.read_response())
+                except redis.ResponseError as exc:
+                    replies.append(exc)
+                    error = error or exc
+            if error is not None:
+                raise error
+            return replies
+
+        def lost(exc: Exception) -> None:
+            conn.disconnect()
+            if pipe.watching:  # what was watched is lost with the connection: start over
+                pipe.reset()
+                raise redis.WatchError(f"a {type(exc).__name__} occurred while watching keys")
+
+        replies = conn.retry.call_with_retry(send, lost)
+        if watching:
+            pipe.watching, self.unwatched = True, []
+        return replies[len(batch) - len(commands) :]
 
     def get(self, key: str) -> dict[str, Any] | None:
-        if key not in self.cache:
-            raw = self.pipe.get(key)
-            self.cache[key] = json.loads(raw) if raw else None
-        return self.cache[key]
+        return self.get_many([key])[0]
+
+    def get_many(self, keys: list[str]) -> list[dict[str, Any] | None]:
+        missing = [k for k in dict.fromkeys(keys) if k not in self.cache]
+        if missing:
+            (raws,) = self._read(("MGET", *missing))
+            for key, raw in zip(missing, raws, strict=True):
+                self.cache[key] = json.loads(raw) if raw else None
+        return [self.cache[k] for k in keys]
 
     def put(self, key: str, doc: dict[str, Any]) -> None:
         self.cache[key] = doc
@@ -122,11 +178,20 @@ class _RedisTx:
         self.writes.append(lambda p: p.zrem(name, member))
 
     def zrange(self, name: str, low: float, high: float, limit: int) -> list[tuple[str, float]]:
-        rows = self.pipe.zrangebyscore(name, low, high, start=0, num=limit, withscores=True)
-        return [(m.decode() if isinstance(m, bytes) else m, s) for m, s in rows]
+        (rows,) = self._read(("ZRANGEBYSCORE", name, low, high, "LIMIT", 0, limit, "WITHSCORES"))
+        return _scored(rows)
 
     def zcard(self, name: str) -> int:
-        return int(self.pipe.zcard(name))
+        return int(self._read(("ZCARD", name))[0])
+
+
+def _scored(reply: list[Any]) -> list[tuple[str, float]]:
+    """A ``WITHSCORES`` reply as (member, score) pairs: pairs in RESP3, a flat list in RESP2."""
+    if reply and isinstance(reply[0], list | tuple):
+        pairs = [(m, s) for m, s in reply]
+    else:
+        pairs = list(zip(reply[::2], reply[1::2], strict=True))
+    return [(m.decode() if isinstance(m, bytes) else m, float(s)) for m, s in pairs]
 
 
 class RedisKV:
@@ -198,9 +263,7 @@ class RedisKV:
             while True:
                 with self._pipeline() as pipe:
                     try:
-                        if keys:
-                            pipe.watch(*keys)
-                        tx = _RedisTx(pipe)
+                        tx = _RedisTx(pipe, keys)  # watched with the first read
                         result = fn(tx)
                         pipe.multi()
                         for write in tx.writes:
@@ -335,6 +398,12 @@ class _SqliteTx:
         row = self.con.execute("SELECT value FROM kv WHERE key = ?", (key,)).fetchone()
         return json.loads(row[0]) if row else None
 
+    def get_many(self, keys: list[str]) -> list[dict[str, Any] | None]:
+        return _get_many(self.con, keys)
+
+    def watch(self, keys: Iterable[str]) -> None:
+        pass  # the whole transaction holds the file's write lock
+
     def put(self, key: str, doc: dict[str, Any]) -> None:
         self.con.execute(
             "INSERT INTO kv (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
@@ -365,6 +434,15 @@ class _SqliteTx:
 
     def zcard(self, name: str) -> int:
         return int(self.con.execute("SELECT count(*) FROM zset WHERE name = ?", (name,)).fetchone()[0])
+
+
+def _get_many(con: sqlite3.Connection, keys: list[str]) -> list[dict[str, Any] | None]:
+    found: dict[str, str] = {}
+    for start in range(0, len(keys), 500):
+        part = keys[start : start + 500]
+        marks = ",".join("?" * len(part))
+        found.update(con.execute(f"SELECT key, value FROM kv WHERE key IN ({marks})", part).fetchall())
+    return [json.loads(found[k]) if k in found else None for k in keys]
 
 
 def _bound(value: float) -> float:
@@ -424,15 +502,7 @@ class SqliteKV:
         return _SqliteTx(self._con()).get(key)
 
     def get_many(self, keys: list[str]) -> list[dict[str, Any] | None]:
-        if not keys:
-            return []
-        found: dict[str, str] = {}
-        con = self._con()
-        for start in range(0, len(keys), 500):
-            part = keys[start : start + 500]
-            marks = ",".join("?" * len(part))
-            found.update(con.execute(f"SELECT key, value FROM kv WHERE key IN ({marks})", part).fetchall())
-        return [json.loads(found[k]) if k in found else None for k in keys]
+        return _get_many(self._con(), keys)
 
     def zrange(self, name: str, low: float, high: float, limit: int) -> list[tuple[str, float]]:
         return _SqliteTx(self._con()).zrange(name, low, high, limit)

@@ -10,7 +10,7 @@ a forged task; once a process has used a key, processes without it may not send 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from loguru import logger
@@ -147,12 +147,21 @@ class Queue:
             raise TransientError(Connector(self.settings).unreachable(exc, time.monotonic() - started)) from None
 
     def dispatch(self, run: RunRecord, slots: int, delay: float = 0.0) -> list[int]:
-        """Queue as many of the run's pending chunks as its parallelism allows: ``max_parallel``,
-        or else ``slots`` (the live workers' slots)."""
-        indices = self.store.dispatch(run.id, run.max_parallel or max(slots, 1))
-        for index in indices:
-            self.send("etl.chunk", run.id, index, delay=delay)
+        """Queue as many of the run's pending chunks as its parallelism allows (:meth:`parallelism`)."""
+        indices = self.store.dispatch(run.id, self.parallelism(run, slots))
+        self.send_chunks(run.id, indices, delay)
         return indices
+
+    @staticmethod
+    def parallelism(run: RunRecord, slots: int) -> int:
+        """How many of the run's chunks may be in flight at once: its ``max_parallel``, or else
+        ``slots`` (the live workers' slots)."""
+        return run.max_parallel or max(slots, 1)
+
+    def send_chunks(self, run_id: str, indices: Sequence[int], delay: float = 0.0) -> None:
+        """Send the messages of chunks just queued."""
+        for index in indices:
+            self.send("etl.chunk", run_id, index, delay=delay)
 
     def in_transit(self) -> set[tuple[str, tuple[Any, ...]]]:
         """The messages waiting in the queue or its schedule, as (task name, args)."""

@@ -60,3 +60,45 @@ def test_a_workers_metrics_count_its_store_transactions(tmp_path):
     assert "etl_store_transactions_total 4.0" in text
     assert "etl_store_conflicts_total 2.0" in text
     kv.close()
+
+
+def test_a_redis_transaction_watches_a_key_it_chose_from_what_it_read():
+    """``tx.watch`` of a key found mid-transaction (the next chunk to hand out): another process's
+    write to it before EXEC makes the transaction start over; its reads come in one MGET."""
+    kv, other = RedisKV(REDIS_URL), redis.Redis.from_url(REDIS_URL)
+    prefix = f"test-{uuid4().hex[:8]}"
+    pointer, target, plain = f"{prefix}:pointer", f"{prefix}:target", f"{prefix}:plain"
+    other.set(pointer, json.dumps({"key": target}))
+    other.set(target, json.dumps({"n": 1}))
+    seen: list[list] = []
+
+    def bump(tx):
+        chosen = tx.get(pointer)["key"]
+        tx.watch([chosen])
+        docs = tx.get_many([chosen, plain, pointer])
+        seen.append(docs)
+        if len(seen) == 1:
+            other.set(target, json.dumps({"n": 5}))  # another process commits between read and EXEC
+        tx.put(chosen, {"n": docs[0]["n"] + 1})
+
+    try:
+        kv.atomic(bump, [pointer])
+        assert seen == [[{"n": 1}, None, {"key": target}], [{"n": 5}, None, {"key": target}]]
+        assert kv.get(target) == {"n": 6}
+        assert (kv.counts.transactions, kv.counts.conflicts) == (1, 1)
+    finally:
+        other.delete(pointer, target)
+        other.close()
+        kv.close()
+
+
+def test_sqlite_transactions_read_several_documents_at_once(tmp_path):
+    kv = SqliteKV(tmp_path / "state.db")
+    kv.atomic(lambda tx: [tx.put(k, {"k": k}) for k in ("a", "b")], ["a", "b"])
+
+    def read(tx):
+        tx.watch(["b"])  # nothing to do on SQLite: the transaction holds the file's write lock
+        return tx.get_many(["b", "missing", "a"])
+
+    assert kv.atomic(read, []) == [{"k": "b"}, None, {"k": "a"}]
+    kv.close()

@@ -542,6 +542,43 @@ def test_a_completion_after_the_run_stopped_is_never_last(store):
     assert not store.finish(rid)
 
 
+def test_a_completion_hands_out_the_next_chunks_in_its_own_transaction(store, fake_clock):
+    rid = planned(store, 6)
+    assert store.dispatch(rid, 2) == [0, 1]
+    first = store.complete(rid, 0, take(store, rid, 0).token, result(), hand_out=2)
+    assert first.accepted and first.queued == (2,)  # one done, one queued in its place
+    assert [c.state for c in store.get_chunks(rid)] == ["done", "queued", "queued", "pending", "pending", "pending"]
+    assert store.get_chunk(rid, 2).queued_at == fake_clock.now
+    assert store.dispatch(rid, 2) == []  # two in flight: 1 and 2
+    # the parallelism grew: the completion fills up to it
+    assert store.complete(rid, 1, take(store, rid, 1).token, result(), hand_out=4).queued == (3, 4, 5)
+    assert store.complete(rid, 2, take(store, rid, 2).token, result(), hand_out=4).queued == ()  # none pending
+    assert store.complete(rid, 2, 1, result(), hand_out=4) == store.complete(rid, 2, 1, result())  # refused
+    for index in (3, 4):
+        assert store.complete(rid, index, take(store, rid, index).token, result(), hand_out=4).queued == ()
+    assert store.complete(rid, 5, take(store, rid, 5).token, result(), hand_out=4).last
+
+    stopped = planned(store, 3)
+    store.dispatch(stopped, 1)
+    token = take(store, stopped, 0).token
+    assert store.cancel(stopped)
+    completion = store.complete(stopped, 0, token, result(), hand_out=3)
+    assert (completion.accepted, completion.queued) == (True, ())  # a stopped run's chunks stay pending
+    assert [c.state for c in store.get_chunks(stopped)] == ["done", "pending", "pending"]
+
+
+def test_claim_with_run_returns_the_run_it_read(store):
+    rid = planned(store, 2)
+    store.dispatch(rid, 1)
+    claimed = store.claim_with_run(rid, 0, "w1", 30.0)
+    assert claimed is not None
+    run, chunk = claimed
+    assert run == store.get_run(rid)
+    assert (chunk.index, chunk.state, chunk.token, chunk.worker) == (0, "running", 1, "w1")
+    assert store.claim_with_run(rid, 0, "w2", 30.0) is None
+    assert store.claim_with_run(rid, 1, "w2", 30.0) is None  # pending
+
+
 # -- retrying and failing chunks -----------------------------------------------------------
 
 
@@ -1363,6 +1400,17 @@ def test_chunk_and_worker_to_json(store, fake_clock):
 # -- concurrency ---------------------------------------------------------------------------
 
 
+def in_threads(threads: int, work, errors: list[BaseException]) -> None:
+    """Run ``work(i)`` in ``threads`` threads at once; fail if one hangs or put an error in ``errors``."""
+    pool = [threading.Thread(target=work, args=(i,), daemon=True) for i in range(threads)]
+    for thread in pool:
+        thread.start()
+    for thread in pool:
+        thread.join(timeout=180)
+    assert not any(t.is_alive() for t in pool), "the workers did not finish in 180 s"
+    assert errors == []
+
+
 def test_eight_workers_share_one_run(store):
     """Eight threads dispatch, race to claim, and complete the chunks of one 200-chunk run."""
     n, threads = 200, 8
@@ -1402,13 +1450,7 @@ def test_eight_workers_share_one_run(store):
         except BaseException as exc:  # reported below
             errors.append(exc)
 
-    pool = [threading.Thread(target=work, args=(f"w{i}", i), daemon=True) for i in range(threads)]
-    for thread in pool:
-        thread.start()
-    for thread in pool:
-        thread.join(timeout=180)
-    assert not any(t.is_alive() for t in pool), "the workers did not finish in 180 s"
-    assert errors == []
+    in_threads(threads, lambda i: work(f"w{i}", i), errors)
 
     assert sorted(dispatched) == list(range(n))  # each chunk dispatched once
     assert claims == Counter(range(n))  # and claimed once: no lease handed out twice
@@ -1424,6 +1466,52 @@ def test_eight_workers_share_one_run(store):
     assert sum(c.rows_read for c in records) == run.rows_read
     assert store.claim_finalize(rid, "w0", 30)
     assert store.finish(rid, "w0")
+
+
+def test_workers_handing_out_chunks_as_they_complete_them_keep_to_the_runs_parallelism(store):
+    """Eight threads work one 120-chunk run as workers do: each completion hands out the chunks
+    that follow (its messages go to a shared queue). Every chunk is handed out, claimed and
+    counted once, and never more than the parallelism are handed out and not yet done."""
+    n, threads, limit = 120, 8, 5
+    rid = planned(store, n)
+    lock = threading.Lock()
+    messages: list[int] = store.dispatch(rid, limit)
+    handed: Counter[int] = Counter(messages)
+    done: set[int] = set()
+    most = [len(messages)]
+    lasts: list[bool] = []
+    errors: list[BaseException] = []
+
+    def work(worker: str) -> None:
+        try:
+            while True:
+                with lock:
+                    index = messages.pop(0) if messages else None
+                    finished = len(done) == n
+                if index is None:
+                    if finished:
+                        return
+                    time.sleep(0.001)
+                    continue
+                record = store.claim(rid, index, worker, 600)
+                assert record is not None, f"chunk {index} was handed out but could not be claimed"
+                completion = store.complete(rid, index, record.token, result(index), hand_out=limit)
+                assert completion.accepted
+                with lock:
+                    done.add(index)
+                    handed.update(completion.queued)
+                    messages.extend(completion.queued)
+                    lasts.append(completion.last)
+                    most[0] = max(most[0], sum(handed.values()) - len(done))
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    in_threads(threads, lambda i: work(f"w{i}"), errors)
+    assert handed == Counter(range(n))  # each chunk handed out once
+    assert most[0] <= limit
+    assert lasts.count(True) == 1
+    run = store.get_run(rid)
+    assert (run.chunks_done, run.rows_read) == (n, 10 * n)
 
 
 @pytest.mark.parametrize("how", ["fail", "cancel"])

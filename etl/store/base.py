@@ -74,10 +74,6 @@ class StoreBase:
         doc = tx.get(self._run_key(run_id))
         return RunRecord.from_doc(doc) if doc else None
 
-    def _load_chunk(self, tx: Tx, run_id: str, index: int) -> ChunkRecord | None:
-        doc = tx.get(self._chunk_key(run_id, index))
-        return ChunkRecord.from_doc(doc) if doc else None
-
     def _save_run(self, tx: Tx, run: RunRecord) -> None:
         tx.put(self._run_key(run.id), run.to_doc())
 
@@ -153,21 +149,22 @@ class StoreBase:
         fn: Callable[[Tx, RunRecord, ChunkRecord], T | None],
         *,
         watch_run: bool = True,
+        watch: Iterable[str] = (),
     ) -> T | None:
-        """Change a chunk (and its run) in one atomic transaction: load both, call ``fn(tx, run,
-        chunk)``, save each record that ``fn`` changed (a chunk with its indexes), and return
-        ``fn``'s answer. ``None`` when the run or the chunk is not there.
+        """Change a chunk (and its run) in one atomic transaction: load both (one read), call
+        ``fn(tx, run, chunk)``, save each record that ``fn`` changed (a chunk with its indexes),
+        and return ``fn``'s answer. ``None`` when the run or the chunk is not there.
 
         ``watch_run=False`` for a change that only reads the run: a write to the run by another
         transaction (another chunk completing) then does not make this one start over. Such a
-        ``fn`` must not change the run.
+        ``fn`` must not change the run. ``watch``: every other key that ``fn`` reads and writes.
         """
 
         def change(tx: Tx) -> T | None:
-            run = self._load_run(tx, run_id)
-            chunk = self._load_chunk(tx, run_id, index)
-            if run is None or chunk is None:
+            run_doc, chunk_doc = tx.get_many([self._run_key(run_id), self._chunk_key(run_id, index)])
+            if run_doc is None or chunk_doc is None:
                 return None
+            run, chunk = RunRecord.from_doc(run_doc), ChunkRecord.from_doc(chunk_doc)
             run_before, chunk_before = run.to_doc(), chunk.to_doc()
             answer = fn(tx, run, chunk)
             if chunk.to_doc() != chunk_before:
@@ -178,5 +175,5 @@ class StoreBase:
                 self._save_run(tx, run)
             return answer
 
-        watch = [self._run_key(run_id)] if watch_run else []
-        return self.kv.atomic(change, [*watch, self._chunk_key(run_id, index)])
+        run_key = [self._run_key(run_id)] if watch_run else []
+        return self.kv.atomic(change, [*run_key, self._chunk_key(run_id, index), *watch])

@@ -30,30 +30,43 @@ class Chunks(StoreBase):
 
     def dispatch(self, run_id: str, limit: int) -> list[int]:
         """Move pending chunks to ``queued`` until ``limit`` are in flight; their indices."""
-        pending = self._z(f"pending:{run_id}")
+        return self._change_run(run_id, lambda tx, run: self._hand_out(tx, run, limit), [self._pending(run_id)]) or []
 
-        def dispatch(tx: Tx, run: RunRecord) -> list[int]:
-            if run.state != "active":
-                return []
-            inflight = run.chunks_total - run.chunks_done - run.chunks_failed - tx.zcard(pending)
-            room = max(limit - inflight, 0)
-            chosen = [int(m) for m, _ in tx.zrange(pending, -FOREVER, FOREVER, room)] if room else []
-            now = self.clock()
-            for index in chosen:
-                chunk = self._load_chunk(tx, run_id, index)
-                if chunk is not None and chunk.state == "pending":
-                    chunk.state, chunk.queued_at = "queued", now
-                    self._save_chunk(tx, chunk)
-            return chosen
+    def _pending(self, run_id: str) -> str:
+        return self._z(f"pending:{run_id}")
 
-        return self._change_run(run_id, dispatch, [pending]) or []
+    def _hand_out(self, tx: Tx, run: RunRecord, limit: int) -> list[int]:
+        """Queue the run's lowest pending chunks until ``limit`` are in flight (the run and its
+        pending set watched); their indices."""
+        if run.state != "active" or run.chunks_done + run.chunks_failed >= run.chunks_total:
+            return []
+        pending = self._pending(run.id)
+        inflight = run.chunks_total - run.chunks_done - run.chunks_failed - tx.zcard(pending)
+        room = max(limit - inflight, 0)
+        chosen = [int(m) for m, _ in tx.zrange(pending, -FOREVER, FOREVER, room)] if room else []
+        docs = tx.get_many([self._chunk_key(run.id, i) for i in chosen]) if chosen else []
+        now = self.clock()
+        for doc in docs:
+            chunk = ChunkRecord.from_doc(doc) if doc else None
+            if chunk is not None and chunk.state == "pending":
+                chunk.state, chunk.queued_at = "queued", now
+                self._save_chunk(tx, chunk)
+        return chosen
 
     def claim(self, run_id: str, index: int, worker: str, lease: float) -> ChunkRecord | None:
         """Take a queued (or retrying, or abandoned) chunk of an active run: a new attempt, with
         a new fencing token (``.token``). Returns the chunk, running; ``None`` when it is not
         there to take."""
+        claimed = self.claim_with_run(run_id, index, worker, lease)
+        return claimed[1] if claimed is not None else None
 
-        def claim(tx: Tx, run: RunRecord, chunk: ChunkRecord) -> ChunkRecord | None:
+    def claim_with_run(
+        self, run_id: str, index: int, worker: str, lease: float
+    ) -> tuple[RunRecord, ChunkRecord] | None:
+        """:meth:`claim`, returning the run as the claim read it too (what a worker needs to
+        work the chunk: no second read)."""
+
+        def claim(tx: Tx, run: RunRecord, chunk: ChunkRecord) -> tuple[RunRecord, ChunkRecord] | None:
             if run.state != "active":
                 return None
             now = self.clock()
@@ -65,7 +78,7 @@ class Chunks(StoreBase):
             chunk.state, chunk.attempts, chunk.token = "running", chunk.attempts + 1, chunk.token + 1
             chunk.worker = worker
             chunk.lease_until, chunk.not_before = now + lease, None
-            return chunk
+            return run, chunk
 
         return self._change_chunk(run_id, index, claim)
 
@@ -84,11 +97,16 @@ class Chunks(StoreBase):
         # The run is only read: another chunk's completion must not make each renewal start over.
         return self._change_chunk(run_id, index, renew, watch_run=False) or "lost"
 
-    def complete(self, run_id: str, index: int, token: int, result: Any, signature: str = "") -> Completion:
+    def complete(
+        self, run_id: str, index: int, token: int, result: Any, signature: str = "", hand_out: int = 0
+    ) -> Completion:
         """Record attempt ``token`` as done, with its counters (a :class:`~etl.runs.ChunkResult`)
         and the completion's ``signature``. ``last`` is true for exactly one completion: the one
         that makes every chunk done. The completion holds the run with its new counters and the
-        chunk, done."""
+        chunk, done.
+
+        With ``hand_out`` (the run's parallelism), the same transaction queues pending chunks
+        until that many are in flight, as :meth:`dispatch` does: the completion's ``queued``."""
 
         def complete(tx: Tx, run: RunRecord, chunk: ChunkRecord) -> Completion | None:
             if chunk.state != "running" or chunk.token != token:
@@ -103,9 +121,11 @@ class Chunks(StoreBase):
             run.rows_rejected += result.rows_rejected
             run.chunks_done += 1
             last = run.state == "active" and run.chunks_done == run.chunks_total
-            return Completion(True, last, run, chunk)
+            queued = self._hand_out(tx, run, hand_out) if hand_out else []
+            return Completion(True, last, run, chunk, tuple(queued))
 
-        return self._change_chunk(run_id, index, complete) or Completion(False)
+        watch = [self._pending(run_id)] if hand_out else []
+        return self._change_chunk(run_id, index, complete, watch=watch) or Completion(False)
 
     def retry_later(self, run_id: str, index: int, token: int, error: str, delay: float) -> ChunkRecord | None:
         """Attempt ``token`` failed and will be tried again after ``delay`` seconds. Returns the

@@ -183,8 +183,9 @@ class Runs(StoreBase):
             if run.state != "failed":
                 return []
             again = []
-            for index in range(run.chunks_total):
-                chunk = self._load_chunk(tx, run_id, index)
+            docs = tx.get_many([self._chunk_key(run_id, i) for i in range(run.chunks_total)])
+            for index, doc in enumerate(docs):
+                chunk = ChunkRecord.from_doc(doc) if doc else None
                 if chunk is None or chunk.state == "done":
                     continue
                 if chunk.state in ("failed", "queued", "retrying", "running"):
