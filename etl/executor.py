@@ -389,7 +389,7 @@ class Executor:
         index = record.index
         log = self._log(run, index)
         signed = self.queue.signer.done(run.id, index, record.token, result.rows_written)
-        # The chunks to follow are queued by the completion itself, unless its rejected rows may
+        # The chunk to follow is queued by the completion itself, unless its rejected rows may
         # fail the run (then only once the run's total passed the check).
         hand_out = not result.rows_rejected or loaded.job.spec.max_rejects is None
         limit = self.queue.parallelism(run, self.slots()) if hand_out else 0
@@ -412,6 +412,8 @@ class Executor:
             self.finalize(run.id)
         elif hand_out:
             self.queue.send_chunks(run.id, completion.queued, delay=now.delay)
+            if completion.room:  # the run may take more than it had (more workers): queue them
+                self.dispatch(now, delay=now.delay)
         else:
             self.dispatch(now, delay=now.delay)
 

@@ -1,8 +1,9 @@
 """The few storage primitives the run state needs, on Redis or on a SQLite file.
 
-JSON documents by key and sorted sets, changed inside :meth:`KV.atomic` transactions: on Redis
-an optimistic ``WATCH``/``MULTI`` transaction retried on conflict, on SQLite a ``BEGIN
-IMMEDIATE`` transaction. :mod:`etl.store` writes the run-state logic once, on top of this.
+JSON documents by key, integer counters and sorted sets, changed inside :meth:`KV.atomic`
+transactions: on Redis an optimistic ``WATCH``/``MULTI`` transaction retried on conflict, on
+SQLite a ``BEGIN IMMEDIATE`` transaction. :mod:`etl.store` writes the run-state logic once, on
+top of this.
 """
 
 from __future__ import annotations
@@ -55,8 +56,8 @@ class Tx(Protocol):
 
     def get(self, key: str) -> dict[str, Any] | None: ...
 
-    def get_many(self, keys: list[str]) -> list[dict[str, Any] | None]:
-        """Several documents at once (on Redis, one round trip)."""
+    def get_many(self, keys: list[str]) -> list[Any]:
+        """Several documents (or counters' integers) at once (on Redis, one round trip)."""
         ...
 
     def watch(self, keys: Iterable[str]) -> None:
@@ -75,6 +76,17 @@ class Tx(Protocol):
 
     def zcard(self, name: str) -> int: ...
 
+    def incr(self, key: str, amount: int) -> Callable[[], int]:
+        """Add ``amount`` to the counter at ``key`` (0 when there is none), without reading it
+        first: transactions that only add to a counter don't conflict. Returns its value just
+        after this addition, to call once the transaction has committed."""
+        ...
+
+    def zcard_then(self, name: str) -> Callable[[], int]:
+        """The size of sorted set ``name`` after the writes so far, to call once the transaction
+        has committed."""
+        ...
+
 
 class KV(Protocol):
     #: Transactions committed and conflicts redone, in this process.
@@ -84,7 +96,7 @@ class KV(Protocol):
 
     def get(self, key: str) -> dict[str, Any] | None: ...
 
-    def get_many(self, keys: list[str]) -> list[dict[str, Any] | None]: ...
+    def get_many(self, keys: list[str]) -> list[Any]: ...
 
     def zrange(self, name: str, low: float, high: float, limit: int) -> list[tuple[str, float]]: ...
 
@@ -110,8 +122,10 @@ class _RedisTx:
     def __init__(self, pipe: Any, watch: Iterable[str]) -> None:
         self.pipe = pipe
         self.writes: list[Callable[[Any], Any]] = []
-        self.cache: dict[str, dict[str, Any] | None] = {}
+        self.cache: dict[str, Any] = {}
         self.unwatched = list(dict.fromkeys(watch))
+        #: What EXEC answered, one reply per write.
+        self.replies: list[Any] | None = None
 
     def watch(self, keys: Iterable[str]) -> None:
         self.unwatched += [k for k in keys if k not in self.unwatched]
@@ -154,7 +168,7 @@ class _RedisTx:
     def get(self, key: str) -> dict[str, Any] | None:
         return self.get_many([key])[0]
 
-    def get_many(self, keys: list[str]) -> list[dict[str, Any] | None]:
+    def get_many(self, keys: list[str]) -> list[Any]:
         missing = [k for k in dict.fromkeys(keys) if k not in self.cache]
         if missing:
             (raws,) = self._read(("MGET", *missing))
@@ -183,6 +197,24 @@ class _RedisTx:
 
     def zcard(self, name: str) -> int:
         return int(self._read(("ZCARD", name))[0])
+
+    def incr(self, key: str, amount: int) -> Callable[[], int]:
+        return self._then(lambda p: p.incrby(key, amount))
+
+    def zcard_then(self, name: str) -> Callable[[], int]:
+        return self._then(lambda p: p.zcard(name))
+
+    def _then(self, command: Callable[[Any], Any]) -> Callable[[], int]:
+        """Queue ``command`` with the writes; its reply, once EXEC has answered."""
+        slot = len(self.writes)
+        self.writes.append(command)
+
+        def reply() -> int:
+            if self.replies is None:
+                raise RuntimeError("a transaction's reply was asked for before the transaction committed")
+            return int(self.replies[slot])
+
+        return reply
 
 
 def _scored(reply: list[Any]) -> list[tuple[str, float]]:
@@ -270,7 +302,7 @@ class RedisKV:
                             write(pipe)
                         if not tx.writes:
                             pipe.replicas = 0  # nothing to confirm
-                        pipe.execute()
+                        tx.replies = pipe.execute()
                         self.counts.add(conflicts)
                         self._confirmed(pipe)
                         return result
@@ -307,7 +339,7 @@ class RedisKV:
         raw = self._call(lambda: self.client.get(key))
         return json.loads(raw) if raw else None
 
-    def get_many(self, keys: list[str]) -> list[dict[str, Any] | None]:
+    def get_many(self, keys: list[str]) -> list[Any]:
         if not keys:
             return []
         raws = self._call(lambda: self.client.mget(keys))
@@ -339,8 +371,9 @@ class RedisKV:
         self._call(self.probe.ping, check=True)
 
     def close(self) -> None:
-        self.client.close()
-        self.probe.close()
+        for client in (self.client, self.probe):
+            client.close()
+            client.connection_pool.disconnect()  # a pool handed to a client outlives its close()
 
 
 def url_settings(url: str) -> QueueSettings:
@@ -398,11 +431,25 @@ class _SqliteTx:
         row = self.con.execute("SELECT value FROM kv WHERE key = ?", (key,)).fetchone()
         return json.loads(row[0]) if row else None
 
-    def get_many(self, keys: list[str]) -> list[dict[str, Any] | None]:
+    def get_many(self, keys: list[str]) -> list[Any]:
         return _get_many(self.con, keys)
 
     def watch(self, keys: Iterable[str]) -> None:
         pass  # the whole transaction holds the file's write lock
+
+    def incr(self, key: str, amount: int) -> Callable[[], int]:
+        # A counter is a document holding an integer (read by get_many like any other).
+        (value,) = self.con.execute(
+            "INSERT INTO kv (key, value) VALUES (?, ?) "
+            "ON CONFLICT (key) DO UPDATE SET value = CAST(value AS INTEGER) + CAST(excluded.value AS INTEGER) "
+            "RETURNING value",
+            (key, str(amount)),
+        ).fetchone()
+        return lambda: int(value)
+
+    def zcard_then(self, name: str) -> Callable[[], int]:
+        size = self.zcard(name)
+        return lambda: size
 
     def put(self, key: str, doc: dict[str, Any]) -> None:
         self.con.execute(
@@ -436,7 +483,7 @@ class _SqliteTx:
         return int(self.con.execute("SELECT count(*) FROM zset WHERE name = ?", (name,)).fetchone()[0])
 
 
-def _get_many(con: sqlite3.Connection, keys: list[str]) -> list[dict[str, Any] | None]:
+def _get_many(con: sqlite3.Connection, keys: list[str]) -> list[Any]:
     found: dict[str, str] = {}
     for start in range(0, len(keys), 500):
         part = keys[start : start + 500]
@@ -501,7 +548,7 @@ class SqliteKV:
     def get(self, key: str) -> dict[str, Any] | None:
         return _SqliteTx(self._con()).get(key)
 
-    def get_many(self, keys: list[str]) -> list[dict[str, Any] | None]:
+    def get_many(self, keys: list[str]) -> list[Any]:
         return _get_many(self._con(), keys)
 
     def zrange(self, name: str, low: float, high: float, limit: int) -> list[tuple[str, float]]:

@@ -46,9 +46,9 @@ class Runs(StoreBase):
             if not ids:
                 break
             start += len(ids)
-            for doc in self.kv.get_many([self._run_key(i) for i in ids]):
-                if doc and (job is None or doc["job"] == job) and (state is None or doc["state"] == state):
-                    result.append(RunRecord.from_doc(doc))
+            for run in self._runs(ids):
+                if run and (job is None or run.job == job) and (state is None or run.state == state):
+                    result.append(run)
         return result[:limit]
 
     def active_runs(self, limit: int = 1000) -> list[RunRecord]:
@@ -62,8 +62,7 @@ class Runs(StoreBase):
         ids: list[str] = []
         for state in FINISHED:
             ids += [m for m, _ in self.kv.zrange(self._z(f"finished:{state}"), since, FOREVER, limit)]
-        docs = self.kv.get_many([self._run_key(i) for i in ids[:limit]])
-        return [RunRecord.from_doc(d) for d in docs if d]
+        return [run for run in self._runs(ids[:limit]) if run]
 
     # -- transitions -------------------------------------------------------------------------
 
