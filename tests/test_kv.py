@@ -102,3 +102,38 @@ def test_sqlite_transactions_read_several_documents_at_once(tmp_path):
 
     assert kv.atomic(read, []) == [{"k": "b"}, None, {"k": "a"}]
     kv.close()
+
+
+def test_the_acl_in_the_docs_lets_a_worker_record_a_run_from_plan_to_clean_up():
+    """docs/operations.md lists the commands a worker needs (ACL): a Redis user with those and
+    no more plans, hands out, claims, renews, completes (adding to counters), finishes, lists
+    and deletes a run."""
+    from pathlib import Path
+
+    from etl.store import RunStore
+    from tests.test_store import planned, result, take
+
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "operations.md").read_text()
+    line = next(line for line in doc.splitlines() if line.startswith("ACL SETUSER etl-worker"))
+    commands = [word for word in line.split() if word.startswith(("+", "-@"))]
+    admin, user, prefix = redis.Redis.from_url(REDIS_URL), f"etltest-{uuid4().hex[:8]}", f"acl{uuid4().hex[:8]}"
+    admin.execute_command("ACL", "SETUSER", user, "on", ">pw", "resetkeys", f"~{prefix}:*", "resetchannels", *commands)
+    kv = RedisKV(f"redis://{user}:pw@127.0.0.1:6379/15")
+    try:
+        store = RunStore(kv, prefix=prefix)
+        rid = planned(store, 3)
+        assert store.dispatch(rid, 2) == [0, 1]
+        for index in range(3):
+            chunk = take(store, rid, index)
+            assert store.renew(rid, index, chunk.token, 30) == "ok"
+            completion = store.complete(rid, index, chunk.token, result(index), hand_out=2)
+            assert completion.accepted
+        assert completion.last and store.claim_finalize(rid, "w1", 30) and store.finish(rid, "w1")
+        assert store.get_run(rid).chunks_done == 3
+        assert store.clean("completed") == 1
+    finally:
+        kv.close()
+        admin.execute_command("ACL", "DELUSER", user)
+        for key in admin.scan_iter(match=f"{prefix}:*", count=1000):
+            admin.unlink(key)
+        admin.close()
