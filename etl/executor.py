@@ -2,8 +2,9 @@
 
 Every step is checked against the run store first and recorded there after, so a message that
 arrives twice, late, or for a run that was cancelled does nothing harmful. A chunk runs under a
-lease that a thread renews; if the lease is lost (another worker took the chunk over) or the
-run stops, the chunk's pipeline stops at its next batch.
+lease that one thread of the process renews (for every chunk in hand); if the lease is lost
+(another worker took the chunk over) or the run stops, the chunk's pipeline stops at its next
+batch. A chunk's completion queues the run's next chunk in the same transaction.
 """
 
 from __future__ import annotations
