@@ -1,7 +1,9 @@
 """What recording a run costs per chunk: the run-store transactions an in-process run makes for
 each chunk (claim, lease keeper, complete, read back), on the embedded store and on Redis, and
 a whole in-process run of many small chunks with and without those transactions' share; and
-what ETL_SECRET_KEY adds per chunk (checking and signing what a worker acts on).
+what ETL_SECRET_KEY adds per chunk (checking and signing what a worker acts on). With Redis:
+the round trips to Redis a queued chunk costs one worker (in this process), by the call that
+makes them.
 
     .venv/bin/python benchmarks/lifecycle.py [CHUNKS]      # default 2000; Redis at REDIS_URL
 
@@ -87,6 +89,68 @@ def whole_run(chunks: int, home: Path) -> float:
     return (time.perf_counter() - started) / chunks
 
 
+def round_trips(chunks: int, url: str, home: Path) -> dict[str, float]:
+    """Round trips to Redis (requests sent on a connection) per chunk of a queued run of
+    one-row chunks that one worker of one thread works in this process, by the call that made
+    them. (Not timed: finding the caller of each request slows them down.)"""
+    import collections
+    import threading
+    import traceback
+
+    import redis.connection
+
+    import etl
+    from etl import api
+    from etl.queue import open_queue
+    from etl.settings import queue_settings
+    from etl.worker import Worker, WorkerOptions
+
+    counted: collections.Counter[str] = collections.Counter()
+    counting = threading.Event()
+    send = redis.connection.AbstractConnection.send_packed_command
+
+    def counting_send(self, command, check_health=True):  # type: ignore[no-untyped-def]
+        if counting.is_set() and threading.current_thread().name.startswith("Worker"):
+            # Named by the outermost call into the store, or the queue's send (else Huey's own).
+            stack = traceback.extract_stack()
+            calls = [f for f in stack if "/etl/store/" in f.filename]
+            calls = calls or [f for f in stack if f.filename.endswith("etl/queue.py") and f.name == "send"]
+            counted[f"{Path(calls[0].filename).stem}.{calls[0].name}" if calls else "huey"] += 1
+        return send(self, command, check_health)
+
+    env = {"ETL_QUEUE_URL": url, "ETL_QUEUE_NAME": f"bench{uuid.uuid4().hex[:6]}", "ETL_HOME": str(home)}
+    os.environ.update(env)
+    queue = open_queue(queue_settings())
+    worker = Worker(queue, WorkerOptions(concurrency=1, reaper_interval=3600, heartbeat=3600))
+    text = (
+        f"name: rt\nsource: {{type: generate, rows: {chunks}}}\nsink: {{type: jsonl, path: {home}/out}}\n"
+        "chunk_size: 1\nthresholds: {background: 1}\n"
+    )
+    redis.connection.AbstractConnection.send_packed_command = counting_send  # type: ignore[method-assign]
+    try:
+        worker.start(install_signals=False)
+        run_id = api.submit(etl.load_job(text=text), queue=queue).id
+        skip = min(50, chunks // 4)  # the first and last chunks load the job, plan, finalize
+        while (run := queue.store.get_run(run_id)) is not None and run.chunks_done < skip:
+            time.sleep(0.005)
+        counting.set()
+        first = run.chunks_done
+        while (run := queue.store.get_run(run_id)) is not None and run.chunks_done < chunks - skip:
+            time.sleep(0.005)
+        counting.clear()
+        done = run.chunks_done - first
+        while not (run := queue.store.get_run(run_id)).finished:
+            time.sleep(0.05)
+    finally:
+        redis.connection.AbstractConnection.send_packed_command = send  # type: ignore[method-assign]
+        worker.stop()
+        for key in queue.store.kv.client.scan_iter(match=f"{env['ETL_QUEUE_NAME']}:*", count=1000):
+            queue.store.kv.client.unlink(key)
+        queue.huey.flush()
+        queue.close()
+    return {where: n / done for where, n in counted.most_common()}
+
+
 def main() -> None:
     chunks = int(sys.argv[1]) if len(sys.argv) > 1 else 2000
     print(f"{'what':<58} {'per chunk':>12}")
@@ -101,6 +165,10 @@ def main() -> None:
             print(f"(no Redis at {url}: {exc})")
         else:
             print(f"{'recording a chunk, Redis':<58} {per_chunk(redis_store, chunks) * 1e3:>9.3f} ms")
+            trips = round_trips(min(chunks, 500), url, Path(tmp) / "trips")
+            print(f"{'a queued chunk, one worker, Redis: round trips':<58} {sum(trips.values()):>9.2f}")
+            for where, n in trips.items():
+                print(f"{'  made by ' + where:<58} {n:>9.2f}")
         print(f"{'checking and signing a chunk, with ETL_SECRET_KEY':<58} {signing(chunks) * 1e3:>9.3f} ms")
         home = Path(tmp) / "home"
         print(

@@ -17,11 +17,14 @@ rows/s and speed-up over one process (layout: processes × threads):
 Part 2: the run store's optimistic transactions (WATCH/MULTI/EXEC, redone on a conflict) on the
 tiny job at 1, 2, 4, 8, 14 workers (processes × threads, --workers): transactions and conflicts
 per chunk, read from the supervisor's /metrics (`etl_store_transactions_total`,
-`etl_store_conflicts_total`, summed over its processes).
+`etl_store_conflicts_total`, summed over its processes), and the commands Redis ran per chunk
+(`INFO commandstats`: every client of that Redis counts, so give it a Redis of its own for an
+exact figure).
 
 A run's time is the store's, from its start (a worker activating it) to its end, so the start
 of `etl run` and of the workers is not counted. Each measurement uses a queue of its own
-(ETL_QUEUE_NAME) on the given Redis, deleted afterwards. Prints tables; asserts nothing
+(ETL_QUEUE_NAME) on the given Redis, deleted afterwards. With --repeat N, each figure is the
+median of N runs (the layouts taking turns). Prints tables; asserts nothing
 (figures vary by machine and load). It prints the machine's capacity before and after: how many
 times one process's work N pure-Python processes do at once; a speed-up can't exceed it.
 """
@@ -33,6 +36,7 @@ import math
 import os
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -119,6 +123,8 @@ class Measured:
     chunks: int
     transactions: float
     conflicts: float
+    #: Commands Redis ran meanwhile (all its clients'), from INFO commandstats.
+    commands: float
     #: The 1-minute load average just after the run.
     load: float
 
@@ -138,6 +144,11 @@ def scrape(port: int) -> dict[str, float]:
             name, _, value = line.rpartition(" ")
             found[name] = float(value)
     return found
+
+
+def commands_run(client) -> float:
+    """How many commands the Redis has run since its statistics were last reset."""
+    return float(sum(stats["calls"] for stats in client.info("commandstats").values()))
 
 
 def measure(job: Path, processes: int, threads: int, redis: str, workdir: Path) -> Measured:
@@ -163,6 +174,8 @@ def measure(job: Path, processes: int, threads: int, redis: str, workdir: Path) 
                 raise SystemExit(f"the {processes} worker processes did not start")
             time.sleep(0.1)
         before = scrape(port)
+        client = queue.store.kv.client  # type: ignore[attr-defined]
+        commands = commands_run(client)
         out = subprocess.run(
             [str(ETL), "run", str(job), "--background"], cwd=workdir, env=env, capture_output=True, text=True
         )
@@ -175,12 +188,14 @@ def measure(job: Path, processes: int, threads: int, redis: str, workdir: Path) 
             raise SystemExit(f"run {run_id} {run.state}: {run.error}")
         time.sleep(0.3)  # the last completion's counters are written after the run is
         after = scrape(port)
+        commands = commands_run(client) - commands
         return Measured(
             seconds=(run.finished_at or 0) - (run.started_at or 0),
             rows=run.rows_written,
             chunks=run.chunks_total,
             transactions=after["etl_store_transactions_total"] - before["etl_store_transactions_total"],
             conflicts=after["etl_store_conflicts_total"] - before["etl_store_conflicts_total"],
+            commands=commands,
             load=os.getloadavg()[0],
         )
     finally:
@@ -212,19 +227,28 @@ def capacity(processes: int) -> float:
     return processes * wall(1) / wall(processes)
 
 
-def best_of(
+def median_of(
     repeat: int, job: Path, layouts: list[tuple[int, int]], redis: str, workdir: Path
 ) -> list[tuple[tuple[int, int], Measured]]:
     """Each layout (processes, threads) measured ``repeat`` times, the layouts taking turns (so
-    that a burst of other work on the machine hits them alike); the quickest run of each."""
+    that a burst of other work on the machine hits them alike); of each, every figure's median."""
     layouts = list(dict.fromkeys(layouts))
-    best: dict[tuple[int, int], Measured] = {}
+    runs: dict[tuple[int, int], list[Measured]] = {layout: [] for layout in layouts}
     for _ in range(repeat):
         for processes, threads in layouts:
-            m = measure(job, processes, threads, redis, workdir)
-            if (processes, threads) not in best or m.seconds < best[processes, threads].seconds:
-                best[processes, threads] = m
-    return [(layout, best[layout]) for layout in layouts]
+            runs[processes, threads].append(measure(job, processes, threads, redis, workdir))
+    return [(layout, _median(runs[layout])) for layout in layouts]
+
+
+def _median(runs: list[Measured]) -> Measured:
+    """Each figure's median over the runs (a figure per chunk: of that figure over the chunks)."""
+    chunks = runs[0].chunks
+    figures = {f: statistics.median(getattr(m, f) for m in runs) for f in ("seconds", "rows", "load")}
+    per_chunk = {
+        f: chunks * statistics.median(getattr(m, f) / m.chunks for m in runs)
+        for f in ("transactions", "conflicts", "commands")
+    }
+    return Measured(chunks=chunks, **figures, **per_chunk)  # type: ignore[arg-type]
 
 
 def process_counts(most: int) -> list[int]:
@@ -247,12 +271,12 @@ def main() -> None:
     parser.add_argument("--chunks", type=int, default=2_000, help="chunks of the tiny job")
     parser.add_argument("--workers", default="1,2,4,8,14", help="workers (processes × threads) of part 2")
     parser.add_argument("--jobs", default="python,arrow,tiny", help="the jobs of part 1")
-    parser.add_argument("--repeat", type=int, default=1, help="runs of each layout; the quickest is shown")
+    parser.add_argument("--repeat", type=int, default=1, help="runs of each layout; the medians are shown")
     options = parser.parse_args()
 
     print(f"{os.cpu_count()} CPUs, {cpu_count()} usable; Redis {options.redis}; Python {sys.version.split()[0]}")
     print(
-        f"the quickest of {options.repeat} run(s) each; load: the 1-minute load average after it "
+        f"the median of {options.repeat} run(s) each; load: the 1-minute load average after it "
         "(above the CPUs, other processes shared them)"
     )
     with tempfile.TemporaryDirectory() as tmp:
@@ -281,7 +305,7 @@ def main() -> None:
             layouts.append((1, options.max * options.threads))
         for name in [j.strip() for j in options.jobs.split(",") if j.strip()]:
             first: float | None = None
-            for (processes, threads), m in best_of(options.repeat, jobs[name], layouts, options.redis, workdir):
+            for (processes, threads), m in median_of(options.repeat, jobs[name], layouts, options.redis, workdir):
                 rate = m.rows / m.seconds
                 first = first or rate
                 print(
@@ -294,15 +318,16 @@ def main() -> None:
         print("\nPart 2: the run store's transactions on the tiny job (workers = processes × threads)")
         print(
             f"{'workers':>7} {'layout':>7} {'chunks':>7} {'ms/chunk':>8} {'tx/chunk':>8} {'conflicts/chunk':>15} "
-            f"{'conflicts/tx':>12} {'load':>5}"
+            f"{'conflicts/tx':>12} {'commands/chunk':>14} {'load':>5}"
         )
         counts = [int(n) for n in options.workers.split(",") if n.strip()]
         layouts = [(min(n, options.max), math.ceil(n / min(n, options.max))) for n in counts]
-        for (processes, threads), m in best_of(options.repeat, jobs["tiny"], layouts, options.redis, workdir):
+        for (processes, threads), m in median_of(options.repeat, jobs["tiny"], layouts, options.redis, workdir):
             print(
                 f"{processes * threads:>7} {f'{processes}×{threads}':>7} {m.chunks:>7} "
                 f"{1000 * m.seconds / m.chunks:>8.2f} {m.transactions / m.chunks:>8.2f} "
-                f"{m.conflicts / m.chunks:>15.3f} {m.conflicts / max(m.transactions, 1):>12.3f} {m.load:>5.1f}",
+                f"{m.conflicts / m.chunks:>15.3f} {m.conflicts / max(m.transactions, 1):>12.3f} "
+                f"{m.commands / m.chunks:>14.1f} {m.load:>5.1f}",
                 flush=True,
             )
         if options.max > 1:

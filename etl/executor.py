@@ -2,15 +2,16 @@
 
 Every step is checked against the run store first and recorded there after, so a message that
 arrives twice, late, or for a run that was cancelled does nothing harmful. A chunk runs under a
-lease that a thread renews; if the lease is lost (another worker took the chunk over) or the
-run stops, the chunk's pipeline stops at its next batch.
+lease that one thread of the process renews (for every chunk in hand); if the lease is lost
+(another worker took the chunk over) or the run stops, the chunk's pipeline stops at its next
+batch. A chunk's completion queues the run's next chunk in the same transaction.
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
@@ -20,7 +21,7 @@ from loguru import logger
 from etl.errors import ConfigErrors, PermanentError, TransientError, describe
 from etl.incremental import Window
 from etl.jobs import state_dir
-from etl.lifecycle import ChunkDone, Failed, LeaseKeeper, Lifecycle, Retry, Stopped, kept
+from etl.lifecycle import ChunkDone, Failed, LeaseKeeper, Leases, Lifecycle, Retry, Stopped, kept
 from etl.pipeline import JobRun
 from etl.progress import chunk_line
 from etl.records import load_recorded, record_plan
@@ -55,6 +56,10 @@ class Queue(Protocol):
     def send(self, name: str, *args: Any, delay: float = 0.0) -> None: ...
 
     def dispatch(self, run: RunRecord, slots: int, delay: float = 0.0) -> list[int]: ...
+
+    def parallelism(self, run: RunRecord, slots: int) -> int: ...
+
+    def send_chunks(self, run_id: str, indices: Sequence[int], delay: float = 0.0) -> None: ...
 
     def refusal(self, *, fresh: bool = False) -> str | None: ...
 
@@ -108,6 +113,8 @@ class Executor:
         self._lock = threading.Lock()
         #: Chunks being worked on now: "run|index" → fencing token.
         self.in_hand: dict[str, int] = {}
+        #: One thread renews the leases of every chunk in hand.
+        self.leases = Leases(lambda run_id, index, token: self.store.renew(run_id, index, token, lease), lease / 3)
 
     def handlers(self) -> dict[str, Callable[..., Any]]:
         return {"etl.plan": self.plan, "etl.chunk": self.chunk, "etl.finalize": self.finalize, "etl.abort": self.abort}
@@ -179,6 +186,7 @@ class Executor:
 
     def close(self) -> None:
         self.close_idle(-1.0)
+        self.leases.close()
 
     def _log(self, run: RunRecord, chunk: int | None = None):
         bound = logger.bind(job=run.job, run=run.id)
@@ -318,12 +326,10 @@ class Executor:
     # -- one chunk -------------------------------------------------------------------------
 
     def chunk(self, run_id: str, index: int) -> None:
-        record = self.store.claim(run_id, index, self.worker_id, self.lease)
-        if record is None:
+        claimed = self.store.claim_with_run(run_id, index, self.worker_id, self.lease)
+        if claimed is None:
             return  # done already, held by a live worker, or its run is not active
-        run = self.store.get_run(run_id)
-        if run is None:
-            return
+        run, record = claimed
         with self._using(run) as loaded:
             if loaded is not None:
                 self._chunk(run, record, loaded)
@@ -344,13 +350,10 @@ class Executor:
         member = f"{run.id}|{index}"
         with self._lock:
             self.in_hand[member] = token  # what release_all gives back on shutdown
-        keeper = LeaseKeeper(
-            lambda: self.store.renew(run.id, index, token, self.lease), self.lease / 3, f"chunk {index} of {run.id}"
-        )
         chunk = record.descriptor()
         try:
-            with keeper:
-                outcome = loaded.life.attempt(chunk, run.shared, attempt, stop=keeper.stopped)
+            with self.leases.hold(run.id, index, token) as stopped:
+                outcome = loaded.life.attempt(chunk, run.shared, attempt, stop=stopped)
         finally:
             with self._lock:
                 self.in_hand.pop(member, None)
@@ -387,7 +390,11 @@ class Executor:
         index = record.index
         log = self._log(run, index)
         signed = self.queue.signer.done(run.id, index, record.token, result.rows_written)
-        completion = self.store.complete(run.id, index, record.token, result, signed)
+        # The chunk to follow is queued by the completion itself, unless its rejected rows may
+        # fail the run (then only once the run's total passed the check).
+        hand_out = not result.rows_rejected or loaded.job.spec.max_rejects is None
+        limit = self.queue.parallelism(run, self.slots()) if hand_out else 0
+        completion = self.store.complete(run.id, index, record.token, result, signed, hand_out=limit)
         if not completion.accepted:
             log.warning(
                 "chunk {} attempt {}: another attempt took it over meanwhile; its result is not recorded",
@@ -404,6 +411,10 @@ class Executor:
             self._fail(loaded, run.id, describe(too_many), too_many, index)
         elif completion.last:
             self.finalize(run.id)
+        elif hand_out:
+            self.queue.send_chunks(run.id, completion.queued, delay=now.delay)
+            if completion.room:  # the run may take more than it had (more workers): queue them
+                self.dispatch(now, delay=now.delay)
         else:
             self.dispatch(now, delay=now.delay)
 

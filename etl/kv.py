@@ -1,8 +1,9 @@
 """The few storage primitives the run state needs, on Redis or on a SQLite file.
 
-JSON documents by key and sorted sets, changed inside :meth:`KV.atomic` transactions: on Redis
-an optimistic ``WATCH``/``MULTI`` transaction retried on conflict, on SQLite a ``BEGIN
-IMMEDIATE`` transaction. :mod:`etl.store` writes the run-state logic once, on top of this.
+JSON documents by key, integer counters and sorted sets, changed inside :meth:`KV.atomic`
+transactions: on Redis an optimistic ``WATCH``/``MULTI`` transaction retried on conflict, on
+SQLite a ``BEGIN IMMEDIATE`` transaction. :mod:`etl.store` writes the run-state logic once, on
+top of this.
 """
 
 from __future__ import annotations
@@ -55,6 +56,14 @@ class Tx(Protocol):
 
     def get(self, key: str) -> dict[str, Any] | None: ...
 
+    def get_many(self, keys: list[str]) -> list[Any]:
+        """Several documents (or counters' integers) at once (on Redis, one round trip)."""
+        ...
+
+    def watch(self, keys: Iterable[str]) -> None:
+        """Watch more keys, before reading them: a key the function chose from what it read."""
+        ...
+
     def put(self, key: str, doc: dict[str, Any]) -> None: ...
 
     def delete(self, key: str) -> None: ...
@@ -67,6 +76,17 @@ class Tx(Protocol):
 
     def zcard(self, name: str) -> int: ...
 
+    def incr(self, key: str, amount: int) -> Callable[[], int]:
+        """Add ``amount`` to the counter at ``key`` (0 when there is none), without reading it
+        first: transactions that only add to a counter don't conflict. Returns its value just
+        after this addition, to call once the transaction has committed."""
+        ...
+
+    def zcard_then(self, name: str) -> Callable[[], int]:
+        """The size of sorted set ``name`` after the writes so far, to call once the transaction
+        has committed."""
+        ...
+
 
 class KV(Protocol):
     #: Transactions committed and conflicts redone, in this process.
@@ -76,7 +96,7 @@ class KV(Protocol):
 
     def get(self, key: str) -> dict[str, Any] | None: ...
 
-    def get_many(self, keys: list[str]) -> list[dict[str, Any] | None]: ...
+    def get_many(self, keys: list[str]) -> list[Any]: ...
 
     def zrange(self, name: str, low: float, high: float, limit: int) -> list[tuple[str, float]]: ...
 
@@ -95,16 +115,66 @@ class KV(Protocol):
 
 
 class _RedisTx:
-    def __init__(self, pipe: Any) -> None:
+    """A transaction's reads and writes on Redis. The keys to watch go with the first read after
+    them (``WATCH`` and the read in one round trip); documents are read once, several at once
+    (``MGET``); writes wait for ``EXEC``."""
+
+    def __init__(self, pipe: Any, watch: Iterable[str]) -> None:
         self.pipe = pipe
         self.writes: list[Callable[[Any], Any]] = []
-        self.cache: dict[str, dict[str, Any] | None] = {}
+        self.cache: dict[str, Any] = {}
+        self.unwatched = list(dict.fromkeys(watch))
+        #: What EXEC answered, one reply per write.
+        self.replies: list[Any] | None = None
+
+    def watch(self, keys: Iterable[str]) -> None:
+        self.unwatched += [k for k in keys if k not in self.unwatched]
+
+    def _read(self, *commands: tuple[Any, ...]) -> list[Any]:
+        """Send ``commands`` (reads) in one round trip, after a ``WATCH`` of the keys not yet
+        watched, on the connection the transaction keeps until ``EXEC``; their replies."""
+        import redis
+
+        pipe, watching = self.pipe, bool(self.unwatched)
+        batch = [("WATCH", *self.unwatched), *commands] if watching else list(commands)
+        conn = pipe.connection
+        if conn is None:
+            conn = pipe.connection = pipe.connection_pool.get_connection()
+
+        def send() -> list[Any]:
+            conn.send_packed_command(conn.pack_commands(batch))
+            replies, error = [], None
+            for _ in batch:  # every reply is read, so that the connection stays in step
+                try:
+                    replies.append(conn.read_response())
+                except redis.ResponseError as exc:
+                    replies.append(exc)
+                    error = error or exc
+            if error is not None:
+                raise error
+            return replies
+
+        def lost(exc: Exception) -> None:
+            conn.disconnect()
+            if pipe.watching:  # what was watched is lost with the connection: start over
+                pipe.reset()
+                raise redis.WatchError(f"a {type(exc).__name__} occurred while watching keys")
+
+        replies = conn.retry.call_with_retry(send, lost)
+        if watching:
+            pipe.watching, self.unwatched = True, []
+        return replies[len(batch) - len(commands) :]
 
     def get(self, key: str) -> dict[str, Any] | None:
-        if key not in self.cache:
-            raw = self.pipe.get(key)
-            self.cache[key] = json.loads(raw) if raw else None
-        return self.cache[key]
+        return self.get_many([key])[0]
+
+    def get_many(self, keys: list[str]) -> list[Any]:
+        missing = [k for k in dict.fromkeys(keys) if k not in self.cache]
+        if missing:
+            (raws,) = self._read(("MGET", *missing))
+            for key, raw in zip(missing, raws, strict=True):
+                self.cache[key] = json.loads(raw) if raw else None
+        return [self.cache[k] for k in keys]
 
     def put(self, key: str, doc: dict[str, Any]) -> None:
         self.cache[key] = doc
@@ -122,11 +192,38 @@ class _RedisTx:
         self.writes.append(lambda p: p.zrem(name, member))
 
     def zrange(self, name: str, low: float, high: float, limit: int) -> list[tuple[str, float]]:
-        rows = self.pipe.zrangebyscore(name, low, high, start=0, num=limit, withscores=True)
-        return [(m.decode() if isinstance(m, bytes) else m, s) for m, s in rows]
+        (rows,) = self._read(("ZRANGEBYSCORE", name, low, high, "LIMIT", 0, limit, "WITHSCORES"))
+        return _scored(rows)
 
     def zcard(self, name: str) -> int:
-        return int(self.pipe.zcard(name))
+        return int(self._read(("ZCARD", name))[0])
+
+    def incr(self, key: str, amount: int) -> Callable[[], int]:
+        return self._then(lambda p: p.incrby(key, amount))
+
+    def zcard_then(self, name: str) -> Callable[[], int]:
+        return self._then(lambda p: p.zcard(name))
+
+    def _then(self, command: Callable[[Any], Any]) -> Callable[[], int]:
+        """Queue ``command`` with the writes; its reply, once EXEC has answered."""
+        slot = len(self.writes)
+        self.writes.append(command)
+
+        def reply() -> int:
+            if self.replies is None:
+                raise RuntimeError("a transaction's reply was asked for before the transaction committed")
+            return int(self.replies[slot])
+
+        return reply
+
+
+def _scored(reply: list[Any]) -> list[tuple[str, float]]:
+    """A ``WITHSCORES`` reply as (member, score) pairs: pairs in RESP3, a flat list in RESP2."""
+    if reply and isinstance(reply[0], list | tuple):
+        pairs = [(m, s) for m, s in reply]
+    else:
+        pairs = list(zip(reply[::2], reply[1::2], strict=True))
+    return [(m.decode() if isinstance(m, bytes) else m, float(s)) for m, s in pairs]
 
 
 class RedisKV:
@@ -198,16 +295,14 @@ class RedisKV:
             while True:
                 with self._pipeline() as pipe:
                     try:
-                        if keys:
-                            pipe.watch(*keys)
-                        tx = _RedisTx(pipe)
+                        tx = _RedisTx(pipe, keys)  # watched with the first read
                         result = fn(tx)
                         pipe.multi()
                         for write in tx.writes:
                             write(pipe)
                         if not tx.writes:
                             pipe.replicas = 0  # nothing to confirm
-                        pipe.execute()
+                        tx.replies = pipe.execute()
                         self.counts.add(conflicts)
                         self._confirmed(pipe)
                         return result
@@ -244,7 +339,7 @@ class RedisKV:
         raw = self._call(lambda: self.client.get(key))
         return json.loads(raw) if raw else None
 
-    def get_many(self, keys: list[str]) -> list[dict[str, Any] | None]:
+    def get_many(self, keys: list[str]) -> list[Any]:
         if not keys:
             return []
         raws = self._call(lambda: self.client.mget(keys))
@@ -338,6 +433,26 @@ class _SqliteTx:
         row = self.con.execute("SELECT value FROM kv WHERE key = ?", (key,)).fetchone()
         return json.loads(row[0]) if row else None
 
+    def get_many(self, keys: list[str]) -> list[Any]:
+        return _get_many(self.con, keys)
+
+    def watch(self, keys: Iterable[str]) -> None:
+        pass  # the whole transaction holds the file's write lock
+
+    def incr(self, key: str, amount: int) -> Callable[[], int]:
+        # A counter is a document holding an integer (read by get_many like any other).
+        (value,) = self.con.execute(
+            "INSERT INTO kv (key, value) VALUES (?, ?) "
+            "ON CONFLICT (key) DO UPDATE SET value = CAST(value AS INTEGER) + CAST(excluded.value AS INTEGER) "
+            "RETURNING value",
+            (key, str(amount)),
+        ).fetchone()
+        return lambda: int(value)
+
+    def zcard_then(self, name: str) -> Callable[[], int]:
+        size = self.zcard(name)
+        return lambda: size
+
     def put(self, key: str, doc: dict[str, Any]) -> None:
         self.con.execute(
             "INSERT INTO kv (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
@@ -368,6 +483,15 @@ class _SqliteTx:
 
     def zcard(self, name: str) -> int:
         return int(self.con.execute("SELECT count(*) FROM zset WHERE name = ?", (name,)).fetchone()[0])
+
+
+def _get_many(con: sqlite3.Connection, keys: list[str]) -> list[Any]:
+    found: dict[str, str] = {}
+    for start in range(0, len(keys), 500):
+        part = keys[start : start + 500]
+        marks = ",".join("?" * len(part))
+        found.update(con.execute(f"SELECT key, value FROM kv WHERE key IN ({marks})", part).fetchall())
+    return [json.loads(found[k]) if k in found else None for k in keys]
 
 
 def _bound(value: float) -> float:
@@ -426,16 +550,8 @@ class SqliteKV:
     def get(self, key: str) -> dict[str, Any] | None:
         return _SqliteTx(self._con()).get(key)
 
-    def get_many(self, keys: list[str]) -> list[dict[str, Any] | None]:
-        if not keys:
-            return []
-        found: dict[str, str] = {}
-        con = self._con()
-        for start in range(0, len(keys), 500):
-            part = keys[start : start + 500]
-            marks = ",".join("?" * len(part))
-            found.update(con.execute(f"SELECT key, value FROM kv WHERE key IN ({marks})", part).fetchall())
-        return [json.loads(found[k]) if k in found else None for k in keys]
+    def get_many(self, keys: list[str]) -> list[Any]:
+        return _get_many(self._con(), keys)
 
     def zrange(self, name: str, low: float, high: float, limit: int) -> list[tuple[str, float]]:
         return _SqliteTx(self._con()).zrange(name, low, high, limit)

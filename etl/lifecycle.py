@@ -17,7 +17,8 @@ lifecycle hook is logged, with its traceback in the run log, and changes nothing
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -39,7 +40,18 @@ if TYPE_CHECKING:
     from etl.stages import Chunk, Plan, RowCount
     from etl.store import RunRecord
 
-__all__ = ["ChunkDone", "Failed", "LeaseKeeper", "Lifecycle", "PlannedRun", "Retry", "Stopped", "kept", "result_of"]
+__all__ = [
+    "ChunkDone",
+    "Failed",
+    "LeaseKeeper",
+    "Leases",
+    "Lifecycle",
+    "PlannedRun",
+    "Retry",
+    "Stopped",
+    "kept",
+    "result_of",
+]
 
 
 @dataclass(frozen=True)
@@ -341,6 +353,66 @@ class LeaseKeeper:
     def __exit__(self, *exc: Any) -> None:
         self._done.set()
         self._thread.join(timeout=5)
+
+
+class Leases:
+    """Renews the leases of every chunk a process holds, from one thread, every ``interval``
+    seconds, however busy the chunks' own threads are (a thread per chunk cost more than the work
+    of a small chunk). A chunk's lease is held for its attempt (:meth:`hold`); the event that
+    gives is set (with ``reason``) when the lease is lost or the run stops."""
+
+    def __init__(self, renew: Callable[[str, int, int], str], interval: float) -> None:
+        #: ``renew(run_id, index, token)``: ``"ok"``, ``"lost"`` or ``"stopped"``.
+        self.renew = renew
+        self.interval = interval
+        self._held: dict[tuple[str, int], tuple[int, threading.Event]] = {}
+        self._lock = threading.Lock()
+        self._closing = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    @contextmanager
+    def hold(self, run_id: str, index: int, token: int) -> Iterator[threading.Event]:
+        """Keep attempt ``token`` of the chunk leased while in the block."""
+        stopped = threading.Event()
+        stopped.reason = None  # type: ignore[attr-defined]
+        key = (run_id, index)
+        with self._lock:
+            self._held[key] = (token, stopped)
+            if self._thread is None:
+                self._closing = threading.Event()
+                self._thread = threading.Thread(target=self._loop, args=(self._closing,), name="leases", daemon=True)
+                self._thread.start()
+        try:
+            yield stopped
+        finally:
+            with self._lock:
+                if self._held.get(key, (0, None))[1] is stopped:
+                    del self._held[key]
+
+    def _loop(self, closing: threading.Event) -> None:
+        while not closing.wait(self.interval):
+            with self._lock:
+                held = list(self._held.items())
+            for (run_id, index), (token, stopped) in held:
+                try:
+                    status = self.renew(run_id, index, token)
+                except Exception as exc:  # Redis away: keep trying; the lease may outlast the outage
+                    logger.warning("renewing the lease of chunk {} of {} failed: {}", index, run_id, describe(exc))
+                    continue
+                with self._lock:
+                    # A chunk let go (written) while its lease was being renewed has not lost it.
+                    still = self._held.get((run_id, index), (0, None))[1] is stopped
+                if status != "ok" and still:
+                    stopped.reason = status  # type: ignore[attr-defined]
+                    stopped.set()
+
+    def close(self) -> None:
+        """Stop the thread (a later :meth:`hold` starts another)."""
+        with self._lock:
+            thread, self._thread = self._thread, None
+            self._closing.set()
+        if thread is not None:
+            thread.join(timeout=5)
 
 
 @dataclass

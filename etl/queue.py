@@ -10,7 +10,7 @@ a forged task; once a process has used a key, processes without it may not send 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from loguru import logger
@@ -40,6 +40,24 @@ KEY_RECHECK_SECONDS = 30.0
 READ_TIMEOUT = 2
 
 
+def _unrevoked(base: type[huey_module.Huey]) -> type[huey_module.Huey]:
+    """``base`` without its look-ups of revoked tasks: two round trips a message (``HMGET``
+    before running it, ``HDEL`` after) that find nothing, since etl revokes no Huey task. A run
+    is stopped in the run store (``etl cancel``), which every message reads before it acts."""
+
+    class Unrevoked(base):  # type: ignore[misc, valid-type]
+        def is_revoked(self, task: Any, timestamp: Any = None, peek: bool = True) -> bool:
+            return False
+
+        def delete(self, key: str) -> bool:
+            if key.startswith("r:"):  # a task's revocation flag (Task.revoke_id): never set
+                return False
+            return bool(super().delete(key))
+
+    Unrevoked.__name__ = Unrevoked.__qualname__ = base.__name__
+    return Unrevoked
+
+
 def _huey(settings: QueueSettings) -> huey_module.Huey:
     from huey import RedisHuey, SqliteHuey
     from huey.serializer import SignedSerializer
@@ -47,14 +65,14 @@ def _huey(settings: QueueSettings) -> huey_module.Huey:
     serializer = SignedSerializer(secret=settings.secret, salt="etl") if settings.secret else None
     if settings.kind == "embedded":
         settings.directory.mkdir(parents=True, exist_ok=True)
-        return SqliteHuey(
+        return _unrevoked(SqliteHuey)(
             settings.name, filename=str(settings.directory / "queue.db"), results=False, serializer=serializer
         )
     # Huey's recipe for Sentinel (or any pool of ours): hand it the connection pool. Its
     # blocking read waits READ_TIMEOUT on the server, so the pool's reply timeout is that
     # much longer: a socket timing out first would drop the message BRPOP was popping.
     pool = Connector(settings).pool(blocking=READ_TIMEOUT)
-    return RedisHuey(
+    return _unrevoked(RedisHuey)(
         settings.name,
         connection_pool=pool,
         results=False,
@@ -147,12 +165,21 @@ class Queue:
             raise TransientError(Connector(self.settings).unreachable(exc, time.monotonic() - started)) from None
 
     def dispatch(self, run: RunRecord, slots: int, delay: float = 0.0) -> list[int]:
-        """Queue as many of the run's pending chunks as its parallelism allows: ``max_parallel``,
-        or else ``slots`` (the live workers' slots)."""
-        indices = self.store.dispatch(run.id, run.max_parallel or max(slots, 1))
-        for index in indices:
-            self.send("etl.chunk", run.id, index, delay=delay)
+        """Queue as many of the run's pending chunks as its parallelism allows (:meth:`parallelism`)."""
+        indices = self.store.dispatch(run.id, self.parallelism(run, slots))
+        self.send_chunks(run.id, indices, delay)
         return indices
+
+    @staticmethod
+    def parallelism(run: RunRecord, slots: int) -> int:
+        """How many of the run's chunks may be in flight at once: its ``max_parallel``, or else
+        ``slots`` (the live workers' slots)."""
+        return run.max_parallel or max(slots, 1)
+
+    def send_chunks(self, run_id: str, indices: Sequence[int], delay: float = 0.0) -> None:
+        """Send the messages of chunks just queued."""
+        for index in indices:
+            self.send("etl.chunk", run_id, index, delay=delay)
 
     def in_transit(self) -> set[tuple[str, tuple[Any, ...]]]:
         """The messages waiting in the queue or its schedule, as (task name, args)."""

@@ -14,6 +14,7 @@ import secrets
 import signal
 import socket
 import threading
+import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -137,18 +138,27 @@ class Worker:
         self.consumer: Any = None
         self._run_logs: int | None = None
         self.scheduler: Scheduler | None = None
+        #: The live workers' slots, and when they were read (time.monotonic()).
+        self._slots: tuple[float, int] | None = None
         if configs is not None:
             from etl.scheduler import Scheduler
 
             self.scheduler = Scheduler(queue, configs, self.id, lease=self.options.scheduler_lease)
 
     def slots(self) -> int:
-        """Chunks all live workers can work on at once: a run's default parallelism."""
+        """Chunks all live workers can work on at once: a run's default parallelism. Read again
+        once a heartbeat (each chunk asks: reading the workers' records each time cost more than
+        a small chunk's work)."""
+        now = time.monotonic()
+        if self._slots is not None and now - self._slots[0] < self.options.heartbeat:
+            return self._slots[1]
         try:
             workers = self.queue.store.workers(ttl=self.options.heartbeat * 3)
         except Exception:
             return self.options.concurrency
-        return max(sum(w.concurrency for w in workers), 1)
+        slots = max(sum(w.concurrency for w in workers), 1)
+        self._slots = (now, slots)
+        return slots
 
     # -- lifecycle ---------------------------------------------------------------------------
 

@@ -24,6 +24,7 @@ from etl.kv import RedisKV, SqliteKV
 from etl.runs import ChunkResult
 from etl.stages import Chunk
 from etl.store import RunRecord, RunStore, WorkerInfo
+from etl.store.base import COUNTED
 
 REDIS_URL = "redis://127.0.0.1:6379/15"
 T0 = 1_700_000_000.0  # 2023-11-14T22:13:20Z
@@ -540,6 +541,91 @@ def test_a_completion_after_the_run_stopped_is_never_last(store):
     assert (run.state, run.chunks_done) == ("cancelled", 2)
     assert not store.claim_finalize(rid, "w1", 30)
     assert not store.finish(rid)
+
+
+def test_a_completion_queues_the_next_chunk_in_its_own_transaction(store, fake_clock):
+    rid = planned(store, 6)
+    assert store.dispatch(rid, 2) == [0, 1]
+    first = store.complete(rid, 0, take(store, rid, 0).token, result(), hand_out=2)
+    assert (first.accepted, first.queued, first.room) == (True, (2,), 0)  # one done, one queued instead
+    assert [c.state for c in store.get_chunks(rid)] == ["done", "queued", "queued", "pending", "pending", "pending"]
+    assert store.get_chunk(rid, 2).queued_at == fake_clock.now
+    assert store.dispatch(rid, 2) == []  # two in flight: 1 and 2
+    # The next of its class (1 + 4: 5), so that workers completing at once choose different
+    # ones. The parallelism grew: room says by how much.
+    grew = store.complete(rid, 1, take(store, rid, 1).token, result(), hand_out=4)
+    assert (grew.queued, grew.room) == ((5,), 2)
+    assert store.dispatch(rid, 4) == [3, 4]
+    assert store.complete(rid, 2, take(store, rid, 2).token, result(), hand_out=4).queued == ()  # none pending
+    assert store.complete(rid, 2, 1, result(), hand_out=4) == store.complete(rid, 2, 1, result())  # refused
+    for index in (3, 4):
+        assert store.complete(rid, index, take(store, rid, index).token, result(), hand_out=4).queued == ()
+    assert store.complete(rid, 5, take(store, rid, 5).token, result(), hand_out=4).last
+
+    stopped = planned(store, 3)
+    store.dispatch(stopped, 1)
+    token = take(store, stopped, 0).token
+    assert store.cancel(stopped)
+    completion = store.complete(stopped, 0, token, result(), hand_out=3)
+    assert (completion.accepted, completion.queued) == (True, ())  # a stopped run's chunks stay pending
+    assert [c.state for c in store.get_chunks(stopped)] == ["done", "pending", "pending"]
+
+
+def test_a_completion_whose_next_chunk_was_handed_out_otherwise_queues_one_of_the_lowest(store):
+    rid = planned(store, 10)
+    assert store.dispatch(rid, 3) == [0, 1, 2]
+    assert store.dispatch(rid, 4) == [3]  # the next of chunk 0's class (0 + 3), queued already
+    completion = store.complete(rid, 0, take(store, rid, 0).token, result(), hand_out=3)
+    assert (completion.queued, completion.room) == ((4,), 0)  # the first of [4, 5, 6]; 1, 2, 3, 4 in flight
+    assert store.complete(rid, 2, take(store, rid, 2).token, result(), hand_out=3).queued == (5,)  # 2 + 3
+
+
+def test_a_completion_adds_to_the_runs_counters_and_leaves_its_document_alone(store):
+    """Completions of one run don't rewrite (or watch) its document, so they never conflict; the
+    run's figures are its document's plus its counters', wherever it is read."""
+    rid = planned(store, 3)
+    store.dispatch(rid, 3)
+    document = store.kv.get(f"{store.prefix}:run:{rid}")
+    completions = [store.complete(rid, i, take(store, rid, i).token, result(i, 10 + i, 9, 1)) for i in range(2)]
+    assert store.kv.get(f"{store.prefix}:run:{rid}") == document
+    assert [(c.run.chunks_done, c.run.rows_read) for c in completions] == [(1, 10), (2, 21)]
+    for run in (store.get_run(rid), store.list_runs()[0], store.active_runs()[0]):
+        assert figures(run) == ("active", 2, 21, 18, 2)
+    assert store.cancel(rid)  # a transition that saves the document counts nothing twice
+    assert figures(store.get_run(rid)) == ("cancelled", 2, 21, 18, 2)
+
+
+def figures(run: RunRecord) -> tuple:
+    return run.state, run.chunks_done, run.rows_read, run.rows_written, run.rows_rejected
+
+
+def test_a_run_stored_with_its_figures_in_its_document_keeps_them(store):
+    """A run stored by an earlier version (its figures in its document, no counters) goes on."""
+    rid = planned(store, 3)
+    store.dispatch(rid, 3)
+    assert store.complete(rid, 0, take(store, rid, 0).token, result(0, 10, 9, 1)).accepted
+    key = f"{store.prefix}:run:{rid}"
+    old = {**store.kv.get(key), "chunks_done": 1, "rows_read": 10, "rows_written": 9, "rows_rejected": 1}
+    store.kv.delete_many([f"{store.prefix}:count:{rid}:{name}" for name in COUNTED], {})
+    store.kv.atomic(lambda tx: tx.put(key, old), [key])
+    assert store.complete(rid, 1, take(store, rid, 1).token, result(1, 10, 9, 1)).run.chunks_done == 2
+    assert store.retry_later(rid, 2, take(store, rid, 2).token, "flaky", 0)  # saves the document
+    last = store.complete(rid, 2, take(store, rid, 2).token, result(2, 10, 9, 1))
+    assert last.last and (last.run.chunks_done, last.run.rows_read, last.run.retries) == (3, 30, 1)
+    assert store.claim_finalize(rid, "w1", 30) and store.finish(rid, "w1")
+    assert figures(store.get_run(rid)) == ("completed", 3, 30, 27, 3)
+
+
+def test_claim_with_run_returns_the_run_it_read(store):
+    rid = planned(store, 2)
+    store.dispatch(rid, 1)
+    claimed = store.claim_with_run(rid, 0, "w1", 30.0)
+    assert claimed is not None
+    run, chunk = claimed
+    assert run == store.get_run(rid)
+    assert (chunk.index, chunk.state, chunk.token, chunk.worker) == (0, "running", 1, "w1")
+    assert store.claim_with_run(rid, 0, "w2", 30.0) is None
+    assert store.claim_with_run(rid, 1, "w2", 30.0) is None  # pending
 
 
 # -- retrying and failing chunks -----------------------------------------------------------
@@ -1363,6 +1449,17 @@ def test_chunk_and_worker_to_json(store, fake_clock):
 # -- concurrency ---------------------------------------------------------------------------
 
 
+def in_threads(threads: int, work, errors: list[BaseException]) -> None:
+    """Run ``work(i)`` in ``threads`` threads at once; fail if one hangs or put an error in ``errors``."""
+    pool = [threading.Thread(target=work, args=(i,), daemon=True) for i in range(threads)]
+    for thread in pool:
+        thread.start()
+    for thread in pool:
+        thread.join(timeout=180)
+    assert not any(t.is_alive() for t in pool), "the workers did not finish in 180 s"
+    assert errors == []
+
+
 def test_eight_workers_share_one_run(store):
     """Eight threads dispatch, race to claim, and complete the chunks of one 200-chunk run."""
     n, threads = 200, 8
@@ -1402,13 +1499,7 @@ def test_eight_workers_share_one_run(store):
         except BaseException as exc:  # reported below
             errors.append(exc)
 
-    pool = [threading.Thread(target=work, args=(f"w{i}", i), daemon=True) for i in range(threads)]
-    for thread in pool:
-        thread.start()
-    for thread in pool:
-        thread.join(timeout=180)
-    assert not any(t.is_alive() for t in pool), "the workers did not finish in 180 s"
-    assert errors == []
+    in_threads(threads, lambda i: work(f"w{i}", i), errors)
 
     assert sorted(dispatched) == list(range(n))  # each chunk dispatched once
     assert claims == Counter(range(n))  # and claimed once: no lease handed out twice
@@ -1424,6 +1515,51 @@ def test_eight_workers_share_one_run(store):
     assert sum(c.rows_read for c in records) == run.rows_read
     assert store.claim_finalize(rid, "w0", 30)
     assert store.finish(rid, "w0")
+
+
+def test_workers_handing_out_chunks_as_they_complete_them_hand_each_out_once(store):
+    """Eight threads work one 120-chunk run as workers do: each completion queues the chunk that
+    follows (its message goes to a shared queue), and a completion that leaves room dispatches.
+    Every chunk is handed out, claimed and counted once; a completion never queues more than
+    the one chunk it frees a place for."""
+    n, threads, limit = 120, 8, 5
+    rid = planned(store, n)
+    lock = threading.Lock()
+    messages: list[int] = store.dispatch(rid, limit)
+    handed: Counter[int] = Counter(messages)
+    done: set[int] = set()
+    lasts: list[bool] = []
+    errors: list[BaseException] = []
+
+    def work(worker: str) -> None:
+        try:
+            while True:
+                with lock:
+                    index = messages.pop(0) if messages else None
+                    finished = len(done) == n
+                if index is None:
+                    if finished:
+                        return
+                    time.sleep(0.001)
+                    continue
+                record = store.claim(rid, index, worker, 600)
+                assert record is not None, f"chunk {index} was handed out but could not be claimed"
+                completion = store.complete(rid, index, record.token, result(index), hand_out=limit)
+                assert completion.accepted and len(completion.queued) <= 1
+                more = store.dispatch(rid, limit) if completion.room else []
+                with lock:
+                    done.add(index)
+                    handed.update([*completion.queued, *more])
+                    messages.extend([*completion.queued, *more])
+                    lasts.append(completion.last)
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    in_threads(threads, lambda i: work(f"w{i}"), errors)
+    assert handed == Counter(range(n))  # each chunk handed out once
+    assert lasts.count(True) == 1
+    run = store.get_run(rid)
+    assert (run.chunks_done, run.rows_read) == (n, 10 * n)
 
 
 @pytest.mark.parametrize("how", ["fail", "cancel"])

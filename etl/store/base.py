@@ -4,6 +4,7 @@ and the one update helper.
 Every key starts with the store's prefix (``etl`` unless the settings name another):
 
 * ``PREFIX:run:RUN`` a run's document, ``PREFIX:chunk:RUN:INDEX`` a chunk's;
+* ``PREFIX:count:RUN:NAME`` a run's counters that completions add to (:data:`COUNTED`);
 * ``PREFIX:z:NAME`` the sorted sets that index them: ``runs``, ``state:STATE``,
   ``finished:STATE``, ``job:JOB`` and ``unfinished:JOB`` (runs, by creation or finish time),
   ``leases`` and ``waiting`` (chunks as ``RUN|INDEX``, by lease end or by when they were queued
@@ -16,16 +17,23 @@ Every key starts with the store's prefix (``etl`` unless the settings name anoth
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable
-from typing import TypeVar
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, TypeVar
 
 from etl.kv import KV, Tx
 from etl.runs import RunState
 from etl.store.records import FINISHED, ChunkRecord, RunRecord
 
-__all__ = ["StoreBase"]
+__all__ = ["COUNTED", "StoreBase"]
 
 T = TypeVar("T")
+
+#: The figures of a run that every completion adds to. Each is a counter of its own that a
+#: completion adds to without reading it (``incr``), so that a completion neither rewrites nor
+#: watches the run's document and completions of one run never conflict. A run's figure is its
+#: document's (what runs stored before the counters hold; 0 for the others) plus its counter's.
+COUNTED = ("chunks_done", "rows_read", "rows_written", "rows_rejected")
+NO_COUNTS = (0,) * len(COUNTED)
 
 
 class StoreBase:
@@ -41,6 +49,13 @@ class StoreBase:
 
     def _run_key(self, run_id: str) -> str:
         return f"{self.prefix}:run:{run_id}"
+
+    def _run_keys(self, run_id: str) -> list[str]:
+        """The keys of a run's document and of its counters (:data:`COUNTED`), in that order."""
+        return [self._run_key(run_id), *(self._count_key(run_id, name) for name in COUNTED)]
+
+    def _count_key(self, run_id: str, name: str) -> str:
+        return f"{self.prefix}:count:{run_id}:{name}"
 
     def _chunk_key(self, run_id: str, index: int) -> str:
         return f"{self.prefix}:chunk:{run_id}:{index}"
@@ -63,23 +78,37 @@ class StoreBase:
     # -- records -----------------------------------------------------------------------------
 
     def get_run(self, run_id: str) -> RunRecord | None:
-        doc = self.kv.get(self._run_key(run_id))
-        return RunRecord.from_doc(doc) if doc else None
+        return self._runs([run_id])[0]
+
+    def _runs(self, ids: Sequence[str]) -> list[RunRecord | None]:
+        """Runs by id, each with its counters (one read)."""
+        values = self.kv.get_many([key for run_id in ids for key in self._run_keys(run_id)])
+        size = 1 + len(COUNTED)
+        return [self._run_of(values[at : at + size])[0] for at in range(0, len(values), size)]
+
+    @staticmethod
+    def _run_of(values: Sequence[Any]) -> tuple[RunRecord | None, tuple[int, ...]]:
+        """A run from what its keys (:meth:`_run_keys`) hold, and its counters' values."""
+        doc, *counters = values
+        counted = tuple(int(c or 0) for c in counters)
+        if not doc:
+            return None, counted
+        run = RunRecord.from_doc(doc)
+        for name, value in zip(COUNTED, counted, strict=True):
+            setattr(run, name, getattr(run, name) + value)
+        return run, counted
 
     def get_chunk(self, run_id: str, index: int) -> ChunkRecord | None:
         doc = self.kv.get(self._chunk_key(run_id, index))
         return ChunkRecord.from_doc(doc) if doc else None
 
-    def _load_run(self, tx: Tx, run_id: str) -> RunRecord | None:
-        doc = tx.get(self._run_key(run_id))
-        return RunRecord.from_doc(doc) if doc else None
-
-    def _load_chunk(self, tx: Tx, run_id: str, index: int) -> ChunkRecord | None:
-        doc = tx.get(self._chunk_key(run_id, index))
-        return ChunkRecord.from_doc(doc) if doc else None
-
-    def _save_run(self, tx: Tx, run: RunRecord) -> None:
-        tx.put(self._run_key(run.id), run.to_doc())
+    def _save_run(self, tx: Tx, run: RunRecord, counted: Sequence[int] = NO_COUNTS) -> None:
+        """Write the run's document: its figures less what its counters held when it was read
+        (``counted``), which stay in the counters."""
+        doc = run.to_doc()
+        for name, value in zip(COUNTED, counted, strict=True):
+            doc[name] -= value
+        tx.put(self._run_key(run.id), doc)
 
     def _save_chunk(self, tx: Tx, chunk: ChunkRecord) -> None:
         tx.put(self._chunk_key(chunk.run_id, chunk.index), chunk.to_doc())
@@ -135,13 +164,13 @@ class StoreBase:
         """
 
         def change(tx: Tx) -> T | None:
-            run = self._load_run(tx, run_id)
+            run, counted = self._run_of(tx.get_many(self._run_keys(run_id)))
             if run is None:
                 return None
             before = run.to_doc()
             answer = fn(tx, run)
             if run.to_doc() != before:
-                self._save_run(tx, run)
+                self._save_run(tx, run, counted)
             return answer
 
         return self.kv.atomic(change, [self._run_key(run_id), *watch])
@@ -154,9 +183,9 @@ class StoreBase:
         *,
         watch_run: bool = True,
     ) -> T | None:
-        """Change a chunk (and its run) in one atomic transaction: load both, call ``fn(tx, run,
-        chunk)``, save each record that ``fn`` changed (a chunk with its indexes), and return
-        ``fn``'s answer. ``None`` when the run or the chunk is not there.
+        """Change a chunk (and its run) in one atomic transaction: load both (one read), call
+        ``fn(tx, run, chunk)``, save each record that ``fn`` changed (a chunk with its indexes),
+        and return ``fn``'s answer. ``None`` when the run or the chunk is not there.
 
         ``watch_run=False`` for a change that only reads the run: a write to the run by another
         transaction (another chunk completing) then does not make this one start over. Such a
@@ -164,10 +193,11 @@ class StoreBase:
         """
 
         def change(tx: Tx) -> T | None:
-            run = self._load_run(tx, run_id)
-            chunk = self._load_chunk(tx, run_id, index)
-            if run is None or chunk is None:
+            *values, chunk_doc = tx.get_many([*self._run_keys(run_id), self._chunk_key(run_id, index)])
+            run, counted = self._run_of(values)
+            if run is None or chunk_doc is None:
                 return None
+            chunk = ChunkRecord.from_doc(chunk_doc)
             run_before, chunk_before = run.to_doc(), chunk.to_doc()
             answer = fn(tx, run, chunk)
             if chunk.to_doc() != chunk_before:
@@ -175,8 +205,8 @@ class StoreBase:
             if run.to_doc() != run_before:
                 if not watch_run:
                     raise RuntimeError(f"a change of chunk {index} of run {run_id} changed the run, unwatched")
-                self._save_run(tx, run)
+                self._save_run(tx, run, counted)
             return answer
 
-        watch = [self._run_key(run_id)] if watch_run else []
-        return self.kv.atomic(change, [*watch, self._chunk_key(run_id, index)])
+        run_key = [self._run_key(run_id)] if watch_run else []
+        return self.kv.atomic(change, [*run_key, self._chunk_key(run_id, index)])

@@ -219,12 +219,15 @@ class Completion:
     """What :meth:`~etl.store.RunStore.complete` decided: whether it recorded the attempt
     (``accepted``; false for a zombie's result, or a chunk that is gone), whether that made every
     chunk of the run done (``last``), and, when accepted, the run and the chunk as it left them
-    (``run`` with the new counters, ``chunk`` done)."""
+    (``run`` with the new counters, ``chunk`` done); when asked to hand out more, the chunk it
+    queued in this one's place (``queued``) and how many more the run could take (``room``)."""
 
     accepted: bool
     last: bool = False
     run: RunRecord | None = None
     chunk: ChunkRecord | None = None
+    queued: tuple[int, ...] = ()
+    room: int = 0
 
 
 #: Fields no view shows: the job as written and the plan's shared data (big, and of no use

@@ -51,7 +51,7 @@ class Retention(StoreBase):
         keys: list[str] = []
         zsets: dict[str, list[str]] = {self._z("runs"): list(ids)}
         for run_id, doc in zip(ids, docs, strict=True):
-            keys.append(self._run_key(run_id))
+            keys += self._run_keys(run_id)
             keys.append(self._z(f"pending:{run_id}"))
             if not doc:  # the index outlived its run: take it out of every index it may be in
                 for state in ("waiting", "active", *FINISHED):

@@ -46,9 +46,9 @@ class Runs(StoreBase):
             if not ids:
                 break
             start += len(ids)
-            for doc in self.kv.get_many([self._run_key(i) for i in ids]):
-                if doc and (job is None or doc["job"] == job) and (state is None or doc["state"] == state):
-                    result.append(RunRecord.from_doc(doc))
+            for run in self._runs(ids):
+                if run and (job is None or run.job == job) and (state is None or run.state == state):
+                    result.append(run)
         return result[:limit]
 
     def active_runs(self, limit: int = 1000) -> list[RunRecord]:
@@ -62,8 +62,7 @@ class Runs(StoreBase):
         ids: list[str] = []
         for state in FINISHED:
             ids += [m for m, _ in self.kv.zrange(self._z(f"finished:{state}"), since, FOREVER, limit)]
-        docs = self.kv.get_many([self._run_key(i) for i in ids[:limit]])
-        return [RunRecord.from_doc(d) for d in docs if d]
+        return [run for run in self._runs(ids[:limit]) if run]
 
     # -- transitions -------------------------------------------------------------------------
 
@@ -183,8 +182,9 @@ class Runs(StoreBase):
             if run.state != "failed":
                 return []
             again = []
-            for index in range(run.chunks_total):
-                chunk = self._load_chunk(tx, run_id, index)
+            docs = tx.get_many([self._chunk_key(run_id, i) for i in range(run.chunks_total)])
+            for index, doc in enumerate(docs):
+                chunk = ChunkRecord.from_doc(doc) if doc else None
                 if chunk is None or chunk.state == "done":
                     continue
                 if chunk.state in ("failed", "queued", "retrying", "running"):

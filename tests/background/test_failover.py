@@ -138,7 +138,7 @@ def test_changes_a_failover_loses_run_again_and_the_ledger_keeps_the_target_exac
     primary = ha.cut_replication()
     at_cut = run_record(run_id).chunks_done
     wait_for(lambda: run_record(run_id).chunks_done >= at_cut + 3, 60, "three more chunks done on the primary alone")
-    at_kill = _on(ha, primary, run_id)["chunks_done"]
+    at_kill = _done_on(ha, primary, run_id)
     ha.kill_primary()
     killed_at = _pg_now()
     ha.wait_failover(primary)
@@ -163,9 +163,12 @@ def test_changes_a_failover_loses_run_again_and_the_ledger_keeps_the_target_exac
     assert ledger == CHUNKS
 
 
-def _on(ha: RedisHA, port: int, run_id: str) -> dict:
-    """The run's record as the Redis on ``port`` has it."""
-    return json.loads(ha.client(port).get(f"{os.environ['ETL_QUEUE_NAME']}:run:{run_id}"))
+def _done_on(ha: RedisHA, port: int, run_id: str) -> int:
+    """The run's chunks done as the Redis on ``port`` has them: its record's figure plus its
+    counter's (etl/store/base.py, COUNTED)."""
+    client, prefix = ha.client(port), os.environ["ETL_QUEUE_NAME"]
+    record = json.loads(client.get(f"{prefix}:run:{run_id}"))
+    return record["chunks_done"] + int(client.get(f"{prefix}:count:{run_id}:chunks_done") or 0)
 
 
 def test_two_attempts_with_the_same_fencing_token_write_the_chunk_once(table):
